@@ -1,0 +1,1 @@
+"""HTTP shapes: request bodies, response bodies, SSE framing and error answers."""

@@ -1,0 +1,157 @@
+"""`POST /v1/chat/completions`: the OpenAI-compatible endpoint, where `model` names a task.
+
+Bodies follow OpenAI's `CreateChatCompletionResponse` and
+`CreateChatCompletionStreamResponse`, including the fields it marks required but
+nullable (`logprobs`, `message.refusal`), which strict clients depend on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from tunegate.api.bodies import ChatBody, cache_mode, caller_messages, chat_params, parse_body
+from tunegate.api.errors import error_body
+from tunegate.api.incoming import (
+    Runtime,
+    caller,
+    cancel_on_disconnect,
+    make_call,
+    new_request_id,
+    read_body,
+    resolve_task,
+)
+from tunegate.errors import GatewayError
+from tunegate.gateway import Answer
+from tunegate.pricing import format_usd
+from tunegate.upstream import Delta
+
+
+async def chat_completions(request: Request) -> Response:
+    request_id = new_request_id()
+    try:
+        runtime: Runtime = request.app.state.runtime
+        principal = caller(runtime, request)
+        raw = await read_body(request, runtime.config.max_body_bytes)
+        body: ChatBody = parse_body(ChatBody, raw)
+        task = resolve_task(runtime, principal, body.model)
+        call = make_call(
+            request,
+            request_id,
+            principal,
+            task,
+            caller_messages(body.messages),
+            chat_params(body, task),
+            body.user,
+            cache_mode(request.headers),
+        )
+        gateway = runtime.gateway
+        if body.stream and not task.is_json:
+            head, deltas = await cancel_on_disconnect(request, gateway.stream(call))
+            return _sse(head, _text_events(head, deltas))
+        answer = await cancel_on_disconnect(request, gateway.answer(call))
+    except GatewayError as exc:
+        exc.headers.setdefault("x-request-id", request_id)
+        raise
+    if body.stream:
+        # JSON tasks stream only what passed the guard: the whole answer, at once.
+        return _sse(answer, _replay_events(answer))
+    return Response(
+        orjson.dumps(completion_body(answer)),
+        headers=answer.headers(),
+        media_type="application/json",
+    )
+
+
+def completion_body(answer: Answer) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{answer.request_id}",
+        "object": "chat.completion",
+        "created": answer.created,
+        "model": answer.variant.model,
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer.content, "refusal": None},
+                "logprobs": None,
+                "finish_reason": answer.finish_reason,
+            }
+        ],
+        "usage": _usage(answer.prompt_tokens, answer.completion_tokens),
+    }
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def _sse(head: Answer, events: AsyncIterator[bytes]) -> StreamingResponse:
+    headers = head.headers()
+    headers["cache-control"] = "no-cache"
+    return StreamingResponse(events, headers=headers, media_type="text/event-stream")
+
+
+class _Chunks:
+    """Frames `chat.completion.chunk` events for one answer."""
+
+    def __init__(self, head: Answer) -> None:
+        self._prefix = {
+            "id": f"chatcmpl-{head.request_id}",
+            "object": "chat.completion.chunk",
+            "created": head.created,
+            "model": head.variant.model,
+            "system_fingerprint": None,
+        }
+
+    def delta(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return self._event({**self._prefix, "choices": [choice]})
+
+    def usage(self, prompt_tokens: int, completion_tokens: int, cost_usd: str) -> bytes:
+        usage = _usage(prompt_tokens, completion_tokens)
+        return self._event({**self._prefix, "choices": [], "usage": usage, "cost_usd": cost_usd})
+
+    @staticmethod
+    def _event(data: dict[str, Any]) -> bytes:
+        return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+_DONE = b"data: [DONE]\n\n"
+
+
+async def _replay_events(answer: Answer) -> AsyncIterator[bytes]:
+    chunks = _Chunks(answer)
+    yield chunks.delta({"role": "assistant", "content": "", "refusal": None})
+    yield chunks.delta({"content": answer.content})
+    yield chunks.delta({}, answer.finish_reason)
+    yield chunks.usage(answer.prompt_tokens, answer.completion_tokens, format_usd(answer.cost_usd))
+    yield _DONE
+
+
+async def _text_events(head: Answer, deltas: AsyncIterator[Delta]) -> AsyncIterator[bytes]:
+    chunks = _Chunks(head)
+    yield chunks.delta({"role": "assistant", "content": "", "refusal": None})
+    try:
+        async for delta in deltas:
+            if delta.finish_reason is None:
+                yield chunks.delta({"content": delta.content})
+                continue
+            yield chunks.delta({}, delta.finish_reason)
+            yield chunks.usage(
+                delta.prompt_tokens, delta.completion_tokens, format_usd(delta.cost_usd)
+            )
+    except GatewayError as exc:
+        # Headers are gone: a failure after the first chunk can only be told in-band,
+        # as OpenAI does, and the SDK raises it as an APIError.
+        yield b"data: " + error_body(exc) + b"\n\n"
+        return
+    yield _DONE

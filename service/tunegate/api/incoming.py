@@ -1,0 +1,122 @@
+"""What every task request goes through before the gateway: the size-limited body, the
+caller, the task, the variant override, the sticky unit and the cache directives."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from starlette.requests import Request
+
+from tunegate.auth import Principal, authenticate, task_for
+from tunegate.config import ApiKey, GatewayConfig, Task
+from tunegate.errors import InvalidRequest, PermissionDenied, RequestTooLarge
+from tunegate.gateway import Call, Gateway
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The config in force and what was built from it; swapped whole on reload, so a
+    request reads one consistent version."""
+
+    config: GatewayConfig
+    gateway: Gateway
+    keys: Mapping[str, ApiKey]
+    started_at: float
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes `limit` bytes, whether or not the
+    client declared a content-length."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> RequestTooLarge:
+    return RequestTooLarge(f"The body exceeds the limit of {limit} bytes.")
+
+
+def caller(runtime: Runtime, request: Request) -> Principal:
+    return authenticate(runtime.keys, request.headers.get("authorization"))
+
+
+def resolve_task(runtime: Runtime, principal: Principal, name: str) -> Task:
+    return task_for(runtime.config, principal, name)
+
+
+def make_call(
+    request: Request,
+    request_id: str,
+    principal: Principal,
+    task: Task,
+    messages: tuple[dict[str, str], ...],
+    params: Mapping[str, Any],
+    user: str | None,
+    cache: tuple[bool, bool],
+) -> Call:
+    headers = request.headers
+    forced = headers.get("x-tunegate-variant")
+    if forced is not None:
+        if not principal.admin:
+            raise PermissionDenied(
+                "Only admin keys may force a variant.", code="override_not_allowed"
+            )
+        if forced not in task.variants:
+            raise InvalidRequest(
+                f"The task {task.name!r} has no variant {forced!r}; "
+                f"use one of: {', '.join(task.variants)}.",
+                param="x-tunegate-variant",
+            )
+    sticky = task.routing.sticky
+    unit = (
+        user if sticky == "user" else headers.get("x-tunegate-unit") if sticky == "header" else None
+    )
+    return Call(
+        request_id=request_id,
+        task=task,
+        messages=messages,
+        params=params,
+        unit=unit,
+        forced=forced,
+        tenant=principal.tenant,
+        cache_read=cache[0],
+        cache_write=cache[1],
+    )
+
+
+async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client goes away first, so an abandoned request
+    does not keep an upstream call (and its cost) running."""
+    task = asyncio.ensure_future(work)
+    receive = request.receive
+
+    async def watch() -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                task.cancel()
+                return
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        return await task
+    finally:
+        watcher.cancel()

@@ -1,0 +1,44 @@
+"""Endpoints about the service itself: the task list, liveness and readiness."""
+
+from __future__ import annotations
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tunegate.api.incoming import Runtime, caller
+
+
+def _json(data: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+async def list_models(request: Request) -> Response:
+    """The tasks this caller may call, in OpenAI's `ListModelsResponse` shape."""
+    runtime: Runtime = request.app.state.runtime
+    principal = caller(runtime, request)
+    created = int(runtime.started_at)
+    data = [
+        {"id": name, "object": "model", "created": created, "owned_by": "tunegate"}
+        for name in runtime.config.tasks
+        if principal.may_call(name)
+    ]
+    return _json({"object": "list", "data": data})
+
+
+async def healthz(request: Request) -> Response:
+    return _json({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+    if runtime is None or request.app.state.draining:
+        state = "draining" if runtime is not None else "starting"
+        return _json({"status": state}, status=503)
+    return _json(
+        {
+            "status": "ready",
+            "tasks": len(runtime.config.tasks),
+            "auth": "open" if runtime.config.open_mode else "keys",
+        }
+    )

@@ -1,0 +1,81 @@
+"""`create_app(settings)`: the app factory. Every client, pool and server the gateway
+uses is opened in its lifespan and closed there; nothing lives at import time."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from fastapi import FastAPI
+
+from tunegate import __version__
+from tunegate.api.chat import chat_completions
+from tunegate.api.errors import install_error_handlers
+from tunegate.api.incoming import Runtime
+from tunegate.api.service import healthz, list_models, readyz
+from tunegate.api.tasks import run_task
+from tunegate.auth import keys_by_hash
+from tunegate.config import GatewayConfig, load_config, missing_secrets
+from tunegate.errors import ConfigError
+from tunegate.gateway import Gateway
+from tunegate.pricing import Price, PriceTable
+from tunegate.settings import Settings
+from tunegate.upstream import Upstreams
+
+log = logging.getLogger("tunegate.app")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the gateway app; the config is loaded (and any error raised) at start-up."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            config = load_config(settings.config_path)
+            problems = missing_secrets(config, settings.environ)
+            if problems:
+                raise ConfigError("\n".join(problems))
+            upstreams = Upstreams(config.upstreams, settings.environ)
+            stack.push_async_callback(upstreams.aclose)
+            app.state.runtime = build_runtime(config, upstreams)
+            if config.open_mode:
+                log.warning(
+                    "auth: no keys configured, running in OPEN MODE: any caller may use "
+                    "every task and force variants; configure auth.keys for production"
+                )
+            log.info("ready", extra={"tasks": sorted(config.tasks), "config": str(config.path)})
+            yield
+            app.state.draining = True
+
+    app = FastAPI(
+        title="tunegate",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.draining = False
+    install_error_handlers(app)
+    app.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
+    app.add_route("/v1/tasks/{task}", run_task, methods=["POST"])
+    app.add_route("/v1/models", list_models, methods=["GET"])
+    app.add_route("/healthz", healthz, methods=["GET"])
+    app.add_route("/readyz", readyz, methods=["GET"])
+    return app
+
+
+def build_runtime(config: GatewayConfig, upstreams: Upstreams) -> Runtime:
+    prices = PriceTable({m: Price(i, o) for m, (i, o) in config.pricing.items()})
+    gateway = Gateway(upstreams, prices)
+    return Runtime(
+        config=config, gateway=gateway, keys=keys_by_hash(config), started_at=time.time()
+    )
+
+
+def app_from_env() -> FastAPI:
+    """The factory `uvicorn --factory` calls in each worker."""
+    from tunegate.settings import settings_from_env
+
+    return create_app(settings_from_env())

@@ -1,0 +1,133 @@
+"""The `tunegate` command (SPEC §6). Exit codes: 0 success, 1 failure with a message,
+2 usage error."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tunegate.errors import ConfigError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        code: int = args.run(args)
+    except ConfigError as exc:
+        print(f"tunegate: invalid config:\n{exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 1
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tunegate", description=__doc__)
+    commands = parser.add_subparsers(title="commands")
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", type=Path, help="config file (default: $TUNEGATE_CONFIG)")
+    serve.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: $PORT or 8000)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes")
+    serve.set_defaults(run=_serve)
+
+    simulate = commands.add_parser("simulate", help="run the simulated OpenAI upstream")
+    simulate.add_argument("--host", default="127.0.0.1")
+    simulate.add_argument("--port", type=int, default=9000)
+    simulate.add_argument("--scenario", type=Path, help="scenario YAML (default: no faults)")
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.set_defaults(run=_simulate)
+
+    demo = commands.add_parser("demo", help="the whole system on this machine, no key needed")
+    demo.add_argument("--requests", type=int, default=300, help="requests in the workload")
+    demo.set_defaults(run=_demo)
+
+    check = commands.add_parser("check-config", help="validate a config file")
+    check.add_argument("file", type=Path)
+    check.set_defaults(run=_check_config)
+
+    keys = commands.add_parser("keys", help="API keys").add_subparsers(title="keys commands")
+    keys.add_parser("hash", help="print the sha256 of a key read from stdin").set_defaults(
+        run=_keys_hash
+    )
+    keys.add_parser("new", help="print a new key and its sha256").set_defaults(run=_keys_new)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from tunegate.logs import configure_logging
+    from tunegate.settings import settings_from_env
+
+    settings = settings_from_env(config_path=args.config, host=args.host, port=args.port)
+    configure_logging(settings.log_level)
+    # Workers build their app from the environment, so flags travel through it.
+    os.environ["TUNEGATE_CONFIG"] = str(settings.config_path)
+    uvicorn.run(
+        "tunegate.app:app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from tunegate.simulator import serve_simulator
+
+    serve_simulator(args.host, args.port, args.scenario, args.seed)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from tunegate.demo import run_demo
+
+    return run_demo(requests=args.requests)
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from tunegate.config import load_config, missing_secrets
+
+    config = load_config(args.file)
+    for warning in missing_secrets(config, os.environ):
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"{args.file}: ok ({len(config.tasks)} tasks: {', '.join(config.tasks)})")
+    return 0
+
+
+def _keys_hash(args: argparse.Namespace) -> int:
+    from tunegate.auth import hash_key
+
+    key = sys.stdin.readline().strip()
+    if not key:
+        print("tunegate keys hash: no key on stdin", file=sys.stderr)
+        return 1
+    print(hash_key(key))
+    return 0
+
+
+def _keys_new(args: argparse.Namespace) -> int:
+    from tunegate.auth import hash_key, new_key
+
+    key = new_key()
+    print(f"key:    {key}\nsha256: {hash_key(key)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

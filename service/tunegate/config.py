@@ -1,0 +1,458 @@
+"""Load and validate the gateway config (SPEC §1) into frozen records.
+
+The file is parsed with PyYAML, checked against `config_file.GatewayFile` (unknown keys
+are errors), then cross-checked (upstreams, variants named by weights and fallbacks, ...)
+and compiled: prompts are pre-rendered, weights made cumulative, schemas compiled and a
+fingerprint computed per variant, so the request path does none of that work.
+
+Every problem is reported at once, each line naming the file, the YAML path and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+
+import orjson
+import yaml
+from pydantic import ValidationError
+
+from tunegate import jsonguard
+from tunegate.config_file import (
+    AuthFile,
+    CacheFile,
+    GatewayFile,
+    TaskFile,
+    VariantFile,
+)
+from tunegate.errors import ConfigError
+
+Message = dict[str, str]
+
+# Sampling and output-shape parameters a variant may set; anything else is a typo.
+VARIANT_PARAMS = frozenset(
+    {
+        "temperature",
+        "top_p",
+        "max_tokens",
+        "max_completion_tokens",
+        "presence_penalty",
+        "frequency_penalty",
+        "stop",
+        "seed",
+        "reasoning_effort",
+    }
+)
+# Parameters a task may let callers set (`allow_params`).
+CALLER_PARAMS = frozenset({"temperature", "top_p", "presence_penalty", "frequency_penalty", "stop"})
+
+
+@dataclass(frozen=True)
+class Upstream:
+    name: str
+    base_url: str
+    api_key_env: str | None
+    timeout_s: float
+    max_connections: int
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to serve a task: a model, its prompt and its parameters."""
+
+    name: str
+    upstream: str
+    model: str
+    params: Mapping[str, Any]
+    json_mode: bool
+    # The system prompt and the few-shot turns, rendered once, put before the caller's.
+    prefix: tuple[Message, ...]
+    example_count: int
+    fingerprint: str
+    max_tokens: int | None
+
+    @property
+    def is_tuned(self) -> bool:
+        return self.model.startswith("ft:")
+
+
+@dataclass(frozen=True)
+class Shadow:
+    variant: str
+    rate: float
+
+
+@dataclass(frozen=True)
+class Routing:
+    weights: Mapping[str, float]
+    # (upper bound in [0, 1], variant) in config order; a point p picks the first bound > p.
+    cumulative: tuple[tuple[float, str], ...]
+    fallback: tuple[str, ...]
+    sticky: Literal["user", "header", "none"]
+    salt: str
+    retries: int
+    json_retries: int
+    shadow: Shadow | None
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    enabled: bool
+    ttl_s: int
+    scope: Literal["tenant", "shared"]
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    description: str
+    output_type: Literal["json", "text"]
+    schema: jsonguard.CompiledSchema | None
+    variants: Mapping[str, Variant]
+    routing: Routing
+    allow_params: frozenset[str]
+    cache: CachePolicy
+    deadline_s: float
+    training_cost_usd: float | None
+    log_payloads: bool
+
+    @property
+    def is_json(self) -> bool:
+        return self.output_type == "json"
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    name: str
+    sha256: str
+    tenant: str
+    tasks: frozenset[str]
+    rpm: int | None
+    daily_budget_usd: float | None
+    admin: bool
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    path: Path
+    upstreams: Mapping[str, Upstream]
+    pricing: Mapping[str, tuple[float, float]]
+    tasks: Mapping[str, Task]
+    keys: tuple[ApiKey, ...]
+    limits_fail_open: bool
+    max_body_bytes: int
+    max_in_flight: int
+    drain_timeout_s: float
+    store_socket_timeout_ms: int
+    store_connect_timeout_ms: int
+
+    @property
+    def open_mode(self) -> bool:
+        return not self.keys
+
+
+def load_config(path: Path) -> GatewayConfig:
+    """Read, validate and compile the config at `path`; raise `ConfigError` listing
+    every problem found."""
+    raw = _read_yaml(path, path)
+    try:
+        parsed = GatewayFile.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(path, exc)) from None
+    tasks = dict(parsed.tasks)
+    problems: list[str] = []
+    if parsed.tasks_dir is not None:
+        tasks_dir = (path.parent / parsed.tasks_dir).resolve()
+        _load_tasks_dir(tasks_dir, tasks, problems)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    if not tasks:
+        raise ConfigError(f"{path}: tasks: no task is defined; add one under `tasks:`.")
+    return _compile(path, parsed, tasks)
+
+
+def missing_secrets(config: GatewayConfig, environ: Mapping[str, str]) -> list[str]:
+    """Name each upstream whose `api_key_env` variable is unset (checked at serve time)."""
+    return [
+        f"{config.path}: upstreams.{u.name}.api_key_env: the environment variable "
+        f"{u.api_key_env} is not set; export it before starting the gateway."
+        for u in config.upstreams.values()
+        if u.api_key_env and not environ.get(u.api_key_env)
+    ]
+
+
+def _read_yaml(path: Path, shown: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{shown}: cannot read the file ({exc.strerror}).") from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"{shown}: not valid YAML{line}: {exc}") from None
+
+
+def _load_tasks_dir(tasks_dir: Path, tasks: dict[str, TaskFile], problems: list[str]) -> None:
+    if not tasks_dir.is_dir():
+        problems.append(f"tasks_dir: {tasks_dir} is not a directory; create it or fix the path.")
+        return
+    for file in sorted([*tasks_dir.glob("*.yaml"), *tasks_dir.glob("*.yml")]):
+        name = file.stem
+        if name in tasks:
+            problems.append(f"{file}: task {name!r} is also defined under `tasks:`; keep one.")
+            continue
+        try:
+            tasks[name] = TaskFile.model_validate(_read_yaml(file, file))
+        except ValidationError as exc:
+            problems.append(_describe(file, exc))
+        except ConfigError as exc:
+            problems.append(str(exc))
+
+
+def _describe(path: Path, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            fix = "unknown key: remove it or check its spelling (SPEC §1 lists the keys)"
+        elif err["type"] == "missing":
+            fix = "required key is missing: add it"
+        else:
+            fix = err["msg"]
+        lines.append(f"{path}: {where}: {fix}")
+    return "\n".join(lines)
+
+
+def _compile(path: Path, parsed: GatewayFile, tasks: Mapping[str, TaskFile]) -> GatewayConfig:
+    problems: list[str] = []
+    upstreams = {
+        name: Upstream(name, u.base_url.rstrip("/"), u.api_key_env, u.timeout_s, u.max_connections)
+        for name, u in parsed.upstreams.items()
+    }
+    compiled: dict[str, Task] = {}
+    for name, task in tasks.items():
+        result = _compile_task(path, name, task, parsed, upstreams, problems)
+        if result is not None:
+            compiled[name] = result
+    keys = _compile_keys(path, parsed.auth, compiled, problems)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return GatewayConfig(
+        path=path,
+        upstreams=MappingProxyType(upstreams),
+        pricing=MappingProxyType({m: (p.input, p.output) for m, p in parsed.pricing.items()}),
+        tasks=MappingProxyType(compiled),
+        keys=keys,
+        limits_fail_open=parsed.auth is None or parsed.auth.on_store_error == "open",
+        max_body_bytes=parsed.server.max_body_bytes,
+        max_in_flight=parsed.server.max_in_flight,
+        drain_timeout_s=parsed.server.drain_timeout_s,
+        store_socket_timeout_ms=parsed.store.socket_timeout_ms,
+        store_connect_timeout_ms=parsed.store.connect_timeout_ms,
+    )
+
+
+def _compile_task(
+    path: Path,
+    name: str,
+    task: TaskFile,
+    parsed: GatewayFile,
+    upstreams: Mapping[str, Upstream],
+    problems: list[str],
+) -> Task | None:
+    at = f"{path}: tasks.{name}"
+    before = len(problems)
+    schema: jsonguard.CompiledSchema | None = None
+    if task.output.json_schema is not None:
+        if task.output.type == "text":
+            problems.append(f"{at}.output.schema: a text task has no schema; remove it.")
+        else:
+            try:
+                schema = jsonguard.compile_schema(task.output.json_schema)
+            except jsonguard.SchemaError as exc:
+                problems.append(f"{at}.output.schema: not a valid JSON Schema: {exc}")
+    bad_allowed = sorted(set(task.allow_params) - CALLER_PARAMS)
+    if bad_allowed:
+        problems.append(
+            f"{at}.allow_params: {', '.join(bad_allowed)} cannot be left to callers; "
+            f"choose from {', '.join(sorted(CALLER_PARAMS))}."
+        )
+    variants = {
+        vname: _compile_variant(
+            f"{at}.variants.{vname}", vname, v, task, schema, upstreams, problems
+        )
+        for vname, v in task.variants.items()
+    }
+    routing = _compile_routing(f"{at}.routing", name, task, problems)
+    if len(problems) > before or routing is None:
+        return None
+    cache_file = task.cache or CacheFile()
+    default_cache = parsed.defaults.cache
+    cache = CachePolicy(
+        enabled=cache_file.enabled and default_cache.enabled,
+        ttl_s=cache_file.ttl_s or default_cache.ttl_s or 86400,
+        scope=cache_file.scope or default_cache.scope or "tenant",
+    )
+    return Task(
+        name=name,
+        description=task.description,
+        output_type=task.output.type,
+        schema=schema,
+        variants=MappingProxyType(variants),
+        routing=routing,
+        allow_params=frozenset(task.allow_params),
+        cache=cache,
+        deadline_s=task.deadline_s or parsed.defaults.deadline_s,
+        training_cost_usd=task.training_cost_usd,
+        log_payloads=task.log_payloads,
+    )
+
+
+def _compile_variant(
+    at: str,
+    name: str,
+    variant: VariantFile,
+    task: TaskFile,
+    schema: jsonguard.CompiledSchema | None,
+    upstreams: Mapping[str, Upstream],
+    problems: list[str],
+) -> Variant:
+    if variant.upstream not in upstreams:
+        problems.append(
+            f"{at}.upstream: unknown upstream {variant.upstream!r}; "
+            f"define it under `upstreams:` or use one of: {', '.join(sorted(upstreams))}."
+        )
+    unknown = sorted(set(variant.params) - VARIANT_PARAMS)
+    if unknown:
+        problems.append(
+            f"{at}.params: unknown parameter(s) {', '.join(unknown)}; "
+            f"allowed: {', '.join(sorted(VARIANT_PARAMS))}."
+        )
+    if variant.json_mode and task.output.type == "text":
+        problems.append(f"{at}.json_mode: a text task cannot ask for JSON mode; remove it.")
+    prefix: list[Message] = []
+    if variant.system:
+        prefix.append({"role": "system", "content": variant.system})
+    for example in variant.examples:
+        prefix.append({"role": "user", "content": example.user})
+        prefix.append({"role": "assistant", "content": example.assistant})
+    max_tokens = variant.params.get("max_completion_tokens", variant.params.get("max_tokens"))
+    return Variant(
+        name=name,
+        upstream=variant.upstream,
+        model=variant.model,
+        params=MappingProxyType(dict(variant.params)),
+        json_mode=variant.json_mode,
+        prefix=tuple(prefix),
+        example_count=len(variant.examples),
+        fingerprint=_fingerprint(variant, task.output.type, schema),
+        max_tokens=max_tokens if isinstance(max_tokens, int) else None,
+    )
+
+
+def _fingerprint(
+    variant: VariantFile, output_type: str, schema: jsonguard.CompiledSchema | None
+) -> str:
+    """A digest of everything that shapes a variant's answer: two variants (or two config
+    versions) with the same fingerprint answer the same request the same way."""
+    canonical = orjson.dumps(
+        {
+            "model": variant.model,
+            "system": variant.system,
+            "examples": [[e.user, e.assistant] for e in variant.examples],
+            "params": variant.params,
+            "json_mode": variant.json_mode,
+            "output": output_type,
+            "schema": schema.canonical.decode() if schema else None,
+        },
+        option=orjson.OPT_SORT_KEYS,
+    )
+    return hashlib.sha256(canonical).hexdigest()[:32]
+
+
+def _compile_routing(
+    at: str, task_name: str, task: TaskFile, problems: list[str]
+) -> Routing | None:
+    routing = task.routing
+    names = list(task.variants)
+    weights = routing.weights if routing.weights is not None else dict.fromkeys(names, 1.0)
+    ok = True
+    for vname, weight in weights.items():
+        if vname not in task.variants:
+            problems.append(_missing_variant(f"{at}.weights.{vname}", vname, names))
+            ok = False
+        if weight < 0:
+            problems.append(f"{at}.weights.{vname}: a weight cannot be negative; use 0 to disable.")
+            ok = False
+    if ok and sum(weights.values()) <= 0:
+        problems.append(f"{at}.weights: all weights are 0; give at least one variant a share.")
+        ok = False
+    for i, vname in enumerate(routing.fallback):
+        if vname not in task.variants:
+            problems.append(_missing_variant(f"{at}.fallback.{i}", vname, names))
+            ok = False
+    if routing.shadow is not None and routing.shadow.variant not in task.variants:
+        problems.append(_missing_variant(f"{at}.shadow.variant", routing.shadow.variant, names))
+        ok = False
+    if not ok:
+        return None
+    total = sum(weights.values())
+    cumulative: list[tuple[float, str]] = []
+    running = 0.0
+    for vname in names:
+        weight = weights.get(vname, 0.0)
+        if weight > 0:
+            running += weight / total
+            cumulative.append((running, vname))
+    # Guard against float rounding: the last bound must cover every point in [0, 1).
+    cumulative[-1] = (1.0, cumulative[-1][1])
+    return Routing(
+        weights=MappingProxyType({n: float(weights.get(n, 0.0)) for n in names}),
+        cumulative=tuple(cumulative),
+        fallback=tuple(dict.fromkeys(routing.fallback)),
+        sticky=routing.sticky,
+        salt=routing.salt or task_name,
+        retries=routing.retries,
+        json_retries=routing.json_retries,
+        shadow=Shadow(routing.shadow.variant, routing.shadow.rate) if routing.shadow else None,
+    )
+
+
+def _missing_variant(at: str, name: str, names: Sequence[str]) -> str:
+    return f"{at}: no variant named {name!r}; use one of: {', '.join(names)}."
+
+
+def _compile_keys(
+    path: Path, auth: AuthFile | None, tasks: Mapping[str, Task], problems: list[str]
+) -> tuple[ApiKey, ...]:
+    if auth is None:
+        return ()
+    keys = []
+    seen: set[str] = set()
+    for i, key in enumerate(auth.keys):
+        at = f"{path}: auth.keys.{i}"
+        digest = key.sha256.lower()
+        if digest in seen:
+            problems.append(f"{at}.sha256: the same key hash appears twice; keep one entry.")
+        seen.add(digest)
+        for task_name in key.tasks:
+            if task_name != "*" and task_name not in tasks:
+                problems.append(f"{at}.tasks: no task named {task_name!r}; fix or remove it.")
+        keys.append(
+            ApiKey(
+                name=key.name,
+                sha256=digest,
+                tenant=key.tenant,
+                tasks=frozenset(key.tasks),
+                rpm=key.rpm,
+                daily_budget_usd=key.daily_budget_usd,
+                admin=key.admin,
+            )
+        )
+    return tuple(keys)

@@ -1,0 +1,129 @@
+"""The shape of the YAML config file (SPEC §1), as pydantic models.
+
+This is the boundary: every key is typed and unknown keys are errors. `config.py` turns a
+validated file into the frozen records the rest of the gateway uses.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class FileModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class UpstreamFile(FileModel):
+    base_url: str = Field(min_length=1)
+    api_key_env: str | None = None
+    timeout_s: float = Field(default=30.0, gt=0)
+    max_connections: int = Field(default=256, ge=1)
+
+
+class PriceFile(FileModel):
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
+class CacheFile(FileModel):
+    enabled: bool = True
+    ttl_s: int | None = Field(default=None, ge=1)
+    scope: Literal["tenant", "shared"] | None = None
+
+
+class DefaultsFile(FileModel):
+    cache: CacheFile = CacheFile(ttl_s=86400, scope="tenant")
+    deadline_s: float = Field(default=60.0, gt=0)
+
+
+class ExampleFile(FileModel):
+    user: str
+    assistant: str
+
+
+class VariantFile(FileModel):
+    upstream: str
+    model: str = Field(min_length=1)
+    system: str | None = None
+    examples: list[ExampleFile] = []
+    params: dict[str, Any] = {}
+    json_mode: bool = False
+
+
+class OutputFile(FileModel):
+    type: Literal["json", "text"] = "json"
+    # `schema` shadows a BaseModel attribute; the alias keeps the YAML key.
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+
+
+class ShadowFile(FileModel):
+    variant: str
+    rate: float = Field(ge=0, le=1)
+
+
+class RoutingFile(FileModel):
+    weights: dict[str, float] | None = None
+    shadow: ShadowFile | None = None
+    fallback: list[str] = []
+    sticky: Literal["user", "header", "none"] = "none"
+    salt: str | None = None
+    retries: int = Field(default=1, ge=0, le=10)
+    json_retries: int = Field(default=1, ge=0, le=5)
+
+
+class CaptureFile(FileModel):
+    rate: float = Field(ge=0, le=1)
+    only_valid: bool = True
+    ttl_days: int = Field(default=30, ge=1)
+
+
+class TaskFile(FileModel):
+    description: str = ""
+    output: OutputFile = OutputFile()
+    variants: dict[str, VariantFile] = Field(min_length=1)
+    routing: RoutingFile = RoutingFile()
+    allow_params: list[str] = []
+    cache: CacheFile | None = None
+    deadline_s: float | None = Field(default=None, gt=0)
+    training_cost_usd: float | None = Field(default=None, ge=0)
+    capture: CaptureFile | None = None
+    log_payloads: bool = False
+
+
+class KeyFile(FileModel):
+    name: str = Field(min_length=1)
+    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+    tenant: str = Field(min_length=1)
+    tasks: list[str] = ["*"]
+    rpm: int | None = Field(default=None, ge=1)
+    daily_budget_usd: float | None = Field(default=None, gt=0)
+    admin: bool = False
+
+
+class AuthFile(FileModel):
+    keys: list[KeyFile] = []
+    on_store_error: Literal["open", "closed"] = "open"
+
+
+class ServerFile(FileModel):
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    max_in_flight: int = Field(default=1024, ge=1)
+    drain_timeout_s: float = Field(default=10.0, ge=0)
+
+
+class StoreFile(FileModel):
+    socket_timeout_ms: int = Field(default=50, ge=1)
+    connect_timeout_ms: int = Field(default=200, ge=1)
+
+
+class GatewayFile(FileModel):
+    upstreams: dict[str, UpstreamFile] = Field(min_length=1)
+    pricing: dict[str, PriceFile] = {}
+    defaults: DefaultsFile = DefaultsFile()
+    tasks: dict[str, TaskFile] = {}
+    tasks_dir: str | None = None
+    auth: AuthFile | None = None
+    server: ServerFile = ServerFile()
+    store: StoreFile = StoreFile()

@@ -1,0 +1,421 @@
+"""The request flow: the one place that orders routing, attempts, retries, the JSON
+guard and fallback (ARCHITECTURE.md). It holds no HTTP and talks to the outside only
+through the objects it is given.
+
+    choose a variant (router) ─► for each variant in [chosen, *fallbacks]:
+        attempt with retries (retry) ─► check JSON (jsonguard) ─► re-ask on invalid
+    ─► an `Answer`, or a `GatewayError` (502 every variant failed, 504 deadline)
+
+Every request ends in one `Outcome`, handed to the recorders after the answer is built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Any, Literal, TypeVar
+
+from tunegate import jsonguard, router
+from tunegate.config import Task, Variant
+from tunegate.errors import (
+    AllAttemptsFailed,
+    DeadlineExceeded,
+    GatewayError,
+    UpstreamError,
+    UpstreamInvalidOutput,
+    UpstreamTimeout,
+)
+from tunegate.pricing import PriceTable, format_usd
+from tunegate.retry import Backoff, next_wait
+from tunegate.upstream import Completion, Delta, Upstreams
+
+log = logging.getLogger("tunegate.gateway")
+
+Message = Mapping[str, Any]
+CacheState = Literal["hit", "miss", "bypass"]
+Status = Literal["ok", "fallback", "error", "invalid_output", "deadline", "rejected"]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One caller request, validated and resolved to a task (built by the API layer)."""
+
+    request_id: str
+    task: Task
+    messages: tuple[Message, ...]
+    params: Mapping[str, Any]
+    unit: str | None = None
+    forced: str | None = None
+    tenant: str = "default"
+    cache_read: bool = True
+    cache_write: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamCall:
+    """One upstream attempt, successful or not, for cost and metrics."""
+
+    variant: str
+    model: str
+    seconds: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one request ended; what metrics and experiments record."""
+
+    request_id: str
+    task: str
+    chosen: str | None
+    served: str | None
+    sample: bool
+    status: Status
+    cache: CacheState
+    seconds: float
+    calls: tuple[UpstreamCall, ...]
+    json_results: tuple[str, ...] = ()
+    fallbacks: tuple[tuple[str, str, str], ...] = ()
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(c.cost_usd for c in self.calls)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A successful answer, ready for the API layer to shape."""
+
+    request_id: str
+    task: Task
+    variant: Variant
+    content: str
+    parsed: Any
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    cache: CacheState
+    json_status: str | None
+    fallback_from: str | None
+    created: int
+
+    def headers(self) -> dict[str, str]:
+        headers = {
+            "x-request-id": self.request_id,
+            "x-tunegate-task": self.task.name,
+            "x-tunegate-variant": self.variant.name,
+            "x-tunegate-model": self.variant.model,
+            "x-tunegate-cache": self.cache,
+            "x-tunegate-cost-usd": format_usd(self.cost_usd),
+        }
+        if self.fallback_from:
+            headers["x-tunegate-fallback"] = self.fallback_from
+        if self.json_status:
+            headers["x-tunegate-json"] = self.json_status
+        return headers
+
+
+@dataclass
+class _Trail:
+    """What one request has done so far (mutable, private to one request)."""
+
+    started: float
+    deadline: float
+    chosen: str | None
+    calls: list[UpstreamCall] = field(default_factory=list)
+    json_results: list[str] = field(default_factory=list)
+    failures: list[tuple[str, UpstreamError]] = field(default_factory=list)
+    fallbacks: list[tuple[str, str, str]] = field(default_factory=list)
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(c.cost_usd for c in self.calls)
+
+
+Recorder = Callable[[Outcome], None]
+
+
+class Gateway:
+    """Serves `Call`s; owns no connections (they are opened and closed by the app)."""
+
+    def __init__(
+        self,
+        upstreams: Upstreams,
+        prices: PriceTable,
+        *,
+        recorders: Sequence[Recorder] = (),
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        backoff: Backoff = Backoff(),
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._upstreams = upstreams
+        self._prices = prices
+        self._recorders = tuple(recorders)
+        self._clock = clock
+        self._random = (rng or random.Random()).random
+        self._backoff = backoff
+        self._sleep = sleep
+
+    # -- entry points -------------------------------------------------------------------
+
+    async def answer(self, call: Call) -> Answer:
+        """Serve `call` to completion; raise a `GatewayError` when no variant could."""
+        trail, order = self._start(call)
+        for name in order:
+            variant = call.task.variants[name]
+            try:
+                completion, verdict = await self._serve_with(call, variant, trail)
+            except UpstreamError as exc:
+                self._failed(trail, name, exc, order)
+                continue
+            answer = self._answer(call, variant, completion, verdict, trail)
+            self.record(self._outcome(call, trail, name, "ok"))
+            return answer
+        raise self._give_up(call, trail)
+
+    async def stream(self, call: Call) -> tuple[Answer, AsyncIterator[Delta]]:
+        """Open a text stream: retries and fallbacks happen until the first delta; after
+        it, the variant is fixed. Returns the answer's head (variant, model, headers) and
+        the deltas, the first included, ending with one carrying usage."""
+        trail, order = self._start(call)
+        for name in order:
+            variant = call.task.variants[name]
+            try:
+                deltas, first = await self._with_retries(
+                    call, variant, trail, partial(self._open, call, variant)
+                )
+            except UpstreamError as exc:
+                self._failed(trail, name, exc, order)
+                continue
+            head = self._answer(call, variant, Completion("", "stop", 0, 0), None, trail)
+            return head, self._rest_of_stream(call, variant, trail, first, deltas)
+        raise self._give_up(call, trail)
+
+    def record(self, outcome: Outcome) -> None:
+        for recorder in self._recorders:
+            try:
+                recorder(outcome)
+            except Exception:  # a broken recorder must never fail a request
+                log.exception("recorder failed", extra={"request_id": outcome.request_id})
+
+    # -- the steps ----------------------------------------------------------------------
+
+    def _start(self, call: Call) -> tuple[_Trail, tuple[str, ...]]:
+        now = self._clock()
+        chosen = call.forced or router.choose_variant(call.task, call.unit, self._random)
+        trail = _Trail(started=now, deadline=now + call.task.deadline_s, chosen=chosen)
+        return trail, router.attempt_order(call.task, chosen)
+
+    async def _serve_with(
+        self, call: Call, variant: Variant, trail: _Trail
+    ) -> tuple[Completion, jsonguard.Verdict | None]:
+        """One variant: attempts with retries, then for JSON tasks the guard and up to
+        `json_retries` corrective re-asks. Raises `UpstreamError` when it cannot serve."""
+        task = call.task
+        messages: list[Message] = [*variant.prefix, *call.messages]
+        for _ in range(task.routing.json_retries + 1):
+            completion = await self._with_retries(
+                call,
+                variant,
+                trail,
+                partial(self._upstreams.complete, variant, messages, call.params),
+            )
+            if not task.is_json:
+                return completion, None
+            verdict = jsonguard.check(completion.content, task.schema)
+            trail.json_results.append(verdict.status)
+            if verdict.status != "invalid":
+                return completion, verdict
+            messages = [
+                *messages,
+                {"role": "assistant", "content": completion.content},
+                {"role": "user", "content": jsonguard.corrective_message(verdict)},
+            ]
+        raise UpstreamInvalidOutput(f"{variant.name}: {verdict.error}")
+
+    async def _with_retries(
+        self,
+        call: Call,
+        variant: Variant,
+        trail: _Trail,
+        attempt: Callable[[float], Awaitable[T]],
+    ) -> T:
+        """Run `attempt(timeout_s)` under the task's retry policy and deadline."""
+        retries = call.task.routing.retries
+        retry_number = 0
+        while True:
+            remaining = trail.deadline - self._clock()
+            if remaining <= 0:
+                raise UpstreamTimeout(f"{variant.model}: no time left before the deadline")
+            timeout = min(self._upstreams.timeout_for(variant), remaining)
+            started = self._clock()
+            try:
+                # A hard bound on top of the client's own timeouts, which aiohttp applies
+                # per socket read: an answer dripping slowly must still end in time.
+                async with asyncio.timeout(timeout):
+                    result = await attempt(timeout)
+            except (UpstreamError, TimeoutError) as caught:
+                exc = (
+                    caught
+                    if isinstance(caught, UpstreamError)
+                    else UpstreamTimeout(f"{variant.model}: no answer within {timeout:.3g} s")
+                )
+                elapsed = self._clock() - started
+                trail.calls.append(
+                    UpstreamCall(variant.name, variant.model, elapsed, error=exc.kind)
+                )
+                left = trail.deadline - self._clock()
+                wait = next_wait(exc, retry_number, retries, left, self._backoff, self._random)
+                if wait is None:
+                    raise exc from None
+                await self._sleep(wait)
+                retry_number += 1
+                continue
+            if isinstance(result, Completion):
+                self._charge(
+                    trail, variant, started, result.prompt_tokens, result.completion_tokens
+                )
+            return result
+
+    async def _open(
+        self, call: Call, variant: Variant, timeout_s: float
+    ) -> tuple[AsyncIterator[Delta], Delta]:
+        messages = [*variant.prefix, *call.messages]
+        deltas = self._upstreams.stream(variant, messages, call.params, timeout_s)
+        try:
+            first = await anext(deltas)
+        except BaseException:
+            await deltas.aclose()  # type: ignore[attr-defined]  # an async generator
+            raise
+        return deltas, first
+
+    async def _rest_of_stream(
+        self,
+        call: Call,
+        variant: Variant,
+        trail: _Trail,
+        first: Delta,
+        deltas: AsyncIterator[Delta],
+    ) -> AsyncIterator[Delta]:
+        """Pass the deltas on within the deadline; the last one carries the request's
+        whole cost. A failure now can no longer fall back (SPEC §7 Streams)."""
+        started = self._clock()
+        status: Status = "error"
+        try:
+            async with asyncio.timeout(trail.deadline - self._clock()):
+                delta: Delta | None = first
+                while delta is not None:
+                    if delta.finish_reason is not None:
+                        self._charge(
+                            trail, variant, started, delta.prompt_tokens, delta.completion_tokens
+                        )
+                        delta = replace(delta, cost_usd=trail.cost_usd)
+                    yield delta
+                    delta = await anext(deltas, None)
+            status = "ok"
+        except TimeoutError:
+            status = "deadline"
+            raise DeadlineExceeded("The task's deadline passed during the stream.") from None
+        except UpstreamError as exc:
+            raise AllAttemptsFailed(f"The stream broke off: {exc}") from None
+        finally:
+            await deltas.aclose()  # type: ignore[attr-defined]  # an async generator
+            self.record(self._outcome(call, trail, variant.name, status))
+
+    # -- bookkeeping --------------------------------------------------------------------
+
+    def _charge(
+        self, trail: _Trail, variant: Variant, started: float, prompt: int, completion: int
+    ) -> None:
+        cost = self._prices.cost_usd(variant.model, prompt, completion) or 0.0
+        trail.calls.append(
+            UpstreamCall(
+                variant.name, variant.model, self._clock() - started, prompt, completion, cost
+            )
+        )
+
+    def _failed(self, trail: _Trail, name: str, exc: UpstreamError, order: tuple[str, ...]) -> None:
+        trail.failures.append((name, exc))
+        position = order.index(name)
+        if position + 1 < len(order):
+            trail.fallbacks.append((name, order[position + 1], exc.kind))
+        log.info(
+            "variant failed",
+            extra={"variant": name, "kind": exc.kind, "detail": str(exc)},
+        )
+
+    def _give_up(self, call: Call, trail: _Trail) -> GatewayError:
+        cost = {"x-tunegate-cost-usd": format_usd(trail.cost_usd)}
+        if self._clock() >= trail.deadline:
+            self.record(self._outcome(call, trail, None, "deadline"))
+            return DeadlineExceeded(
+                f"Task {call.task.name!r} did not finish within its deadline of "
+                f"{call.task.deadline_s:g} s.",
+                headers=cost,
+            )
+        reasons = "; ".join(f"{name}: {exc}" for name, exc in trail.failures)
+        if all(isinstance(exc, UpstreamInvalidOutput) for _, exc in trail.failures):
+            self.record(self._outcome(call, trail, None, "invalid_output"))
+            return AllAttemptsFailed(
+                f"No variant produced output that satisfies the task's schema. {reasons}",
+                code="invalid_output",
+                should_retry=False,
+                headers=cost,
+            )
+        self.record(self._outcome(call, trail, None, "error"))
+        retry = any(exc.retryable for _, exc in trail.failures)
+        return AllAttemptsFailed(
+            f"Every variant failed. {reasons}", should_retry=retry, headers=cost
+        )
+
+    def _answer(
+        self,
+        call: Call,
+        variant: Variant,
+        completion: Completion,
+        verdict: jsonguard.Verdict | None,
+        trail: _Trail,
+    ) -> Answer:
+        return Answer(
+            request_id=call.request_id,
+            task=call.task,
+            variant=variant,
+            content=verdict.text if verdict else completion.content,
+            parsed=verdict.value if verdict else completion.content,
+            finish_reason=completion.finish_reason,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            cost_usd=trail.cost_usd,
+            cache="bypass" if not call.cache_read else "miss",
+            json_status=verdict.status if verdict else None,
+            fallback_from=trail.failures[0][0] if trail.failures else None,
+            created=int(time.time()),
+        )
+
+    def _outcome(self, call: Call, trail: _Trail, served: str | None, status: Status) -> Outcome:
+        if status == "ok" and trail.failures:
+            status = "fallback"
+        return Outcome(
+            request_id=call.request_id,
+            task=call.task.name,
+            chosen=trail.chosen,
+            served=served,
+            sample=call.forced is None,
+            status=status,
+            cache="bypass" if not call.cache_read else "miss",
+            seconds=self._clock() - trail.started,
+            calls=tuple(trail.calls),
+            json_results=tuple(trail.json_results),
+            fallbacks=tuple(trail.fallbacks),
+        )

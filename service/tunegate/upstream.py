@@ -1,0 +1,223 @@
+"""Calls to OpenAI-compatible model endpoints; the only module that imports `openai`.
+
+One `AsyncOpenAI` client per configured upstream, with the SDK's retries off (the gateway
+runs the one retry loop) and its aiohttp transport, which keeps its throughput under
+concurrency where the default httpx pool does not. Answers are read raw and parsed with
+orjson: the gateway needs four fields, not the SDK's models. Every SDK exception is
+translated here into the `UpstreamError` tree; upstream messages are never passed on,
+since some echo part of the key.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import httpx2
+import openai
+import orjson
+
+from tunegate.config import Upstream, Variant
+from tunegate.errors import (
+    UpstreamAuthError,
+    UpstreamBadRequest,
+    UpstreamConnectionError,
+    UpstreamError,
+    UpstreamQuotaExhausted,
+    UpstreamRateLimited,
+    UpstreamServerError,
+    UpstreamTimeout,
+)
+from tunegate.retry import parse_retry_after
+
+Message = Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """What one upstream answer contributes to the gateway's answer."""
+
+    content: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    system_fingerprint: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """One piece of a streamed answer: text, or (last) the finish reason and usage. The
+    gateway fills in `cost_usd` on the last one."""
+
+    content: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+class Upstreams:
+    """The clients of every configured upstream, opened together and closed together."""
+
+    def __init__(self, upstreams: Mapping[str, Upstream], environ: Mapping[str, str]) -> None:
+        self._clients = {
+            name: _client_for(upstream, environ) for name, upstream in upstreams.items()
+        }
+        self._upstreams = dict(upstreams)
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+
+    def timeout_for(self, variant: Variant) -> float:
+        return self._upstreams[variant.upstream].timeout_s
+
+    async def complete(
+        self,
+        variant: Variant,
+        messages: Sequence[Message],
+        params: Mapping[str, Any],
+        timeout_s: float,
+    ) -> Completion:
+        """One non-streamed attempt; raises an `UpstreamError` on any failure."""
+        client = self._clients[variant.upstream]
+        try:
+            raw = await client.chat.completions.with_raw_response.create(
+                model=variant.model,
+                messages=messages,  # type: ignore[arg-type]  # plain dicts of the SDK's shape
+                timeout=timeout_s,
+                **_request_params(variant, params),
+            )
+            body = orjson.loads(raw.content)
+        except openai.OpenAIError as exc:
+            _translate(exc, variant)
+        except orjson.JSONDecodeError:
+            raise UpstreamServerError(
+                f"{variant.model}: answered a body that is not JSON"
+            ) from None
+        return _completion_from(body, variant)
+
+    async def stream(
+        self,
+        variant: Variant,
+        messages: Sequence[Message],
+        params: Mapping[str, Any],
+        timeout_s: float,
+    ) -> AsyncIterator[Delta]:
+        """A streamed attempt: yields text deltas, then one `Delta` carrying the finish
+        reason and usage. Raises an `UpstreamError` on any failure, before or mid-stream."""
+        client = self._clients[variant.upstream]
+        try:
+            chunks = await client.chat.completions.create(  # type: ignore[call-overload]  # plain dicts of the SDK's shape
+                model=variant.model,
+                messages=messages,
+                timeout=timeout_s,
+                stream=True,
+                stream_options={"include_usage": True},
+                **_request_params(variant, params),
+            )
+            finish_reason = "stop"
+            prompt_tokens = completion_tokens = 0
+            async with chunks:
+                async for chunk in chunks:
+                    if chunk.usage is not None:
+                        prompt_tokens = chunk.usage.prompt_tokens
+                        completion_tokens = chunk.usage.completion_tokens
+                    if not chunk.choices:
+                        continue
+                    choice = chunk.choices[0]
+                    if choice.finish_reason:
+                        finish_reason = choice.finish_reason
+                    if choice.delta.content:
+                        yield Delta(content=choice.delta.content)
+        except openai.OpenAIError as exc:
+            _translate(exc, variant)
+        yield Delta(
+            finish_reason=finish_reason,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+        )
+
+
+def _client_for(upstream: Upstream, environ: Mapping[str, str]) -> openai.AsyncOpenAI:
+    limits = httpx2.Limits(
+        max_connections=upstream.max_connections,
+        max_keepalive_connections=upstream.max_connections,
+    )
+    key = environ.get(upstream.api_key_env, "") if upstream.api_key_env else ""
+    return openai.AsyncOpenAI(
+        api_key=key or "unused",
+        base_url=upstream.base_url,
+        max_retries=0,
+        timeout=upstream.timeout_s,
+        http_client=openai.DefaultAioHttpClient(limits=limits, timeout=upstream.timeout_s),
+    )
+
+
+def _request_params(variant: Variant, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The variant's parameters with the caller's applied; a caller's `max_tokens` is
+    clamped to the variant's and sent under the name the variant uses."""
+    merged = {**variant.params, **params}
+    wanted = params.get("max_tokens")
+    if wanted is not None and "max_completion_tokens" in variant.params:
+        del merged["max_tokens"]
+        merged["max_completion_tokens"] = min(wanted, variant.max_tokens or wanted)
+    elif wanted is not None:
+        merged["max_tokens"] = min(wanted, variant.max_tokens or wanted)
+    if variant.json_mode:
+        merged["response_format"] = {"type": "json_object"}
+    return merged
+
+
+def _completion_from(body: Any, variant: Variant) -> Completion:
+    try:
+        choice = body["choices"][0]
+        usage = body.get("usage") or {}
+        return Completion(
+            content=choice["message"].get("content") or "",
+            finish_reason=choice.get("finish_reason") or "stop",
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            system_fingerprint=body.get("system_fingerprint"),
+        )
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+        raise UpstreamServerError(f"{variant.model}: answered without a choice") from None
+
+
+def _translate(exc: openai.OpenAIError, variant: Variant) -> NoReturn:
+    """Raise the `UpstreamError` for an SDK exception; never its message, which may
+    quote the request or part of the key."""
+    model = variant.model
+    if isinstance(exc, openai.APITimeoutError):
+        raise UpstreamTimeout(f"{model}: timed out") from exc
+    if isinstance(exc, openai.APIConnectionError):
+        raise UpstreamConnectionError(f"{model}: connection failed") from exc
+    if isinstance(exc, openai.APIStatusError):
+        raise _status_error(exc, model) from exc
+    # Mid-stream error events and unparseable answers.
+    raise UpstreamServerError(f"{model}: upstream error ({type(exc).__name__})") from exc
+
+
+def _status_error(exc: openai.APIStatusError, model: str) -> UpstreamError:
+    status = exc.status_code
+    code = exc.code if isinstance(exc.code, str) else None
+    label = f"{model}: answered {status}" + (f" {code}" if code else "")
+    if status == 429:
+        if code == "insufficient_quota" or exc.type == "insufficient_quota":
+            return UpstreamQuotaExhausted(label)
+        headers = exc.response.headers
+        retry_after = parse_retry_after(headers.get("retry-after"), time.time())
+        retry_after_ms = headers.get("retry-after-ms")
+        if retry_after_ms:
+            try:
+                retry_after = float(retry_after_ms) / 1000
+            except ValueError:
+                pass
+        return UpstreamRateLimited(label, retry_after_s=retry_after)
+    if status in (401, 403):
+        return UpstreamAuthError(label)
+    if status >= 500 or status == 408:
+        return UpstreamServerError(label)
+    return UpstreamBadRequest(label)
