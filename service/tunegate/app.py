@@ -68,6 +68,8 @@ def create_app(settings: Settings) -> FastAPI:
 
 def build_runtime(config: GatewayConfig, upstreams: Upstreams) -> Runtime:
     prices = PriceTable({m: Price(i, o) for m, (i, o) in config.pricing.items()})
+    # The first lookup of a model costs tens of ms: pay it at start-up, not on a request.
+    prices.preload(v.model for task in config.tasks.values() for v in task.variants.values())
     gateway = Gateway(upstreams, prices)
     return Runtime(
         config=config, gateway=gateway, keys=keys_by_hash(config), started_at=time.time()

@@ -55,6 +55,7 @@ CALLER_PARAMS = frozenset({"temperature", "top_p", "presence_penalty", "frequenc
 class Upstream:
     name: str
     base_url: str
+    base_url_env: str | None
     api_key_env: str | None
     timeout_s: float
     max_connections: int
@@ -232,7 +233,9 @@ def _describe(path: Path, exc: ValidationError) -> str:
 def _compile(path: Path, parsed: GatewayFile, tasks: Mapping[str, TaskFile]) -> GatewayConfig:
     problems: list[str] = []
     upstreams = {
-        name: Upstream(name, u.base_url.rstrip("/"), u.api_key_env, u.timeout_s, u.max_connections)
+        name: Upstream(
+            name, u.base_url.rstrip("/"), u.base_url_env, u.api_key_env, u.timeout_s, u.max_connections
+        )
         for name, u in parsed.upstreams.items()
     }
     compiled: dict[str, Task] = {}

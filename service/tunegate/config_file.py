@@ -17,12 +17,17 @@ class FileModel(BaseModel):
 
 class UpstreamFile(FileModel):
     base_url: str = Field(min_length=1)
+    # When this environment variable is set, it replaces `base_url` (e.g. to point a
+    # deployment at the simulator or a regional endpoint without editing the file).
+    base_url_env: str | None = None
     api_key_env: str | None = None
     timeout_s: float = Field(default=30.0, gt=0)
     max_connections: int = Field(default=256, ge=1)
 
 
 class PriceFile(FileModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
     input: float = Field(ge=0)
     output: float = Field(ge=0)
 

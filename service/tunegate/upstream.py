@@ -141,15 +141,26 @@ class Upstreams:
         )
 
 
+# For programs that call a gateway as its users do (the demo, benchmarks): the official
+# SDK, reached through this module like every other use of it.
+CallerError = openai.APIError
+
+
+def caller_client(base_url: str, api_key: str) -> openai.AsyncOpenAI:
+    """An SDK client as a backend service would configure it, SDK retries off."""
+    return openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0)
+
+
 def _client_for(upstream: Upstream, environ: Mapping[str, str]) -> openai.AsyncOpenAI:
     limits = httpx2.Limits(
         max_connections=upstream.max_connections,
         max_keepalive_connections=upstream.max_connections,
     )
     key = environ.get(upstream.api_key_env, "") if upstream.api_key_env else ""
+    base_url = environ.get(upstream.base_url_env, "") if upstream.base_url_env else ""
     return openai.AsyncOpenAI(
         api_key=key or "unused",
-        base_url=upstream.base_url,
+        base_url=base_url or upstream.base_url,
         max_retries=0,
         timeout=upstream.timeout_s,
         http_client=openai.DefaultAioHttpClient(limits=limits, timeout=upstream.timeout_s),

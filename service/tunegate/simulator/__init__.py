@@ -1,0 +1,62 @@
+"""A simulated OpenAI-compatible upstream for tests, the demo and benchmarks.
+
+The gateway talks to it with the `openai` SDK exactly as to OpenAI: `POST
+/v1/chat/completions` (plain and streamed) and `GET /v1/models` answer in OpenAI's shapes,
+and errors carry OpenAI's status, `type`, `code` and headers, so the SDK raises its usual
+exception classes. What each model answers, how fast and how it fails is set by a
+scenario file (`scenario.py`); what the answers are is decided in `answers.py`.
+
+Faults, drawn at random per the scenario's rates, queued with `POST /_sim/script`, or
+forced on one request with the header `x-sim-fault: KIND`:
+
+    429             429 rate_limit_exceeded (type requests) with `retry-after`
+                    (the model's `retry_after_s`, or the `x-sim-retry-after` header)
+    quota           429 insufficient_quota, no `retry-after`
+    500, 503        server_error
+    400             invalid_request_error context_length_exceeded
+    404             invalid_request_error model_not_found
+    hang            never answers; waits until the client goes away
+    drop            starts the answer, then closes the connection halfway
+    slow            streams drip one chunk per `slow_chunk_ms` (plain answers wait as long)
+    invalid_json, fenced, trailing_comma, missing_field, wrong_enum, prose
+                    200 with the answer broken that way (text tasks: the wrong language)
+    valid           200 with the right answer, whatever the quality draw
+    ok              (script and header only) behave normally, no random fault
+
+Inspection for tests: `GET /_sim/requests[?model=X]` lists the last 10,000 chat requests
+(model, messages, other params, whether an Authorization header came, the fault applied);
+`DELETE /_sim/requests` forgets them; `DELETE /_sim/script` empties every fault queue.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import uvicorn
+
+from tunegate.simulator.app import create_simulator_app
+from tunegate.simulator.scenario import load_scenario
+
+__all__ = ["create_simulator_app", "load_scenario", "serve_simulator"]
+
+
+def serve_simulator(
+    host: str, port: int, scenario_path: Path | None, seed: int | None = None
+) -> None:
+    """Serve the scenario at `scenario_path` (None: the default) until interrupted.
+    `seed` None uses the scenario's seed. Raises `ValueError` for a bad scenario file."""
+    app = create_simulator_app(load_scenario(scenario_path), seed)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        backlog=4096,
+        # A `hang` request would otherwise hold the shutdown until its client gives up.
+        timeout_graceful_shutdown=1,
+    )
+    uvicorn.Server(config).run()

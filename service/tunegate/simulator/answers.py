@@ -1,0 +1,232 @@
+"""What a simulated model answers, how long it takes and what it costs in tokens: pure.
+
+Tasks. The answer is JSON when the request has `response_format` of type `json_object`
+or `json_schema`, or a system (or developer) message mentions "JSON"; it is then the
+`ticket-triage` answer `{"category": ..., "priority": ...}` derived from keywords in the
+last user message (`triage`). Otherwise it is a short support reply, in German when the
+system prompt mentions German/Deutsch, else in English.
+
+Quality. Each model's answer is right with probability `quality.valid`, or
+`quality.valid_with_examples` when the request carries few-shot examples (an assistant
+turn before the last user message). The draw is a hash of (seed, model, messages), so the
+same input always gets the same answer. A wrong JSON answer is one of the `BREAKAGES`,
+picked by the scenario's weights; a wrong German reply is the English one (a text task
+asked in English cannot be wrong).
+
+Faults. A model's random faults are drawn by a hash of (seed, model, request sequence
+number), so they are reproducible and a retry of the same input can succeed.
+
+Tokens (an approximation of OpenAI's counts, documented so tests can assert on it):
+`prompt_tokens` = 3 + the sum over messages of (4 + ceil(characters of content / 4));
+`completion_tokens` = ceil(characters of the answer / 4), at least 1. Streams send one
+piece of up to `PIECE_CHARS` characters (about one token) per chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from tunegate.simulator.scenario import ModelBehaviour
+
+PIECE_CHARS = 4
+CATEGORIES = ("billing", "bug", "account", "other")
+PRIORITIES = ("low", "medium", "high")
+
+_CATEGORY_WORDS = (
+    ("billing", re.compile(r"\b(charged?|refunds?|invoices?|payments?|billing|bill(ed)?)\b")),
+    ("bug", re.compile(r"\b(errors?|crash(es|ed|ing)?|bugs?|broken)\b")),
+    ("account", re.compile(r"\b(password|log ?in|sign ?in|accounts?)\b")),
+)
+_HIGH = re.compile(r"\b(urgent(ly)?|asap|immediately|down|twice)\b")
+_LOW = re.compile(r"when you can|no rush|\?")
+_JSON = re.compile(r"json", re.IGNORECASE)
+_GERMAN = re.compile(r"german|deutsch", re.IGNORECASE)
+
+_REPLIES_DE = {
+    "billing": "Guten Tag, vielen Dank für Ihre Nachricht. Wir prüfen Ihre Rechnung umgehend "
+    "und melden uns innerhalb eines Werktages bei Ihnen. Herzliche Grüße, Ihr Support-Team",
+    "bug": "Guten Tag, vielen Dank für Ihre Nachricht. Es tut uns leid, dass etwas nicht "
+    "funktioniert; unser Technikteam sieht sich den Fehler sofort an. Herzliche Grüße, "
+    "Ihr Support-Team",
+    "account": "Guten Tag, vielen Dank für Ihre Nachricht. Wir helfen Ihnen gern, wieder "
+    "Zugang zu Ihrem Konto zu bekommen. Herzliche Grüße, Ihr Support-Team",
+    "other": "Guten Tag, vielen Dank für Ihre Nachricht. Wir kümmern uns um Ihr Anliegen "
+    "und melden uns in Kürze bei Ihnen. Herzliche Grüße, Ihr Support-Team",
+}
+_REPLIES_EN = {
+    "billing": "Hello, thank you for your message. We are checking your invoice right away "
+    "and will get back to you within one business day. Kind regards, the Support Team",
+    "bug": "Hello, thank you for your message. We are sorry something is not working; our "
+    "engineers are looking into the error now. Kind regards, the Support Team",
+    "account": "Hello, thank you for your message. We are glad to help you get back into "
+    "your account. Kind regards, the Support Team",
+    "other": "Hello, thank you for your message. We are looking into your request and will "
+    "get back to you shortly. Kind regards, the Support Team",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A model's answer and how it was meant: "valid", a breakage, or "wrong_language"."""
+
+    content: str
+    outcome: str
+
+
+def triage(text: str) -> tuple[str, str]:
+    """The right (category, priority) for a ticket: the first keyword group that matches
+    decides the category (billing, then bug, then account, else other); urgent words make
+    it high, a question or "when you can" low, else medium."""
+    lowered = text.lower()
+    category = next((name for name, words in _CATEGORY_WORDS if words.search(lowered)), "other")
+    if _HIGH.search(lowered):
+        priority = "high"
+    elif _LOW.search(lowered):
+        priority = "low"
+    else:
+        priority = "medium"
+    return category, priority
+
+
+def answer(
+    behaviour: ModelBehaviour,
+    seed: int,
+    model: str,
+    messages: Sequence[Mapping[str, Any]],
+    request: Mapping[str, Any],
+    forced: str | None = None,
+) -> Answer:
+    """The model's answer to `messages`. `forced` is an output fault (a breakage or
+    "valid") that overrides the quality draw."""
+    category, priority = triage(_last_user_text(messages))
+    as_json = wants_json(request, messages)
+    outcome = forced if forced is not None else _draw_outcome(behaviour, seed, model, messages)
+    if as_json:
+        return Answer(render_triage(category, priority, outcome), outcome)
+    german = any(_GERMAN.search(text) for text in _system_texts(messages))
+    if outcome == "valid" or not german:
+        return Answer((_REPLIES_DE if german else _REPLIES_EN)[category], "valid")
+    return Answer(_REPLIES_EN[category], "wrong_language")
+
+
+def render_triage(category: str, priority: str, outcome: str) -> str:
+    """The triage answer, right ("valid") or broken the way `outcome` names."""
+    valid = f'{{"category": "{category}", "priority": "{priority}"}}'
+    if outcome == "invalid_json":
+        return valid[: len(valid) * 2 // 3]
+    if outcome == "fenced":
+        return f"```json\n{valid}\n```"
+    if outcome == "trailing_comma":
+        return f'{{"category": "{category}", "priority": "{priority}",}}'
+    if outcome == "missing_field":
+        return f'{{"category": "{category}"}}'
+    if outcome == "wrong_enum":
+        return f'{{"category": "{category}", "priority": "critical"}}'
+    if outcome == "prose":
+        return f"This ticket is about {category} and its priority is {priority}."
+    return valid
+
+
+def wants_json(request: Mapping[str, Any], messages: Sequence[Mapping[str, Any]]) -> bool:
+    response_format = request.get("response_format")
+    if isinstance(response_format, Mapping) and response_format.get("type") in (
+        "json_object",
+        "json_schema",
+    ):
+        return True
+    return any(_JSON.search(text) for text in _system_texts(messages))
+
+
+def has_examples(messages: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether an assistant turn comes before the last user message (few-shot examples)."""
+    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+    return any(m.get("role") == "assistant" for m in messages[:last_user])
+
+
+def draw_fault(behaviour: ModelBehaviour, seed: int, model: str, sequence: int) -> str | None:
+    """The random fault of the model's `sequence`-th request, or None."""
+    if not behaviour.faults:
+        return None
+    draw = _uniform(f"fault:{seed}:{model}:{sequence}".encode())
+    for kind, rate in behaviour.faults:
+        if draw < rate:
+            return kind
+        draw -= rate
+    return None
+
+
+def delay_s(behaviour: ModelBehaviour, seed: int, model: str, sequence: int) -> float:
+    """The wait before the model's answer starts: its latency plus seeded jitter."""
+    wait = behaviour.latency_ms
+    if behaviour.jitter_ms:
+        wait += behaviour.jitter_ms * _uniform(f"jitter:{seed}:{model}:{sequence}".encode())
+    return wait / 1000
+
+
+def prompt_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
+    return 3 + sum(4 + math.ceil(len(_text(m.get("content"))) / 4) for m in messages)
+
+
+def completion_tokens(content: str) -> int:
+    return max(1, math.ceil(len(content) / 4))
+
+
+def pieces(content: str) -> list[str]:
+    """The content cut into the pieces a stream sends, one per chunk."""
+    return [content[i : i + PIECE_CHARS] for i in range(0, len(content), PIECE_CHARS)]
+
+
+def _draw_outcome(
+    behaviour: ModelBehaviour, seed: int, model: str, messages: Sequence[Mapping[str, Any]]
+) -> str:
+    quality = behaviour.quality
+    rate = quality.valid
+    if quality.valid_with_examples is not None and has_examples(messages):
+        rate = quality.valid_with_examples
+    if rate >= 1:
+        return "valid"
+    key = b"quality:%d:%s:%s" % (seed, model.encode(), orjson.dumps(messages))
+    digest = hashlib.blake2b(key, digest_size=16).digest()
+    if int.from_bytes(digest[:8]) / 2**64 < rate:
+        return "valid"
+    pick = int.from_bytes(digest[8:]) / 2**64 * sum(w for _, w in quality.breakages)
+    for kind, weight in quality.breakages:
+        if pick < weight:
+            return kind
+        pick -= weight
+    return quality.breakages[-1][0]
+
+
+def _uniform(key: bytes) -> float:
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest()) / 2**64
+
+
+def _last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return _text(message.get("content"))
+    return ""
+
+
+def _system_texts(messages: Sequence[Mapping[str, Any]]) -> list[str]:
+    return [_text(m.get("content")) for m in messages if m.get("role") in ("system", "developer")]
+
+
+def _text(content: Any) -> str:
+    """A message's text: the string, or the text parts of a list of content parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            part.get("text", "")
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return ""
