@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 import uvicorn
 import yaml
-
 from tunegate.app import create_app
 from tunegate.settings import Settings
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 import yaml
-
 from tunegate.cli import main
 from tunegate.config import load_config, missing_secrets
 from tunegate.errors import ConfigError
+
 from tests.harness import gateway_config, task_config
 
 EXAMPLE = Path(__file__).parent.parent / "config" / "gateway.yaml"
@@ -46,10 +46,14 @@ def test_fingerprint_changes_with_the_prompt_and_not_with_routing(tmp_path: Path
     base = load_config(write(tmp_path, good())).tasks["triage"].variants["tuned"].fingerprint
     changed = good()
     changed["tasks"]["triage"]["variants"]["tuned"]["system"] = "Something else."
-    assert load_config(write(tmp_path, changed)).tasks["triage"].variants["tuned"].fingerprint != base
+    assert (
+        load_config(write(tmp_path, changed)).tasks["triage"].variants["tuned"].fingerprint != base
+    )
     rerouted = good()
     rerouted["tasks"]["triage"]["routing"]["weights"] = {"tuned": 1, "few_shot": 1}
-    assert load_config(write(tmp_path, rerouted)).tasks["triage"].variants["tuned"].fingerprint == base
+    assert (
+        load_config(write(tmp_path, rerouted)).tasks["triage"].variants["tuned"].fingerprint == base
+    )
 
 
 def broken(path: str, value: Any) -> dict[str, Any]:
@@ -68,22 +72,54 @@ def broken(path: str, value: Any) -> dict[str, Any]:
 _DELETE = object()
 
 BROKEN = [
-    (broken("tasks.triage.variants.tuned.upstream", "nope"), "tasks.triage.variants.tuned.upstream", "unknown upstream"),
-    (broken("tasks.triage.routing.fallback", ["ghost"]), "tasks.triage.routing.fallback.0", "no variant named 'ghost'"),
-    (broken("tasks.triage.routing.weights", {"tuned": 0, "few_shot": 0}), "tasks.triage.routing.weights", "all weights are 0"),
+    (
+        broken("tasks.triage.variants.tuned.upstream", "nope"),
+        "tasks.triage.variants.tuned.upstream",
+        "unknown upstream",
+    ),
+    (
+        broken("tasks.triage.routing.fallback", ["ghost"]),
+        "tasks.triage.routing.fallback.0",
+        "no variant named 'ghost'",
+    ),
+    (
+        broken("tasks.triage.routing.weights", {"tuned": 0, "few_shot": 0}),
+        "tasks.triage.routing.weights",
+        "all weights are 0",
+    ),
     (broken("tasks.triage.routing.colour", "blue"), "tasks.triage.routing.colour", "unknown key"),
-    (broken("tasks.triage.output.schema", {"type": "objekt"}), "tasks.triage.output.schema", "not a valid JSON Schema"),
-    (broken("tasks.triage.routing.weights", {"tuned": 1, "fewshot": 1}), "tasks.triage.routing.weights.fewshot", "no variant named"),
-    (broken("tasks.triage.variants.tuned.params", {"temprature": 0}), "tasks.triage.variants.tuned.params", "temprature"),
+    (
+        broken("tasks.triage.output.schema", {"type": "objekt"}),
+        "tasks.triage.output.schema",
+        "not a valid JSON Schema",
+    ),
+    (
+        broken("tasks.triage.routing.weights", {"tuned": 1, "fewshot": 1}),
+        "tasks.triage.routing.weights.fewshot",
+        "no variant named",
+    ),
+    (
+        broken("tasks.triage.variants.tuned.params", {"temprature": 0}),
+        "tasks.triage.variants.tuned.params",
+        "temprature",
+    ),
     (broken("tasks.triage.routing.retries", "twice"), "tasks.triage.routing.retries", "integer"),
-    (broken("tasks.triage.variants.tuned.model", _DELETE), "tasks.triage.variants.tuned.model", "missing"),
+    (
+        broken("tasks.triage.variants.tuned.model", _DELETE),
+        "tasks.triage.variants.tuned.model",
+        "missing",
+    ),
     (broken("upstreams.sim.timeout_s", -1), "upstreams.sim.timeout_s", "greater than 0"),
 ]
 
 
 @pytest.mark.parametrize(("data", "yaml_path", "fix"), BROKEN, ids=[b[1] for b in BROKEN])
 def test_broken_config_names_file_path_and_fix(
-    tmp_path: Path, data: dict[str, Any], yaml_path: str, fix: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    data: dict[str, Any],
+    yaml_path: str,
+    fix: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     path = write(tmp_path, data)
     with pytest.raises(ConfigError) as caught:
@@ -112,7 +148,11 @@ def test_not_yaml_and_missing_file_are_clear(tmp_path: Path) -> None:
 def test_missing_secret_is_named_at_serve_time(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, good()))
     problems = missing_secrets(config, {})
-    assert len(problems) == 1 and "upstreams.sim.api_key_env" in problems[0] and "SIM_KEY" in problems[0]
+    assert (
+        len(problems) == 1
+        and "upstreams.sim.api_key_env" in problems[0]
+        and "SIM_KEY" in problems[0]
+    )
     assert missing_secrets(config, {"SIM_KEY": "x"}) == []
 
 

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from tunegate.cli import _parser
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,7 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def dockerfile() -> list[tuple[str, str]]:
     text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    lines = [
+        line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")
+    ]
     return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,15 @@ import httpx
 import openai
 import pytest
 
-from tests.harness import BASE, TUNED, Gateway, Simulator, gateway_config, running_gateway, task_config
+from tests.harness import (
+    BASE,
+    TUNED,
+    Gateway,
+    Simulator,
+    gateway_config,
+    running_gateway,
+    task_config,
+)
 
 SECRET = "sk-upstream-secret"
 
@@ -49,9 +58,15 @@ def client(gw: Gateway) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{gw.url}/v1", api_key="caller-key", max_retries=0)
 
 
-def ask(client: openai.OpenAI, task: str, text: str = "I was charged twice!", **kw: object) -> openai.types.chat.ChatCompletion:
+def ask(
+    client: openai.OpenAI, task: str, text: str | None = None, **kw: object
+) -> openai.types.chat.ChatCompletion:
+    # A fresh prompt each time unless given: the cache would answer a repeated one.
+    text = text or f"I was charged twice! (ticket {uuid.uuid4().hex[:8]})"
     raw = client.chat.completions.with_raw_response.create(
-        model=task, messages=[{"role": "user", "content": text}], **kw  # type: ignore[call-overload]
+        model=task,
+        messages=[{"role": "user", "content": text}],
+        **kw,  # type: ignore[call-overload]
     )
     completion: openai.types.chat.ChatCompletion = raw.parse()
     ask.headers = raw.headers  # type: ignore[attr-defined]
@@ -63,8 +78,10 @@ def last_headers() -> httpx.Headers:
     return headers
 
 
-def test_json_task_answers_valid_json_with_every_header(client: openai.OpenAI, sim: Simulator) -> None:
-    completion = ask(client, "triage")
+def test_json_task_answers_valid_json_with_every_header(
+    client: openai.OpenAI, sim: Simulator
+) -> None:
+    completion = ask(client, "triage", "I was charged twice!")
     assert json.loads(completion.choices[0].message.content or "") == {
         "category": "billing",
         "priority": "high",
@@ -82,7 +99,10 @@ def test_json_task_answers_valid_json_with_every_header(client: openai.OpenAI, s
     assert completion.usage is not None and completion.usage.prompt_tokens > 0
     # The upstream saw the variant's prompt before the caller's turn.
     [received] = sim.requests(TUNED)
-    assert received["messages"][0] == {"role": "system", "content": "Classify the support ticket as JSON."}
+    assert received["messages"][0] == {
+        "role": "system",
+        "content": "Classify the support ticket as JSON.",
+    }
     assert received["messages"][-1] == {"role": "user", "content": "I was charged twice!"}
 
 
@@ -136,7 +156,9 @@ def test_a_500_is_retried_on_the_same_variant(client: openai.OpenAI, sim: Simula
     assert len(sim.requests(TUNED)) == 2
 
 
-def test_insufficient_quota_is_not_retried_and_falls_back(client: openai.OpenAI, sim: Simulator) -> None:
+def test_insufficient_quota_is_not_retried_and_falls_back(
+    client: openai.OpenAI, sim: Simulator
+) -> None:
     sim.script(TUNED, "quota")
     ask(client, "triage")
     headers = last_headers()
@@ -155,7 +177,9 @@ def test_retry_after_is_waited_when_it_fits(client: openai.OpenAI, sim: Simulato
     assert len(sim.requests(TUNED)) == 2
 
 
-def test_retry_after_beyond_the_deadline_moves_to_the_fallback(client: openai.OpenAI, sim: Simulator) -> None:
+def test_retry_after_beyond_the_deadline_moves_to_the_fallback(
+    client: openai.OpenAI, sim: Simulator
+) -> None:
     sim.script(TUNED, "429:30")
     started = time.monotonic()
     ask(client, "slow")
@@ -177,7 +201,9 @@ def test_a_hang_ends_in_504_within_the_deadline(client: openai.OpenAI, sim: Simu
     assert 1.4 <= elapsed < 2.0
 
 
-def test_every_variant_failing_is_a_502_without_secrets(client: openai.OpenAI, sim: Simulator) -> None:
+def test_every_variant_failing_is_a_502_without_secrets(
+    client: openai.OpenAI, sim: Simulator
+) -> None:
     sim.script(TUNED, "503", "503")
     sim.script(BASE, "401")
     with pytest.raises(openai.APIStatusError) as caught:
@@ -193,7 +219,9 @@ def test_every_variant_failing_is_a_502_without_secrets(client: openai.OpenAI, s
     assert "x-request-id" in response.headers
 
 
-def test_text_stream_falls_back_before_its_first_chunk(client: openai.OpenAI, sim: Simulator) -> None:
+def test_text_stream_falls_back_before_its_first_chunk(
+    client: openai.OpenAI, sim: Simulator
+) -> None:
     sim.script(TUNED, "quota")
     raw = client.chat.completions.with_raw_response.create(
         model="reply", messages=[{"role": "user", "content": "Hallo"}], stream=True
@@ -203,7 +231,9 @@ def test_text_stream_falls_back_before_its_first_chunk(client: openai.OpenAI, si
     assert "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
 
 
-def test_allowed_caller_parameters_reach_the_upstream(client: openai.OpenAI, sim: Simulator) -> None:
+def test_allowed_caller_parameters_reach_the_upstream(
+    client: openai.OpenAI, sim: Simulator
+) -> None:
     ask(client, "reply", temperature=0.7, max_tokens=1000, seed=3)
     [received] = sim.requests(TUNED)
     assert received["temperature"] == 0.7
@@ -247,7 +277,9 @@ def test_weights_zero_and_hundred_through_http(tmp_path: Path, sim: Simulator) -
 
 
 def test_sticky_user_keeps_the_variant_through_http(tmp_path: Path, sim: Simulator) -> None:
-    tasks = {"split": task_config(weights={"tuned": 50, "few_shot": 50}, routing={"sticky": "user"})}
+    tasks = {
+        "split": task_config(weights={"tuned": 50, "few_shot": 50}, routing={"sticky": "user"})
+    }
     with running_gateway(tmp_path, gateway_config(sim.url, tasks)) as gateway:
         client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="k", max_retries=0)
         first = {}

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from tunegate import router
 from tunegate.config import Task, load_config
+
 from tests.harness import gateway_config, task_config
 
 
@@ -47,7 +47,11 @@ def test_a_weight_change_moves_only_units_crossing_the_boundary(tmp_path: Path) 
     after = make_task(tmp_path, {"tuned": 60, "few_shot": 40})
     rng = random.Random(3).random
     units = [f"u{i}" for i in range(2000)]
-    moved = [u for u in units if router.choose_variant(before, u, rng) != router.choose_variant(after, u, rng)]
+    moved = [
+        u
+        for u in units
+        if router.choose_variant(before, u, rng) != router.choose_variant(after, u, rng)
+    ]
     # Only few_shot -> tuned moves happen, about 10% of units.
     assert all(router.choose_variant(after, u, rng) == "tuned" for u in moved)
     assert 0.06 <= len(moved) / len(units) <= 0.14
@@ -60,7 +64,9 @@ def test_unweighted_random_choice_follows_the_weights(tmp_path: Path) -> None:
     assert 0.88 <= share <= 0.92
 
 
-@pytest.mark.parametrize(("first", "order"), [("tuned", ("tuned", "few_shot")), ("few_shot", ("few_shot", "tuned"))])
+@pytest.mark.parametrize(
+    ("first", "order"), [("tuned", ("tuned", "few_shot")), ("few_shot", ("few_shot", "tuned"))]
+)
 def test_attempt_order_skips_the_variant_already_tried(
     tmp_path: Path, first: str, order: tuple[str, ...]
 ) -> None:

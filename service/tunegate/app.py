@@ -14,14 +14,18 @@ from tunegate import __version__
 from tunegate.api.chat import chat_completions
 from tunegate.api.errors import install_error_handlers
 from tunegate.api.incoming import Runtime
-from tunegate.api.service import healthz, list_models, readyz
+from tunegate.api.service import healthz, list_models, metrics_endpoint, readyz
 from tunegate.api.tasks import run_task
 from tunegate.auth import keys_by_hash
+from tunegate.cache import Cache
 from tunegate.config import GatewayConfig, load_config, missing_secrets
+from tunegate.embedded import EmbeddedServer
 from tunegate.errors import ConfigError
 from tunegate.gateway import Gateway
+from tunegate.metrics import Metrics
 from tunegate.pricing import Price, PriceTable
 from tunegate.settings import Settings
+from tunegate.store import Store
 from tunegate.upstream import Upstreams
 
 log = logging.getLogger("tunegate.app")
@@ -37,9 +41,25 @@ def create_app(settings: Settings) -> FastAPI:
             problems = missing_secrets(config, settings.environ)
             if problems:
                 raise ConfigError("\n".join(problems))
+            redis_url = settings.redis_url
+            if redis_url is None:
+                embedded = stack.enter_context(EmbeddedServer())
+                redis_url = embedded.url
+                log.warning(
+                    "no REDIS_URL: started an embedded Redis-compatible server at %s "
+                    "(data lives as long as this process)",
+                    redis_url,
+                )
+            store = Store(
+                redis_url,
+                socket_timeout_ms=config.store_socket_timeout_ms,
+                connect_timeout_ms=config.store_connect_timeout_ms,
+            )
+            stack.push_async_callback(store.close)
+            app.state.store = store
             upstreams = Upstreams(config.upstreams, settings.environ)
             stack.push_async_callback(upstreams.aclose)
-            app.state.runtime = build_runtime(config, upstreams)
+            app.state.runtime = build_runtime(config, upstreams, Cache(store), metrics)
             if config.open_mode:
                 log.warning(
                     "auth: no keys configured, running in OPEN MODE: any caller may use "
@@ -56,6 +76,8 @@ def create_app(settings: Settings) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
+    metrics = Metrics(settings.metrics_dir)
+    app.state.metrics = metrics
     app.state.draining = False
     install_error_handlers(app)
     app.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
@@ -63,14 +85,17 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_route("/v1/models", list_models, methods=["GET"])
     app.add_route("/healthz", healthz, methods=["GET"])
     app.add_route("/readyz", readyz, methods=["GET"])
+    app.add_route("/metrics", metrics_endpoint, methods=["GET"])
     return app
 
 
-def build_runtime(config: GatewayConfig, upstreams: Upstreams) -> Runtime:
+def build_runtime(
+    config: GatewayConfig, upstreams: Upstreams, cache: Cache, metrics: Metrics
+) -> Runtime:
     prices = PriceTable({m: Price(i, o) for m, (i, o) in config.pricing.items()})
     # The first lookup of a model costs tens of ms: pay it at start-up, not on a request.
     prices.preload(v.model for task in config.tasks.values() for v in task.variants.values())
-    gateway = Gateway(upstreams, prices)
+    gateway = Gateway(upstreams, prices, cache=cache, recorders=[metrics.record])
     return Runtime(
         config=config, gateway=gateway, keys=keys_by_hash(config), started_at=time.time()
     )

@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 from tunegate.errors import ConfigError
@@ -43,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--host", default="127.0.0.1")
     simulate.add_argument("--port", type=int, default=9000)
     simulate.add_argument("--scenario", type=Path, help="scenario YAML (default: no faults)")
-    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--seed", type=int, help="default: the scenario's seed")
     simulate.set_defaults(run=_simulate)
 
     demo = commands.add_parser("demo", help="the whole system on this machine, no key needed")
@@ -63,8 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    from tunegate.embedded import EmbeddedServer
     from tunegate.logs import configure_logging
     from tunegate.settings import settings_from_env
 
@@ -72,25 +74,49 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level)
     # Workers build their app from the environment, so flags travel through it.
     os.environ["TUNEGATE_CONFIG"] = str(settings.config_path)
+    with ExitStack() as stack:
+        if settings.redis_url is None:
+            # One embedded store for all workers, so cache, limits and experiments are
+            # shared (SPEC §7); it stops with this process.
+            embedded = stack.enter_context(EmbeddedServer())
+            os.environ["REDIS_URL"] = embedded.url
+            logging.getLogger("tunegate.store").warning(
+                "no REDIS_URL: started an embedded Redis-compatible server at %s", embedded.url
+            )
+        if args.workers > 1 and not settings.metrics_dir:
+            metrics_dir = stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="tunegate-metrics-")
+            )
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        _run_uvicorn(settings.host, settings.port, args.workers)
+    return 0
+
+
+def _run_uvicorn(host: str, port: int, workers: int) -> None:
+    import uvicorn
+
     uvicorn.run(
         "tunegate.app:app_from_env",
         factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=args.workers,
+        host=host,
+        port=port,
+        workers=workers,
         loop="uvloop",
         http="httptools",
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
     )
-    return 0
 
 
 def _simulate(args: argparse.Namespace) -> int:
     from tunegate.simulator import serve_simulator
 
-    serve_simulator(args.host, args.port, args.scenario, args.seed)
+    try:
+        serve_simulator(args.host, args.port, args.scenario, args.seed)
+    except ValueError as exc:
+        print(f"tunegate simulate: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -234,7 +234,12 @@ def _compile(path: Path, parsed: GatewayFile, tasks: Mapping[str, TaskFile]) -> 
     problems: list[str] = []
     upstreams = {
         name: Upstream(
-            name, u.base_url.rstrip("/"), u.base_url_env, u.api_key_env, u.timeout_s, u.max_connections
+            name,
+            u.base_url.rstrip("/"),
+            u.base_url_env,
+            u.api_key_env,
+            u.timeout_s,
+            u.max_connections,
         )
         for name, u in parsed.upstreams.items()
     }

@@ -74,7 +74,9 @@ def run_demo(requests: int = 300, concurrency: int = 8, seed: int = 7) -> int:
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tunegate-demo-")))
         print("tunegate demo: starting the simulated upstream and the gateway...", flush=True)
-        sim_url = stack.enter_context(_process("simulator", _simulator_argv(seed), workdir, "/v1/models"))
+        sim_url = stack.enter_context(
+            _process("simulator", _simulator_argv(seed), workdir, "/v1/models")
+        )
         env = {"OPENAI_BASE_URL": f"{sim_url}/v1", "OPENAI_API_KEY": "demo-key-not-secret"}
         gateway_url = stack.enter_context(
             _process("gateway", _gateway_argv(EXAMPLE_CONFIG), workdir, "/readyz", env=env)
@@ -151,7 +153,10 @@ async def _workload(
     async with httpx.AsyncClient() as control:
         # A few injected faults the gateway must absorb: a 500 it retries, a quota
         # error it falls back from.
-        await control.post(f"{sim_url}/_sim/script", json={"model": _tuned_model(), "faults": ["500", "ok", "quota"]})
+        await control.post(
+            f"{sim_url}/_sim/script",
+            json={"model": _tuned_model(), "faults": ["500", "ok", "quota"]},
+        )
     semaphore = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> Result:
@@ -232,4 +237,7 @@ def _print_summary(results: list[Result], seconds: float) -> None:
             f"{sum(r.cost_usd for r in group):>11.6f}"
         )
     errors = [r for r in results if r.status != 200]
-    print(f"\nerrors: {len(errors)}" + (f" (statuses {sorted({r.status for r in errors})})" if errors else ""))
+    print(
+        f"\nerrors: {len(errors)}"
+        + (f" (statuses {sorted({r.status for r in errors})})" if errors else "")
+    )

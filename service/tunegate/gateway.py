@@ -21,6 +21,7 @@ from functools import partial
 from typing import Any, Literal, TypeVar
 
 from tunegate import jsonguard, router
+from tunegate.cache import Cache, Entry, cache_key_for
 from tunegate.config import Task, Variant
 from tunegate.errors import (
     AllAttemptsFailed,
@@ -40,6 +41,7 @@ Message = Mapping[str, Any]
 CacheState = Literal["hit", "miss", "bypass"]
 Status = Literal["ok", "fallback", "error", "invalid_output", "deadline", "rejected"]
 T = TypeVar("T")
+DEFAULT_BACKOFF = Backoff()
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,23 +74,59 @@ class UpstreamCall:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """How one request ended; what metrics and experiments record."""
+    """How one request ended; what metrics and experiments record.
+
+    `chosen` is the variant the router picked (the experiment sample when `sample`);
+    `served` the one that answered (None when none did). `task` is `_unknown` for
+    requests naming no known task. Labels derived from it come from the config only."""
 
     request_id: str
     task: str
     chosen: str | None
     served: str | None
+    served_model: str | None
     sample: bool
     status: Status
     cache: CacheState
+    # hit | miss | bypass | error (the store failed and the lookup counted as a miss);
+    # None when the request never reached a lookup (rejected).
+    cache_lookup: Literal["hit", "miss", "bypass", "error"] | None
     seconds: float
-    calls: tuple[UpstreamCall, ...]
+    calls: tuple[UpstreamCall, ...] = ()
     json_results: tuple[str, ...] = ()
     fallbacks: tuple[tuple[str, str, str], ...] = ()
+    store_seconds: float = 0.0
+    ttft_seconds: float | None = None
+    saved_usd: float = 0.0
 
     @property
     def cost_usd(self) -> float:
         return sum(c.cost_usd for c in self.calls)
+
+    @property
+    def upstream_seconds(self) -> float:
+        return sum(c.seconds for c in self.calls)
+
+    @property
+    def overhead_seconds(self) -> float:
+        """Time spent in the gateway itself: not waiting on the upstream or the store."""
+        return max(0.0, self.seconds - self.upstream_seconds - self.store_seconds)
+
+
+def rejected(request_id: str, task: str | None, seconds: float) -> Outcome:
+    """The outcome of a request refused before any upstream call (4xx)."""
+    return Outcome(
+        request_id=request_id,
+        task=task or "_unknown",
+        chosen=None,
+        served=None,
+        served_model=None,
+        sample=False,
+        status="rejected",
+        cache="bypass",
+        cache_lookup=None,
+        seconds=seconds,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,17 +163,38 @@ class Answer:
         return headers
 
 
+def _completed(text: str, last: Delta) -> Completion:
+    return Completion(
+        text, last.finish_reason or "stop", last.prompt_tokens, last.completion_tokens
+    )
+
+
+async def _replay(answer: Answer) -> AsyncIterator[Delta]:
+    """A cached text answer as a stream: the text, then the finish and usage."""
+    yield Delta(content=answer.content)
+    yield Delta(
+        finish_reason=answer.finish_reason,
+        prompt_tokens=answer.prompt_tokens,
+        completion_tokens=answer.completion_tokens,
+    )
+
+
 @dataclass
 class _Trail:
     """What one request has done so far (mutable, private to one request)."""
 
     started: float
     deadline: float
-    chosen: str | None
+    chosen: str
     calls: list[UpstreamCall] = field(default_factory=list)
     json_results: list[str] = field(default_factory=list)
     failures: list[tuple[str, UpstreamError]] = field(default_factory=list)
     fallbacks: list[tuple[str, str, str]] = field(default_factory=list)
+    ttft_seconds: float | None = None
+    cache_state: CacheState = "bypass"
+    cache_lookup: Literal["hit", "miss", "bypass", "error"] = "bypass"
+    store_seconds: float = 0.0
+    saved_usd: float = 0.0
 
     @property
     def cost_usd(self) -> float:
@@ -153,14 +212,16 @@ class Gateway:
         upstreams: Upstreams,
         prices: PriceTable,
         *,
+        cache: Cache | None = None,
         recorders: Sequence[Recorder] = (),
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
-        backoff: Backoff = Backoff(),
+        backoff: Backoff = DEFAULT_BACKOFF,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._upstreams = upstreams
         self._prices = prices
+        self._cache = cache
         self._recorders = tuple(recorders)
         self._clock = clock
         self._random = (rng or random.Random()).random
@@ -170,25 +231,42 @@ class Gateway:
     # -- entry points -------------------------------------------------------------------
 
     async def answer(self, call: Call) -> Answer:
-        """Serve `call` to completion; raise a `GatewayError` when no variant could."""
+        """Serve `call` to completion, from the cache when it can; raise a `GatewayError`
+        when no variant could."""
         trail, order = self._start(call)
-        for name in order:
-            variant = call.task.variants[name]
-            try:
-                completion, verdict = await self._serve_with(call, variant, trail)
-            except UpstreamError as exc:
-                self._failed(trail, name, exc, order)
-                continue
-            answer = self._answer(call, variant, completion, verdict, trail)
-            self.record(self._outcome(call, trail, name, "ok"))
-            return answer
-        raise self._give_up(call, trail)
+        key = self._cache_key(call, trail.chosen)
+        if key is None or not call.cache_read:
+            return await self._serve(call, trail, order)
+        entry = await self._lookup(call, trail, key)
+        if entry is not None:
+            return self._hit(call, trail, entry)
+        produced: list[Answer] = []
+
+        async def compute() -> Entry | None:
+            answer = await self._serve(call, trail, order)
+            produced.append(answer)
+            return self._entry_of(answer)
+
+        assert self._cache is not None
+        entry, _ = await self._cache.single_flight(key, call.task.deadline_s, compute)
+        if produced:
+            return produced[0]
+        if entry is None or entry.variant not in call.task.variants:
+            raise self._give_up(call, trail)  # unreachable: followers get an entry or compute
+        return self._hit(call, trail, entry)
 
     async def stream(self, call: Call) -> tuple[Answer, AsyncIterator[Delta]]:
         """Open a text stream: retries and fallbacks happen until the first delta; after
         it, the variant is fixed. Returns the answer's head (variant, model, headers) and
-        the deltas, the first included, ending with one carrying usage."""
+        the deltas, the first included, ending with one carrying usage. A cache hit is
+        replayed as one delta."""
         trail, order = self._start(call)
+        key = self._cache_key(call, trail.chosen)
+        if key is not None and call.cache_read:
+            entry = await self._lookup(call, trail, key)
+            if entry is not None:
+                head = self._hit(call, trail, entry)
+                return head, _replay(head)
         for name in order:
             variant = call.task.variants[name]
             try:
@@ -198,6 +276,7 @@ class Gateway:
             except UpstreamError as exc:
                 self._failed(trail, name, exc, order)
                 continue
+            trail.ttft_seconds = self._clock() - trail.started
             head = self._answer(call, variant, Completion("", "stop", 0, 0), None, trail)
             return head, self._rest_of_stream(call, variant, trail, first, deltas)
         raise self._give_up(call, trail)
@@ -209,12 +288,101 @@ class Gateway:
             except Exception:  # a broken recorder must never fail a request
                 log.exception("recorder failed", extra={"request_id": outcome.request_id})
 
+    async def _serve(self, call: Call, trail: _Trail, order: tuple[str, ...]) -> Answer:
+        """Try each variant in `order` until one answers; store what it answered."""
+        for name in order:
+            variant = call.task.variants[name]
+            try:
+                completion, verdict = await self._serve_with(call, variant, trail)
+            except UpstreamError as exc:
+                self._failed(trail, name, exc, order)
+                continue
+            answer = self._answer(call, variant, completion, verdict, trail)
+            await self._save(call, trail, answer)
+            self.record(self._outcome(call, trail, name, "ok"))
+            return answer
+        raise self._give_up(call, trail)
+
+    # -- the cache ----------------------------------------------------------------------
+
+    def _cache_key(self, call: Call, variant_name: str) -> str | None:
+        task = call.task
+        if self._cache is None or not task.cache.enabled:
+            return None
+        if not (call.cache_read or call.cache_write):
+            return None
+        return cache_key_for(
+            tenant=call.tenant if task.cache.scope == "tenant" else None,
+            task=task.name,
+            fingerprint=task.variants[variant_name].fingerprint,
+            messages=call.messages,
+            params=call.params,
+        )
+
+    async def _lookup(self, call: Call, trail: _Trail, key: str) -> Entry | None:
+        assert self._cache is not None
+        entry, result, waited = await self._cache.lookup(key)
+        trail.store_seconds += waited
+        trail.cache_lookup = result
+        if entry is not None and entry.variant not in call.task.variants:
+            return None  # stored under a config whose variants differed
+        return entry
+
+    async def _save(self, call: Call, trail: _Trail, answer: Answer) -> None:
+        """Store a valid answer under its serving variant's key (so a fallback's answer
+        never poses as the chosen variant's)."""
+        if not call.cache_write:
+            return
+        key = self._cache_key(call, answer.variant.name)
+        if key is None or self._cache is None:
+            return
+        trail.store_seconds += await self._cache.save(
+            key, self._entry_of(answer), call.task.cache.ttl_s
+        )
+
+    @staticmethod
+    def _entry_of(answer: Answer) -> Entry:
+        return Entry(
+            variant=answer.variant.name,
+            content=answer.content,
+            parsed=answer.parsed,
+            finish_reason=answer.finish_reason,
+            prompt_tokens=answer.prompt_tokens,
+            completion_tokens=answer.completion_tokens,
+            cost_usd=answer.cost_usd,
+            json_status=answer.json_status,
+        )
+
+    def _hit(self, call: Call, trail: _Trail, entry: Entry) -> Answer:
+        """An answer from the cache (or a single-flight leader): cost 0, fresh id."""
+        variant = call.task.variants[entry.variant]
+        trail.cache_state = "hit"
+        trail.saved_usd = entry.cost_usd
+        self.record(self._outcome(call, trail, variant.name, "ok"))
+        return Answer(
+            request_id=call.request_id,
+            task=call.task,
+            variant=variant,
+            content=entry.content,
+            parsed=entry.parsed,
+            finish_reason=entry.finish_reason,
+            prompt_tokens=entry.prompt_tokens,
+            completion_tokens=entry.completion_tokens,
+            cost_usd=0.0,
+            cache="hit",
+            json_status=entry.json_status,
+            fallback_from=None,
+            created=int(time.time()),
+        )
+
     # -- the steps ----------------------------------------------------------------------
 
     def _start(self, call: Call) -> tuple[_Trail, tuple[str, ...]]:
         now = self._clock()
         chosen = call.forced or router.choose_variant(call.task, call.unit, self._random)
         trail = _Trail(started=now, deadline=now + call.task.deadline_s, chosen=chosen)
+        if call.cache_read and self._cache is not None and call.task.cache.enabled:
+            trail.cache_state = "miss"
         return trail, router.attempt_order(call.task, chosen)
 
     async def _serve_with(
@@ -312,18 +480,24 @@ class Gateway:
         whole cost. A failure now can no longer fall back (SPEC §7 Streams)."""
         started = self._clock()
         status: Status = "error"
+        text: list[str] = []
+        last = first
         try:
             async with asyncio.timeout(trail.deadline - self._clock()):
                 delta: Delta | None = first
                 while delta is not None:
+                    last = delta
                     if delta.finish_reason is not None:
                         self._charge(
                             trail, variant, started, delta.prompt_tokens, delta.completion_tokens
                         )
                         delta = replace(delta, cost_usd=trail.cost_usd)
+                    text.append(delta.content)
                     yield delta
                     delta = await anext(deltas, None)
             status = "ok"
+            head = self._answer(call, variant, _completed("".join(text), last), None, trail)
+            await self._save(call, trail, head)
         except TimeoutError:
             status = "deadline"
             raise DeadlineExceeded("The task's deadline passed during the stream.") from None
@@ -397,7 +571,7 @@ class Gateway:
             prompt_tokens=completion.prompt_tokens,
             completion_tokens=completion.completion_tokens,
             cost_usd=trail.cost_usd,
-            cache="bypass" if not call.cache_read else "miss",
+            cache=trail.cache_state,
             json_status=verdict.status if verdict else None,
             fallback_from=trail.failures[0][0] if trail.failures else None,
             created=int(time.time()),
@@ -411,11 +585,17 @@ class Gateway:
             task=call.task.name,
             chosen=trail.chosen,
             served=served,
-            sample=call.forced is None,
+            served_model=call.task.variants[served].model if served else None,
+            # Forced variants and answers nobody chose for this request are no samples.
+            sample=call.forced is None and trail.cache_state != "hit",
             status=status,
-            cache="bypass" if not call.cache_read else "miss",
+            cache=trail.cache_state,
+            cache_lookup=trail.cache_lookup,
             seconds=self._clock() - trail.started,
             calls=tuple(trail.calls),
             json_results=tuple(trail.json_results),
             fallbacks=tuple(trail.fallbacks),
+            store_seconds=trail.store_seconds,
+            ttft_seconds=trail.ttft_seconds,
+            saved_usd=trail.saved_usd,
         )

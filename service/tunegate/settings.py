@@ -18,6 +18,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     log_level: str = "info"
+    # Set when several workers share metrics (prometheus-client's multiprocess mode).
+    metrics_dir: str | None = None
     # The upstream keys live here, never in the config records, so no repr can show them.
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -38,5 +40,6 @@ def settings_from_env(
         host=host or "127.0.0.1",
         port=port or int(env.get("PORT") or DEFAULT_PORT),
         log_level=(env.get("TUNEGATE_LOG_LEVEL") or "info").lower(),
+        metrics_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
         environ=env,
     )

@@ -221,11 +221,8 @@ def _status_error(exc: openai.APIStatusError, model: str) -> UpstreamError:
         headers = exc.response.headers
         retry_after = parse_retry_after(headers.get("retry-after"), time.time())
         retry_after_ms = headers.get("retry-after-ms")
-        if retry_after_ms:
-            try:
-                retry_after = float(retry_after_ms) / 1000
-            except ValueError:
-                pass
+        if retry_after_ms and retry_after_ms.replace(".", "", 1).isdigit():
+            retry_after = float(retry_after_ms) / 1000
         return UpstreamRateLimited(label, retry_after_s=retry_after)
     if status in (401, 403):
         return UpstreamAuthError(label)

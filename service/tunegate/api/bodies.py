@@ -40,7 +40,7 @@ _ALLOWABLE = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class TextPart(_Body):
@@ -57,7 +57,7 @@ class ChatMessage(_Body):
 class ChatBody(BaseModel):
     """`POST /v1/chat/completions`. Extra fields are kept so they can be named in a 400."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
 
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)

@@ -21,9 +21,9 @@ from tunegate.api.incoming import (
     caller,
     cancel_on_disconnect,
     make_call,
-    new_request_id,
     read_body,
     resolve_task,
+    task_endpoint,
 )
 from tunegate.errors import GatewayError
 from tunegate.gateway import Answer
@@ -31,32 +31,28 @@ from tunegate.pricing import format_usd
 from tunegate.upstream import Delta
 
 
-async def chat_completions(request: Request) -> Response:
-    request_id = new_request_id()
-    try:
-        runtime: Runtime = request.app.state.runtime
-        principal = caller(runtime, request)
-        raw = await read_body(request, runtime.config.max_body_bytes)
-        body: ChatBody = parse_body(ChatBody, raw)
-        task = resolve_task(runtime, principal, body.model)
-        call = make_call(
-            request,
-            request_id,
-            principal,
-            task,
-            caller_messages(body.messages),
-            chat_params(body, task),
-            body.user,
-            cache_mode(request.headers),
-        )
-        gateway = runtime.gateway
-        if body.stream and not task.is_json:
-            head, deltas = await cancel_on_disconnect(request, gateway.stream(call))
-            return _sse(head, _text_events(head, deltas))
-        answer = await cancel_on_disconnect(request, gateway.answer(call))
-    except GatewayError as exc:
-        exc.headers.setdefault("x-request-id", request_id)
-        raise
+@task_endpoint
+async def chat_completions(request: Request, request_id: str) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    principal = caller(runtime, request)
+    raw = await read_body(request, runtime.config.max_body_bytes)
+    body: ChatBody = parse_body(ChatBody, raw)
+    task = resolve_task(runtime, principal, request, body.model)
+    call = make_call(
+        request,
+        request_id,
+        principal,
+        task,
+        caller_messages(body.messages),
+        chat_params(body, task),
+        body.user,
+        cache_mode(request.headers),
+    )
+    gateway = runtime.gateway
+    if body.stream and not task.is_json:
+        head, deltas = await cancel_on_disconnect(request, gateway.stream(call))
+        return _sse(head, _text_events(head, deltas))
+    answer = await cancel_on_disconnect(request, gateway.answer(call))
     if body.stream:
         # JSON tasks stream only what passed the guard: the whole answer, at once.
         return _sse(answer, _replay_events(answer))

@@ -4,17 +4,19 @@ caller, the task, the variant override, the sticky unit and the cache directives
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from starlette.requests import Request
+from starlette.responses import Response
 
 from tunegate.auth import Principal, authenticate, task_for
 from tunegate.config import ApiKey, GatewayConfig, Task
-from tunegate.errors import InvalidRequest, PermissionDenied, RequestTooLarge
-from tunegate.gateway import Call, Gateway
+from tunegate.errors import GatewayError, InvalidRequest, PermissionDenied, RequestTooLarge
+from tunegate.gateway import Call, Gateway, rejected
 
 T = TypeVar("T")
 
@@ -32,6 +34,30 @@ class Runtime:
 
 def new_request_id() -> str:
     return uuid.uuid4().hex
+
+
+Handler = Callable[[Request, str], Awaitable[Response]]
+
+
+def task_endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """Wrap a task endpoint: a fresh request id on every answer, errors included, the
+    in-flight gauge, and refused requests recorded (under the task when it is known)."""
+
+    async def endpoint(request: Request) -> Response:
+        request_id = new_request_id()
+        started = time.monotonic()
+        with request.app.state.metrics.track_in_flight():
+            try:
+                return await handler(request, request_id)
+            except GatewayError as exc:
+                exc.headers.setdefault("x-request-id", request_id)
+                if exc.status < 500:
+                    task = getattr(request.state, "task", None)
+                    outcome = rejected(request_id, task, time.monotonic() - started)
+                    request.app.state.metrics.record(outcome)
+                raise
+
+    return endpoint
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -58,8 +84,10 @@ def caller(runtime: Runtime, request: Request) -> Principal:
     return authenticate(runtime.keys, request.headers.get("authorization"))
 
 
-def resolve_task(runtime: Runtime, principal: Principal, name: str) -> Task:
-    return task_for(runtime.config, principal, name)
+def resolve_task(runtime: Runtime, principal: Principal, request: Request, name: str) -> Task:
+    task = task_for(runtime.config, principal, name)
+    request.state.task = task.name
+    return task
 
 
 def make_call(

@@ -35,10 +35,18 @@ async def readyz(request: Request) -> Response:
     if runtime is None or request.app.state.draining:
         state = "draining" if runtime is not None else "starting"
         return _json({"status": state}, status=503)
+    store = request.app.state.store
+    await store.ping()
     return _json(
         {
             "status": "ready",
+            "store": store.state,
             "tasks": len(runtime.config.tasks),
             "auth": "open" if runtime.config.open_mode else "keys",
         }
     )
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    body, content_type = request.app.state.metrics.render()
+    return Response(body, media_type=content_type)

@@ -13,40 +13,27 @@ from tunegate.api.incoming import (
     caller,
     cancel_on_disconnect,
     make_call,
-    new_request_id,
     read_body,
     resolve_task,
+    task_endpoint,
 )
-from tunegate.errors import GatewayError
 
 
-async def run_task(request: Request) -> Response:
-    request_id = new_request_id()
-    try:
-        runtime: Runtime = request.app.state.runtime
-        principal = caller(runtime, request)
-        raw = await read_body(request, runtime.config.max_body_bytes)
-        body: TaskBody = parse_body(TaskBody, raw)
-        task = resolve_task(runtime, principal, request.path_params["task"])
-        if isinstance(body.input, str):
-            messages: tuple[dict[str, str], ...] = ({"role": "user", "content": body.input},)
-        else:
-            messages = caller_messages(body.input)
-        call = make_call(
-            request,
-            request_id,
-            principal,
-            task,
-            messages,
-            {},
-            body.user,
-            cache_mode(request.headers),
-        )
-        answer = await cancel_on_disconnect(request, runtime.gateway.answer(call))
-    except GatewayError as exc:
-        exc.headers.setdefault("x-request-id", request_id)
-        raise
-    body_out = {
+@task_endpoint
+async def run_task(request: Request, request_id: str) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    principal = caller(runtime, request)
+    raw = await read_body(request, runtime.config.max_body_bytes)
+    body: TaskBody = parse_body(TaskBody, raw)
+    task = resolve_task(runtime, principal, request, request.path_params["task"])
+    if isinstance(body.input, str):
+        messages: tuple[dict[str, str], ...] = ({"role": "user", "content": body.input},)
+    else:
+        messages = caller_messages(body.input)
+    cache = cache_mode(request.headers)
+    call = make_call(request, request_id, principal, task, messages, {}, body.user, cache)
+    answer = await cancel_on_disconnect(request, runtime.gateway.answer(call))
+    output = {
         "id": answer.request_id,
         "task": task.name,
         "variant": answer.variant.name,
@@ -60,4 +47,4 @@ async def run_task(request: Request) -> Response:
         "cache": answer.cache,
         "fallback_from": answer.fallback_from,
     }
-    return Response(orjson.dumps(body_out), headers=answer.headers(), media_type="application/json")
+    return Response(orjson.dumps(output), headers=answer.headers(), media_type="application/json")

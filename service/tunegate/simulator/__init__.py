@@ -6,14 +6,17 @@ and errors carry OpenAI's status, `type`, `code` and headers, so the SDK raises 
 exception classes. What each model answers, how fast and how it fails is set by a
 scenario file (`scenario.py`); what the answers are is decided in `answers.py`.
 
-Faults, drawn at random per the scenario's rates, queued with `POST /_sim/script`, or
-forced on one request with the header `x-sim-fault: KIND`:
+Faults: forced on one request with the header `x-sim-fault: KIND`, else the next one
+queued for its model with `POST /_sim/script {"model": M, "faults": [KIND, ...]}`, else
+drawn at random per the scenario's rates:
 
     429             429 rate_limit_exceeded (type requests) with `retry-after`
                     (the model's `retry_after_s`, or the `x-sim-retry-after` header)
+    429:SECONDS     (script and header only) the same with `retry-after: SECONDS`
     quota           429 insufficient_quota, no `retry-after`
     500, 503        server_error
     400             invalid_request_error context_length_exceeded
+    401             invalid_request_error invalid_api_key
     404             invalid_request_error model_not_found
     hang            never answers; waits until the client goes away
     drop            starts the answer, then closes the connection halfway
@@ -23,9 +26,11 @@ forced on one request with the header `x-sim-fault: KIND`:
     valid           200 with the right answer, whatever the quality draw
     ok              (script and header only) behave normally, no random fault
 
-Inspection for tests: `GET /_sim/requests[?model=X]` lists the last 10,000 chat requests
-(model, messages, other params, whether an Authorization header came, the fault applied);
-`DELETE /_sim/requests` forgets them; `DELETE /_sim/script` empties every fault queue.
+Inspection for tests: `GET /_sim/requests[?model=X]` lists the last 10,000 chat requests,
+each its body's keys (model, messages, every other parameter) plus `has_authorization`
+(whether an Authorization header came; never the key) and `fault` (the one applied);
+`DELETE /_sim/requests` forgets them; `DELETE /_sim/script` empties every fault queue and
+restarts every model's request count, so random faults replay from the start.
 """
 
 from __future__ import annotations
@@ -55,6 +60,10 @@ def serve_simulator(
         lifespan="on",
         access_log=False,
         log_level="warning",
+        # Nothing sits in front of it, and no client reads these: each costs per request.
+        proxy_headers=False,
+        server_header=False,
+        date_header=False,
         backlog=4096,
         # A `hang` request would otherwise hold the shutdown until its client gives up.
         timeout_graceful_shutdown=1,

@@ -85,7 +85,11 @@ def triage(text: str) -> tuple[str, str]:
     decides the category (billing, then bug, then account, else other); urgent words make
     it high, a question or "when you can" low, else medium."""
     lowered = text.lower()
-    category = next((name for name, words in _CATEGORY_WORDS if words.search(lowered)), "other")
+    category = "other"
+    for name, words in _CATEGORY_WORDS:
+        if words.search(lowered):
+            category = name
+            break
     if _HIGH.search(lowered):
         priority = "high"
     elif _LOW.search(lowered):
@@ -106,11 +110,11 @@ def answer(
     """The model's answer to `messages`. `forced` is an output fault (a breakage or
     "valid") that overrides the quality draw."""
     category, priority = triage(_last_user_text(messages))
-    as_json = wants_json(request, messages)
+    system = _system_text(messages)
     outcome = forced if forced is not None else _draw_outcome(behaviour, seed, model, messages)
-    if as_json:
+    if _json_format(request) or _JSON.search(system):
         return Answer(render_triage(category, priority, outcome), outcome)
-    german = any(_GERMAN.search(text) for text in _system_texts(messages))
+    german = _GERMAN.search(system) is not None
     if outcome == "valid" or not german:
         return Answer((_REPLIES_DE if german else _REPLIES_EN)[category], "valid")
     return Answer(_REPLIES_EN[category], "wrong_language")
@@ -135,13 +139,8 @@ def render_triage(category: str, priority: str, outcome: str) -> str:
 
 
 def wants_json(request: Mapping[str, Any], messages: Sequence[Mapping[str, Any]]) -> bool:
-    response_format = request.get("response_format")
-    if isinstance(response_format, Mapping) and response_format.get("type") in (
-        "json_object",
-        "json_schema",
-    ):
-        return True
-    return any(_JSON.search(text) for text in _system_texts(messages))
+    """Whether the model answers JSON: asked by `response_format` or the system prompt."""
+    return _json_format(request) or _JSON.search(_system_text(messages)) is not None
 
 
 def has_examples(messages: Sequence[Mapping[str, Any]]) -> bool:
@@ -215,8 +214,18 @@ def _last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
     return ""
 
 
-def _system_texts(messages: Sequence[Mapping[str, Any]]) -> list[str]:
-    return [_text(m.get("content")) for m in messages if m.get("role") in ("system", "developer")]
+def _system_text(messages: Sequence[Mapping[str, Any]]) -> str:
+    return "\n".join(
+        _text(m.get("content")) for m in messages if m.get("role") in ("system", "developer")
+    )
+
+
+def _json_format(request: Mapping[str, Any]) -> bool:
+    response_format = request.get("response_format")
+    return isinstance(response_format, Mapping) and response_format.get("type") in (
+        "json_object",
+        "json_schema",
+    )
 
 
 def _text(content: Any) -> str:

@@ -1,9 +1,10 @@
 """The simulated upstream as a raw ASGI app: OpenAI's routes, bodies, errors and streams.
 
 No framework on the request path: one dict lookup routes a request, orjson reads and
-writes the bodies, and a request without faults or latency never sleeps or hashes more
-than once. All state (received requests, fault scripts, per-model sequence numbers) lives
-in the app object the factory returns.
+writes the bodies, and under the default scenario a request neither sleeps nor hashes
+anything (the quality, fault and jitter draws run only for models that have them).
+State (received requests, fault scripts, per-model sequence numbers) lives in the app
+object the factory returns.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from tunegate.simulator import answers
 from tunegate.simulator.scenario import (
     ERROR_FAULTS,
     OUTPUT_FAULTS,
+    RATE_LIMIT_WITH_WAIT,
     SCRIPT_KINDS,
     ModelBehaviour,
     Scenario,
+    is_script_kind,
 )
 
 RECEIVED_LIMIT = 10_000
@@ -44,13 +47,15 @@ class ConnectionDropped(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ReceivedRequest:
-    """What `GET /_sim/requests` shows of one chat request (never the key itself)."""
+    """One chat request as received (the body is kept as parsed; never the key itself)."""
 
-    model: str
-    messages: list[Any]
-    params: dict[str, Any]
+    body: dict[str, Any]
     has_authorization: bool
     fault: str | None
+
+    def shown(self) -> dict[str, Any]:
+        """What `GET /_sim/requests` shows of it: the body's keys, and two of its own."""
+        return {**self.body, "has_authorization": self.has_authorization, "fault": self.fault}
 
 
 def create_simulator_app(scenario: Scenario, seed: int | None = None) -> Simulator:
@@ -60,6 +65,9 @@ def create_simulator_app(scenario: Scenario, seed: int | None = None) -> Simulat
 
 
 class Simulator:
+    """The ASGI app. A request's fault is the `x-sim-fault` header's, else the next one
+    scripted for its model, else the model's random draw."""
+
     def __init__(self, scenario: Scenario, seed: int) -> None:
         self._scenario = scenario
         self._seed = seed
@@ -68,6 +76,7 @@ class Simulator:
         self._scripts: dict[str, deque[str]] = {}
         self._sequence: dict[str, int] = {}
         self._prefix = secrets.token_hex(6)
+        self._prefix_bytes = self._prefix.encode()
         self._count = 0
         self._hide_drops = _HideDrops()
         created = int(time.time())
@@ -119,14 +128,7 @@ class Simulator:
             await self._send_json(send, 400, _error(request, "invalid_request_error"))
             return
         model: str = request["model"]
-        authorization = forced = retry_after = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization = value
-            elif name == b"x-sim-fault":
-                forced = value.decode("latin-1")
-            elif name == b"x-sim-retry-after":
-                retry_after = value.decode("latin-1")
+        authorization, forced, retry_after = _sim_headers(scope)
         if self._bearer is not None and (
             authorization is None or not hmac.compare_digest(authorization, self._bearer)
         ):
@@ -138,18 +140,14 @@ class Simulator:
             self._record(request, authorization is not None, None)
             await self._send_json(send, 404, _model_not_found(model))
             return
-        if forced is not None and forced not in SCRIPT_KINDS:
+        if forced is not None and not is_script_kind(forced):
             message = f"x-sim-fault: unknown fault {forced!r}; use one of {sorted(SCRIPT_KINDS)}"
             await self._send_json(send, 400, _error(message, "invalid_request_error"))
             return
-        sequence = self._sequence.get(model, 0)
-        self._sequence[model] = sequence + 1
-        fault = forced if forced is not None else self._next_scripted(model)
-        if fault is None:
-            fault = answers.draw_fault(behaviour, self._seed, model, sequence)
-        elif fault == "ok":
-            fault = None
+        fault, sequence = self._next_fault(model, behaviour, forced)
         self._record(request, authorization is not None, fault)
+        if fault is not None and fault.startswith(RATE_LIMIT_WITH_WAIT):
+            fault, retry_after = "429", fault.removeprefix(RATE_LIMIT_WITH_WAIT)
         wait = answers.delay_s(behaviour, self._seed, model, sequence)
         if fault in ERROR_FAULTS:
             if wait:
@@ -157,9 +155,24 @@ class Simulator:
             retry_after = retry_after or _seconds(behaviour.retry_after_s)
             await self._send_fault(send, fault, model, retry_after)
         elif fault == "hang":
-            await _until_disconnect(receive)
+            await self._hang(receive, send)
         else:
             await self._answer(send, request, behaviour, fault, wait)
+
+    def _next_fault(
+        self, model: str, behaviour: ModelBehaviour, forced: str | None
+    ) -> tuple[str | None, int]:
+        """This request's fault (the header's, the script's, else the seeded draw) and
+        its sequence number among the model's requests."""
+        sequence = self._sequence.get(model, 0)
+        self._sequence[model] = sequence + 1
+        fault = forced
+        if fault is None:
+            queue = self._scripts.get(model)
+            fault = queue.popleft() if queue else None
+        if fault is None:
+            return answers.draw_fault(behaviour, self._seed, model, sequence), sequence
+        return (None if fault == "ok" else fault), sequence
 
     async def _answer(
         self,
@@ -187,7 +200,7 @@ class Simulator:
         if request.get("stream") is True:
             options = request.get("stream_options")
             with_usage = isinstance(options, dict) and options.get("include_usage") is True
-            stream = _Stream(self._next_id("chatcmpl-"), model, with_usage)
+            stream = _Stream("chatcmpl-" + self._next_id(), model, with_usage)
             events = stream.events(answers.pieces(content), finish_reason, usage)
             per_chunk_ms = behaviour.slow_chunk_ms if fault == "slow" else behaviour.per_token_ms
             await self._send_stream(send, events, wait, per_chunk_ms / 1000, fault == "drop")
@@ -199,7 +212,7 @@ class Simulator:
             await asyncio.sleep(wait)
         body = orjson.dumps(
             {
-                "id": self._next_id("chatcmpl-"),
+                "id": "chatcmpl-" + self._next_id(),
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": model,
@@ -279,6 +292,8 @@ class Simulator:
             body = _error(
                 "The engine is currently overloaded, please try again later.", "server_error"
             )
+        elif fault == "401":
+            status, body = 401, _invalid_key()
         elif fault == "400":
             status = 400
             body = _error(
@@ -292,12 +307,22 @@ class Simulator:
             status, body = 404, _model_not_found(model)
         await self._send_json(send, status, body, headers)
 
+    async def _hang(self, receive: Receive, send: Send) -> None:
+        try:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        except asyncio.CancelledError:
+            # The server is shutting down: vanish as a dead upstream would, rather than
+            # let the server answer 500 and log the cancellation.
+            await send(self._start(200, b"application/json", 1))
+            raise ConnectionDropped from None
+
     async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._send_json(send, 200, self._models_body)
 
     async def _list_received(self, scope: Scope, receive: Receive, send: Send) -> None:
         wanted = parse_qs(scope["query_string"].decode("latin-1")).get("model")
-        shown = [r for r in self._received if wanted is None or r.model in wanted]
+        shown = [r.shown() for r in self._received if wanted is None or r.body["model"] in wanted]
         await self._send_json(send, 200, orjson.dumps(shown))
 
     async def _clear_received(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -321,29 +346,24 @@ class Simulator:
 
     async def _clear_scripts(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._scripts.clear()
+        self._sequence.clear()
         await self._send_json(send, 200, b'{"cleared": true}')
 
-    def _next_scripted(self, model: str) -> str | None:
-        queue = self._scripts.get(model)
-        return queue.popleft() if queue else None
-
     def _record(self, request: dict[str, Any], has_authorization: bool, fault: str | None) -> None:
-        params = {k: v for k, v in request.items() if k != "model" and k != "messages"}
-        self._received.append(
-            ReceivedRequest(request["model"], request["messages"], params, has_authorization, fault)
-        )
+        self._received.append(ReceivedRequest(request, has_authorization, fault))
 
-    def _next_id(self, kind: str) -> str:
+    def _next_id(self) -> str:
         self._count += 1
-        return f"{kind}{self._prefix}{self._count:x}"
+        return f"{self._prefix}{self._count:x}"
 
     def _start(self, status: int, content_type: bytes, length: int | None) -> dict[str, Any]:
+        self._count += 1
         headers = [
             (b"content-type", content_type),
-            (b"x-request-id", self._next_id("req_").encode()),
+            (b"x-request-id", b"req_%s%x" % (self._prefix_bytes, self._count)),
         ]
         if length is not None:
-            headers.append((b"content-length", str(length).encode()))
+            headers.append((b"content-length", b"%d" % length))
         return {"type": "http.response.start", "status": status, "headers": headers}
 
     async def _send_json(
@@ -407,6 +427,19 @@ def _event(payload: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
+def _sim_headers(scope: Scope) -> tuple[bytes | None, str | None, str | None]:
+    """The Authorization, x-sim-fault and x-sim-retry-after headers, where sent."""
+    authorization = forced = retry_after = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            authorization = value
+        elif name == b"x-sim-fault":
+            forced = value.decode("latin-1")
+        elif name == b"x-sim-retry-after":
+            retry_after = value.decode("latin-1")
+    return authorization, forced, retry_after
+
+
 def _parse_chat(raw: bytes) -> dict[str, Any] | str:
     """The request body, or the message of OpenAI's 400 for it."""
     try:
@@ -420,8 +453,9 @@ def _parse_chat(raw: bytes) -> dict[str, Any] | str:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         return "'messages' is a required property and must be a non-empty array"
-    if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
-        return "each of 'messages' must be an object with a 'role'"
+    for message in messages:
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            return "each of 'messages' must be an object with a 'role'"
     return body
 
 
@@ -431,7 +465,7 @@ def _script_problem(body: Any) -> str | None:
     faults = body.get("faults")
     if not isinstance(faults, list):
         return "faults: a list of fault kinds"
-    unknown = sorted({str(kind) for kind in faults} - SCRIPT_KINDS)
+    unknown = sorted({str(kind) for kind in faults if not is_script_kind(str(kind))})
     if unknown:
         return f"faults: unknown kinds {unknown}; use some of {sorted(SCRIPT_KINDS)}"
     return None
@@ -473,8 +507,3 @@ async def _read_body(receive: Receive) -> bytes:
         message = await receive()
         parts.append(message.get("body", b""))
     return b"".join(parts)
-
-
-async def _until_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass

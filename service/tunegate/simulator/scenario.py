@@ -36,13 +36,15 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-ERROR_FAULTS = frozenset({"429", "quota", "500", "503", "400", "404"})
+ERROR_FAULTS = frozenset({"429", "quota", "500", "503", "400", "401", "404"})
 CONNECTION_FAULTS = frozenset({"hang", "drop", "slow"})
 BREAKAGES = ("invalid_json", "fenced", "trailing_comma", "missing_field", "wrong_enum", "prose")
 OUTPUT_FAULTS = frozenset({*BREAKAGES, "valid"})
 FAULT_KINDS = ERROR_FAULTS | CONNECTION_FAULTS | OUTPUT_FAULTS
-# What a script entry or an `x-sim-fault` header may say: a fault, or "behave normally".
+# What a script entry or an `x-sim-fault` header may say: a fault, "behave normally", or
+# "429:SECONDS" (a 429 with that Retry-After).
 SCRIPT_KINDS = FAULT_KINDS | {"ok"}
+RATE_LIMIT_WITH_WAIT = "429:"
 
 ANY_MODEL = "*"
 
@@ -86,6 +88,16 @@ class Scenario:
     def listed_models(self) -> list[str]:
         """The models `GET /v1/models` lists: every named entry."""
         return [name for name in self.models if name != ANY_MODEL]
+
+
+def is_script_kind(kind: str) -> bool:
+    """Whether a script entry or `x-sim-fault` header names a fault (or "ok")."""
+    if kind.startswith(RATE_LIMIT_WITH_WAIT):
+        try:
+            return float(kind.removeprefix(RATE_LIMIT_WITH_WAIT)) >= 0
+        except ValueError:
+            return False
+    return kind in SCRIPT_KINDS
 
 
 def load_scenario(path: Path | None) -> Scenario:

@@ -1,0 +1,431 @@
+"""Prometheus metrics (SPEC §5): every metric, its recording and its exposition. The only
+module importing `prometheus_client`.
+
+`Metrics.record(outcome)` turns one request's `Outcome` into samples. Label values come
+from the config (task, variant, model) or fixed enums, never from a request:
+
+- `variant` on request metrics is the serving variant; a request no variant served
+  (error, invalid_output, deadline) is counted under the variant first tried, and one
+  that never reached a variant (rejected) under `NO_VARIANT` ("none").
+- Upstream, token, cost, error and JSON metrics are labelled by the variant of each call,
+  so a failed attempt is charged to the variant that made it.
+- Rejected requests are counted in `tunegate_requests_total` only: their latency says
+  nothing about serving and would drag every percentile down.
+
+Recording is on every request's path, so it only adds to plain dicts and lists (a few µs
+per request); prometheus-client's own metric objects lock and validate on every call,
+which costs several times more. The dicts are read when Prometheus scrapes.
+
+Several worker processes (`tunegate serve --workers N`) use prometheus-client's
+multiprocess mode: one directory of memory-mapped files, one set per worker, summed by
+`render()` in whichever worker answers the scrape. Each worker copies its dicts into its
+files within `FLUSH_DELAY_S` of any change, on `render()` and on `close()`. The library
+chooses its storage when it is imported, from `PROMETHEUS_MULTIPROC_DIR`, so the
+supervisor must set that variable to an empty directory before it starts the workers,
+call `close()` as a worker shuts down, and `mark_process_dead(directory, pid)` after a
+worker exits (so the in-flight gauge forgets it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import accumulate
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
+
+from tunegate.errors import ConfigError
+
+if TYPE_CHECKING:  # the gateway imports the whole request flow; records need none of it
+    from tunegate.gateway import Outcome
+
+NO_VARIANT = "none"
+CACHE_RESULTS = ("hit", "miss", "bypass", "error")
+FLUSH_DELAY_S = 1.0
+
+# Seconds. Cache hits answer in about a millisecond; deadlines reach minutes.
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
+)  # fmt: skip
+# The gateway's own time per request: tens of microseconds when all is well.
+OVERHEAD_BUCKETS = (
+    0.000025, 0.00005, 0.0001, 0.00025, 0.0005,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+)  # fmt: skip
+FEEDBACK_BUCKETS = tuple(i / 10 for i in range(11))
+
+Labels = tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    """One metric: its name, help, label names and, for a histogram, its buckets."""
+
+    name: str
+    doc: str
+    labels: Labels
+    buckets: tuple[float, ...] = ()
+
+    @property
+    def is_histogram(self) -> bool:
+        return bool(self.buckets)
+
+
+REQUESTS = Family(
+    "tunegate_requests_total",
+    "Requests by task, serving variant, cache state and outcome.",
+    ("task", "variant", "cache", "outcome"),
+)
+REQUEST_DURATION = Family(
+    "tunegate_request_duration_seconds",
+    "Whole-request latency, retries and fallbacks included.",
+    ("task", "variant", "cache"),
+    LATENCY_BUCKETS,
+)
+UPSTREAM_DURATION = Family(
+    "tunegate_upstream_duration_seconds",
+    "Latency of each upstream call, failed ones included.",
+    ("task", "variant", "model"),
+    LATENCY_BUCKETS,
+)
+OVERHEAD_DURATION = Family(
+    "tunegate_overhead_duration_seconds",
+    "Time a request spent in the gateway itself, not waiting on upstream or store.",
+    ("task",),
+    OVERHEAD_BUCKETS,
+)
+TIME_TO_FIRST_TOKEN = Family(
+    "tunegate_time_to_first_token_seconds",
+    "Time from the request to the first streamed token.",
+    ("task", "variant"),
+    LATENCY_BUCKETS,
+)
+TOKENS = Family(
+    "tunegate_tokens_total",
+    "Upstream tokens by kind (prompt, completion).",
+    ("task", "variant", "model", "kind"),
+)
+COST = Family(
+    "tunegate_cost_usd_total",
+    "Upstream cost in USD, re-asks and failed attempts included.",
+    ("task", "variant", "model"),
+)
+CACHE_LOOKUPS = Family(
+    "tunegate_cache_lookups_total",
+    "Cache lookups by result (hit, miss, bypass, error).",
+    ("task", "result"),
+)
+CACHE_SAVED = Family(
+    "tunegate_cache_saved_usd_total",
+    "Upstream cost the cache saved, in USD.",
+    ("task",),
+)
+JSON_VALIDATION = Family(
+    "tunegate_json_validation_total",
+    "JSON output checks by result (valid, repaired, invalid).",
+    ("task", "variant", "result"),
+)
+UPSTREAM_ERRORS = Family(
+    "tunegate_upstream_errors_total",
+    "Failed upstream calls by kind of failure.",
+    ("task", "variant", "kind"),
+)
+FALLBACKS = Family(
+    "tunegate_fallbacks_total",
+    "Moves from a failed variant to the next one, by reason.",
+    ("task", "from_variant", "to_variant", "reason"),
+)
+FEEDBACK_SCORE = Family(
+    "tunegate_feedback_score",
+    "Feedback scores (0..1) by the variant that served the request.",
+    ("task", "variant"),
+    FEEDBACK_BUCKETS,
+)
+IN_FLIGHT = Family("tunegate_in_flight_requests", "Task requests being served now.", ())
+
+FAMILIES = (
+    REQUESTS,
+    REQUEST_DURATION,
+    UPSTREAM_DURATION,
+    OVERHEAD_DURATION,
+    TIME_TO_FIRST_TOKEN,
+    TOKENS,
+    COST,
+    CACHE_LOOKUPS,
+    CACHE_SAVED,
+    JSON_VALIDATION,
+    UPSTREAM_ERRORS,
+    FALLBACKS,
+    FEEDBACK_SCORE,
+)
+
+
+class _Counts(dict[Labels, float]):
+    """A counter's values by label values."""
+
+    def add(self, labels: Labels, amount: float = 1.0) -> None:
+        self[labels] = self.get(labels, 0.0) + amount
+
+
+class _Observations(dict[Labels, list[float]]):
+    """A histogram's cells by label values: one count per bucket (not cumulative), the
+    +Inf bucket's, then the sum."""
+
+    __slots__ = ("bounds", "le")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        super().__init__()
+        self.bounds = bounds
+        # The `le` label values, spelled as prometheus-client spells its own.
+        self.le: list[str] = [floatToGoString(b) for b in (*bounds, float("inf"))]  # type: ignore[no-untyped-call]
+
+    def observe(self, labels: Labels, value: float) -> None:
+        cells = self.get(labels)
+        if cells is None:
+            cells = self[labels] = [0.0] * (len(self.bounds) + 2)
+        # Prometheus buckets are "less than or equal": bisect_left finds that bucket.
+        cells[bisect_left(self.bounds, value)] += 1.0
+        cells[-1] += value
+
+
+class Metrics:
+    """The gateway's metrics; one instance per process, made by the app factory.
+
+    `multiprocess_dir`: the shared directory of `serve --workers N`; it must equal
+    `PROMETHEUS_MULTIPROC_DIR` in this process's environment (see the module docstring).
+    """
+
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
+        # Totals since start; in multiprocess mode, what changed since the last flush.
+        self._counts = {f: _Counts() for f in FAMILIES if not f.is_histogram}
+        self._observations = {f: _Observations(f.buckets) for f in FAMILIES if f.is_histogram}
+        self._requests = self._counts[REQUESTS]
+        self._duration = self._observations[REQUEST_DURATION]
+        self._upstream = self._observations[UPSTREAM_DURATION]
+        self._overhead = self._observations[OVERHEAD_DURATION]
+        self._ttft = self._observations[TIME_TO_FIRST_TOKEN]
+        self._tokens = self._counts[TOKENS]
+        self._cost = self._counts[COST]
+        self._cache_lookups = self._counts[CACHE_LOOKUPS]
+        self._cache_saved = self._counts[CACHE_SAVED]
+        self._json = self._counts[JSON_VALIDATION]
+        self._upstream_errors = self._counts[UPSTREAM_ERRORS]
+        self._fallbacks = self._counts[FALLBACKS]
+        self._feedback = self._observations[FEEDBACK_SCORE]
+        self._in_flight = 0
+        self._tasks_seen: set[str] = set()
+        self._flush_pending = False
+        self._files: _Files | None = None
+        self._registry = CollectorRegistry()
+        if multiprocess_dir is None:
+            self._registry.register(self)
+        else:
+            _check_multiprocess(multiprocess_dir)
+            self._files = _Files()
+            # The collector registers itself; the call is untyped in the library.
+            multiprocess.MultiProcessCollector(self._registry, path=multiprocess_dir)  # type: ignore[no-untyped-call]
+
+    def record(self, outcome: Outcome) -> None:
+        """Record one finished request. Cheap (a few µs): called once per request."""
+        task = outcome.task
+        if task not in self._tasks_seen:
+            self._first_sight(task)
+        variant = outcome.served or outcome.chosen or NO_VARIANT
+        self._requests.add((task, variant, outcome.cache, outcome.status))
+        if outcome.cache_lookup is not None:
+            self._cache_lookups.add((task, outcome.cache_lookup))
+        if outcome.status != "rejected":
+            self._record_work(outcome, task, variant)
+        if self._files is not None and not self._flush_pending:
+            self._schedule_flush()
+
+    def _record_work(self, outcome: Outcome, task: str, variant: str) -> None:
+        """Durations, upstream calls, JSON checks and fallbacks of a request that ran."""
+        upstream_seconds = 0.0
+        answered: list[str] = []  # the variant of each call that returned an answer
+        for call in outcome.calls:
+            upstream_seconds += call.seconds
+            name, model = call.variant, call.model
+            self._upstream.observe((task, name, model), call.seconds)
+            if call.error is not None:
+                self._upstream_errors.add((task, name, call.error))
+                continue
+            answered.append(name)
+            self._tokens.add((task, name, model, "prompt"), call.prompt_tokens)
+            self._tokens.add((task, name, model, "completion"), call.completion_tokens)
+            self._cost.add((task, name, model), call.cost_usd)
+        self._duration.observe((task, variant, outcome.cache), outcome.seconds)
+        # `Outcome.overhead_seconds`, from the sum this loop made anyway (half the cost).
+        overhead = outcome.seconds - upstream_seconds - outcome.store_seconds
+        self._overhead.observe((task,), overhead if overhead > 0.0 else 0.0)
+        if outcome.ttft_seconds is not None:
+            self._ttft.observe((task, variant), outcome.ttft_seconds)
+        if outcome.saved_usd:
+            self._cache_saved.add((task,), outcome.saved_usd)
+        json_results = outcome.json_results
+        if json_results:
+            # The gateway checks each answer once, in order, so the answered calls name
+            # the variant of each check; when they do not line up (an answer from the
+            # cache), the checks belong to the request's variant.
+            if len(answered) != len(json_results):
+                answered = [variant] * len(json_results)
+            for i, result in enumerate(json_results):
+                self._json.add((task, answered[i], result))
+        for from_variant, to_variant, reason in outcome.fallbacks:
+            self._fallbacks.add((task, from_variant, to_variant, reason))
+
+    def record_feedback(self, task: str, variant: str, score: float) -> None:
+        """Record a feedback score (0..1; true/false as 1/0) for the serving variant."""
+        self._feedback.observe((task, variant), score)
+        if self._files is not None and not self._flush_pending:
+            self._schedule_flush()
+
+    @contextmanager
+    def track_in_flight(self) -> Iterator[None]:
+        """Count the enclosed request in `tunegate_in_flight_requests`."""
+        self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if self._files is not None and not self._flush_pending:
+                self._schedule_flush()
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition and its content type: Prometheus text format 0.0.4, which every
+        Prometheus version reads; in multiprocess mode, summed over every worker's files."""
+        self.flush()
+        return generate_latest(self._registry), CONTENT_TYPE_PLAIN_0_0_4
+
+    def flush(self) -> None:
+        """Multiprocess mode: move what was recorded since the last flush into this
+        worker's files. Without a directory there is nothing to do."""
+        self._flush_pending = False
+        if self._files is not None:
+            self._files.write(self._counts, self._observations, self._in_flight)
+
+    def close(self) -> None:
+        """Flush; call it as the worker shuts down, so its last requests are counted."""
+        self.flush()
+
+    def collect(self) -> Iterable[Metric]:
+        """The exposition of one process (prometheus-client's collector protocol)."""
+        for family, counts in self._counts.items():
+            counter = CounterMetricFamily(family.name, family.doc, labels=family.labels)
+            for labels, value in list(counts.items()):
+                counter.add_metric(labels, value)
+            yield counter
+        for family, observations in self._observations.items():
+            histogram = HistogramMetricFamily(family.name, family.doc, labels=family.labels)
+            for labels, cells in list(observations.items()):
+                buckets = list(zip(observations.le, accumulate(cells[:-1]), strict=True))
+                histogram.add_metric(labels, buckets, cells[-1])
+            yield histogram
+        yield GaugeMetricFamily(IN_FLIGHT.name, IN_FLIGHT.doc, value=self._in_flight)
+
+    def _schedule_flush(self) -> None:
+        self._flush_pending = True
+        try:
+            asyncio.get_running_loop().call_later(FLUSH_DELAY_S, self.flush)
+        except RuntimeError:  # no event loop in this thread: flush at once
+            self.flush()
+
+    def _first_sight(self, task: str) -> None:
+        # Series that exist at zero make ratios read 0 instead of "no data".
+        for result in CACHE_RESULTS:
+            self._cache_lookups.add((task, result), 0.0)
+        self._cache_saved.add((task,), 0.0)
+        self._tasks_seen.add(task)
+
+
+class _Files:
+    """This worker's memory-mapped files (prometheus-client's multiprocess mode), written
+    through the library's own metric objects so its collector can read and sum them."""
+
+    def __init__(self) -> None:
+        self._counters = {
+            f: Counter(f.name, f.doc, f.labels, registry=None)
+            for f in FAMILIES
+            if not f.is_histogram
+        }
+        self._histograms = {
+            f: Histogram(f.name, f.doc, f.labels, registry=None, buckets=f.buckets)
+            for f in FAMILIES
+            if f.is_histogram
+        }
+        self._in_flight = Gauge(
+            IN_FLIGHT.name, IN_FLIGHT.doc, registry=None, multiprocess_mode="livesum"
+        )
+
+    def write(
+        self,
+        counts: dict[Family, _Counts],
+        observations: dict[Family, _Observations],
+        in_flight: int,
+    ) -> None:
+        """Add `counts` and `observations` to the files and empty them; set the gauge."""
+        for family, table in counts.items():
+            counter = self._counters[family]
+            for labels, value in list(table.items()):
+                counter.labels(*labels).inc(value)
+            table.clear()
+        for family, cells_by_labels in observations.items():
+            histogram = self._histograms[family]
+            for labels, cells in list(cells_by_labels.items()):
+                child = histogram.labels(*labels)
+                # A histogram has no public "add these bucket counts"; observing each
+                # value again would cost what the buffering saves. These attributes are
+                # the library's own cells (pinned version; tests/test_metrics.py checks).
+                for cell, count in zip(child._buckets, cells[:-1], strict=True):
+                    if count:
+                        cell.inc(count)
+                child._sum.inc(cells[-1])
+            cells_by_labels.clear()
+        self._in_flight.set(in_flight)
+
+
+def mark_process_dead(multiprocess_dir: str, pid: int) -> None:
+    """Forget a dead worker's live gauges (its in-flight count); call it from the
+    supervisor when worker `pid` exits. Its counters and histograms stay, as they must."""
+    multiprocess.mark_process_dead(pid, multiprocess_dir)  # type: ignore[no-untyped-call]
+
+
+def _check_multiprocess(directory: str) -> None:
+    # prometheus_client itself reads this variable (at import, and for its file paths);
+    # this only checks that it agrees with the settings.
+    configured = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not getattr(values.ValueClass, "_multiprocess", False) or configured is None:
+        raise ConfigError(
+            f"metrics: a multiprocess directory ({directory}) was given, but "
+            "PROMETHEUS_MULTIPROC_DIR was not set when prometheus_client was imported; "
+            "set it in the environment before starting the workers."
+        )
+    if os.path.realpath(configured) != os.path.realpath(directory):
+        raise ConfigError(
+            f"metrics: the multiprocess directory {directory} differs from "
+            f"PROMETHEUS_MULTIPROC_DIR={configured}; use one directory."
+        )
+    if not os.path.isdir(directory):
+        raise ConfigError(f"metrics: PROMETHEUS_MULTIPROC_DIR={directory} is not a directory.")

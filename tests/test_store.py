@@ -1,0 +1,241 @@
+"""The store against a real server: round trips, locks, scripts, and failing open when the
+server is killed, frozen, talks garbage, or the caller gives up mid-command."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import anyio
+import pytest
+from anyio.abc import SocketStream
+from redis.asyncio import Redis
+from tunegate.embedded import EmbeddedServer, EmbeddedServerError, answers_ping, free_port
+from tunegate.store import Store
+
+from tests.redis_server import RedisServer, redis_server
+
+pytestmark = pytest.mark.anyio
+
+INCR_WITH_EXPIRY = """
+local n = redis.call("INCRBY", KEYS[1], ARGV[1])
+redis.call("PEXPIRE", KEYS[1], ARGV[2])
+return n
+"""
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    with redis_server() as running:
+        yield running
+
+
+@pytest.fixture
+async def store(server: RedisServer) -> AsyncIterator[Store]:
+    opened = Store(server.url)
+    yield opened
+    await opened.close()
+
+
+def state_of(store: Store) -> str:
+    """`store.state`, read afresh (mypy would keep the value narrowed by an earlier assert)."""
+    return store.state
+
+
+async def remaining_ttl_ms(url: str, key: str) -> int:
+    raw = Redis.from_url(url)
+    try:
+        ttl: int = await raw.pttl(key)
+    finally:
+        await raw.aclose()
+    return ttl
+
+
+async def test_set_then_get_round_trips_bytes_with_a_ttl(server: RedisServer, store: Store) -> None:
+    value = b"\x00\xff{}binary"
+    assert await store.set("cache:one", value, ttl_s=30)
+    assert await store.get("cache:one") == value
+    assert 0 < await remaining_ttl_ms(server.url, "cache:one") <= 30_000
+    assert await store.get("cache:absent") is None
+    assert await store.ping()
+    assert state_of(store) == "ok"
+
+
+async def test_set_refuses_to_store_without_expiry(store: Store) -> None:
+    with pytest.raises(ValueError, match="ttl_s"):
+        await store.set("cache:forever", b"x", ttl_s=0)
+
+
+async def test_lock_is_exclusive_and_released_only_by_its_owner(
+    server: RedisServer, store: Store
+) -> None:
+    token = await store.acquire_lock("lock:fill", ttl_ms=5_000)
+    assert token is not None
+    assert 0 < await remaining_ttl_ms(server.url, "lock:fill") <= 5_000
+    assert await store.acquire_lock("lock:fill", ttl_ms=5_000) is None
+
+    await store.release_lock("lock:fill", "not-the-owner")
+    assert await store.acquire_lock("lock:fill", ttl_ms=5_000) is None
+
+    await store.release_lock("lock:fill", token)
+    assert await store.acquire_lock("lock:fill", ttl_ms=5_000) is not None
+    assert state_of(store) == "ok"
+
+
+async def test_registered_script_runs_atomically_with_keys_and_args(
+    server: RedisServer, store: Store
+) -> None:
+    handle = store.register(INCR_WITH_EXPIRY)
+    assert store.register(INCR_WITH_EXPIRY) == handle
+    assert await store.run(handle, keys=["counter:a"], args=[2, 60_000]) == 2
+    assert await store.run(handle, keys=["counter:a"], args=[3, 60_000]) == 5
+    assert 0 < await remaining_ttl_ms(server.url, "counter:a") <= 60_000
+    listing = store.register("return {KEYS[1], ARGV[1]}")
+    assert await store.run(listing, keys=["k"], args=["v"]) == [b"k", b"v"]
+
+
+async def test_a_script_error_answers_none(store: Store) -> None:
+    failing = store.register("return redis.error_reply('no')")
+    assert await store.run(failing) is None
+
+
+async def test_killed_server_fails_open_fast_and_recovers_after_restart(
+    server: RedisServer, store: Store
+) -> None:
+    counter = store.register(INCR_WITH_EXPIRY)
+    assert await store.run(counter, keys=["n"], args=[1, 60_000]) == 1
+    assert await store.set("k", b"before", ttl_s=60)
+
+    server.kill()
+    started = time.monotonic()
+    assert await store.get("k") is None
+    assert not await store.set("k", b"during", ttl_s=60)
+    assert await store.acquire_lock("lock", ttl_ms=1_000) is None
+    assert await store.run(counter, keys=["n"], args=[1, 60_000]) is None
+    assert not await store.ping()
+    assert time.monotonic() - started < 0.5
+    assert state_of(store) == "degraded"
+
+    server.restart()
+    assert await store.get("k") is None  # a fresh server: nothing persisted
+    assert state_of(store) == "ok"
+    assert await store.set("k", b"after", ttl_s=60)
+    assert await store.get("k") == b"after"
+    # The restart emptied the script cache; the script is loaded again on first use.
+    assert await store.run(counter, keys=["n"], args=[1, 60_000]) == 1
+
+
+async def test_frozen_server_times_out_within_the_socket_timeout_then_recovers(
+    server: RedisServer, store: Store
+) -> None:
+    assert await store.set("k", b"v", ttl_s=60)
+    server.freeze()
+    try:
+        started = time.monotonic()
+        assert await store.get("k") is None
+        assert time.monotonic() - started < 0.5
+        assert state_of(store) == "degraded"
+    finally:
+        server.thaw()
+    assert await store.get("k") == b"v"
+    assert state_of(store) == "ok"
+
+
+async def cancel_with_anyio_scope(store: Store) -> None:
+    with anyio.move_on_after(0.05) as scope:
+        await store.get("a")
+    assert scope.cancelled_caught
+
+
+async def cancel_with_task_cancel(store: Store) -> None:
+    task = asyncio.create_task(store.get("a"))
+    await asyncio.sleep(0.05)
+    assert task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+@pytest.mark.parametrize("cancel", [cancel_with_anyio_scope, cancel_with_task_cancel])
+async def test_a_get_cancelled_mid_flight_leaves_no_reply_behind(
+    server: RedisServer, cancel: Callable[[Store], Awaitable[None]]
+) -> None:
+    # One connection, so a stale reply left on it would be read by the next command; a
+    # long socket timeout, so the cancellation (not a timeout) ends the first get.
+    store = Store(server.url, socket_timeout_ms=2_000, max_connections=1)
+    try:
+        assert await store.set("a", b"A", ttl_s=60)
+        assert await store.set("b", b"B", ttl_s=60)
+        server.freeze()
+        try:
+            await cancel(store)
+        finally:
+            server.thaw()
+        await anyio.sleep(0.05)  # the server now answers the cancelled GET a
+        assert await store.get("b") == b"B"
+        assert await store.get("a") == b"A"
+        assert state_of(store) == "ok"
+    finally:
+        await store.close()
+
+
+async def test_a_server_talking_garbage_fails_open() -> None:
+    async def answer_garbage(stream: SocketStream) -> None:
+        async with stream:
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                while await stream.receive():
+                    await stream.send(b"?not resp at all\r\n")
+
+    port = free_port()
+    async with (
+        await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=port) as listener,
+        anyio.create_task_group() as tasks,
+    ):
+        tasks.start_soon(listener.serve, answer_garbage)
+        store = Store(f"redis://127.0.0.1:{port}/0")
+        try:
+            assert await store.get("k") is None
+            assert not await store.set("k", b"v", ttl_s=1)
+            assert state_of(store) == "degraded"
+        finally:
+            await store.close()
+            tasks.cancel_scope.cancel()
+
+
+async def test_errors_are_logged_once_per_interval_by_class_name_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = Store(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    try:
+        with caplog.at_level(logging.WARNING, logger="tunegate.store"):
+            for _ in range(3):
+                assert await store.get("tenant-secret-key") is None
+    finally:
+        await store.close()
+    assert [r.getMessage() for r in caplog.records] == ["store error ConnectionError; failing open"]
+    assert state_of(store) == "degraded"
+
+
+def test_embedded_server_answers_ping_and_stop_removes_its_directory() -> None:
+    with EmbeddedServer() as server:
+        assert server.url == f"redis://127.0.0.1:{server.port}/0"
+        assert answers_ping(server.port)
+        workdir = server.workdir
+        assert workdir is not None
+        assert workdir.is_dir()
+    assert not workdir.exists()
+    assert not answers_ping(server.port)
+
+
+def test_two_embedded_servers_listen_on_two_ports() -> None:
+    with EmbeddedServer() as first, EmbeddedServer() as second:
+        assert first.port != second.port
+        assert answers_ping(first.port)
+        assert answers_ping(second.port)
+
+
+def test_embedded_server_that_cannot_start_says_so() -> None:
+    with pytest.raises(EmbeddedServerError, match="did not start"):
+        EmbeddedServer(binary="/bin/false", start_timeout_s=1).start()
