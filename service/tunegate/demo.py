@@ -189,7 +189,7 @@ async def _one_request(client: Any, rng: random.Random, i: int) -> Result:
             user=f"user-{rng.randrange(60)}",
             stream=stream,
         )
-        parsed = await raw.parse()
+        parsed = raw.parse()
         usage = None
         if stream:
             async for chunk in parsed:
@@ -219,7 +219,7 @@ def _print_summary(results: list[Result], seconds: float) -> None:
     for result in results:
         groups[(result.task, result.variant)].append(result)
     header = (
-        f"{'task':<14}{'variant':<10}{'requests':>9}{'fallback':>9}{'repaired':>9}"
+        f"{'task':<14}{'variant':<10}{'requests':>9}{'cached':>8}{'fallback':>9}{'repaired':>9}"
         f"{'p50 ms':>8}{'p95 ms':>8}{'tokens':>8}{'cost USD':>11}"
     )
     print(f"\n{len(results)} requests in {seconds:.1f} s\n")
@@ -230,6 +230,7 @@ def _print_summary(results: list[Result], seconds: float) -> None:
         p95 = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]
         print(
             f"{task:<14}{variant:<10}{len(group):>9}"
+            f"{sum(1 for r in group if r.cache == 'hit'):>8}"
             f"{sum(1 for r in group if r.fallback):>9}"
             f"{sum(1 for r in group if r.json_status == 'repaired'):>9}"
             f"{statistics.median(latencies):>8.1f}{p95:>8.1f}"

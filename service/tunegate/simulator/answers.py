@@ -1,7 +1,7 @@
 """What a simulated model answers, how long it takes and what it costs in tokens: pure.
 
 Tasks. The answer is JSON when the request has `response_format` of type `json_object`
-or `json_schema`, or a system (or developer) message mentions "JSON"; it is then the
+or `json_schema`, or a system (or developer) message mentions "JSON" or "classify"; it is then the
 `ticket-triage` answer `{"category": ..., "priority": ...}` derived from keywords in the
 last user message (`triage`). Otherwise it is a short support reply, in German when the
 system prompt mentions German/Deutsch, else in English.
@@ -46,7 +46,8 @@ _CATEGORY_WORDS = (
 )
 _HIGH = re.compile(r"\b(urgent(ly)?|asap|immediately|down|twice)\b")
 _LOW = re.compile(r"when you can|no rush|\?")
-_JSON = re.compile(r"json", re.IGNORECASE)
+# A classifier answers JSON: the fine-tuned triage model learnt to from a short prompt.
+_JSON = re.compile(r"json|classify", re.IGNORECASE)
 _GERMAN = re.compile(r"german|deutsch", re.IGNORECASE)
 
 _REPLIES_DE = {
