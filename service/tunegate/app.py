@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from tunegate import __version__
 from tunegate.api.chat import chat_completions
 from tunegate.api.errors import install_error_handlers
-from tunegate.api.incoming import Runtime
+from tunegate.api.incoming import Load, Runtime
 from tunegate.api.service import healthz, list_models, metrics_endpoint, readyz
 from tunegate.api.tasks import run_task
 from tunegate.auth import keys_by_hash
@@ -78,6 +78,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     metrics = Metrics(settings.metrics_dir)
     app.state.metrics = metrics
+    app.state.load = Load()
     app.state.draining = False
     install_error_handlers(app)
     app.add_route("/v1/chat/completions", chat_completions, methods=["POST"])

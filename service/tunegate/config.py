@@ -147,7 +147,6 @@ class GatewayConfig:
     limits_fail_open: bool
     max_body_bytes: int
     max_in_flight: int
-    drain_timeout_s: float
     store_socket_timeout_ms: int
     store_connect_timeout_ms: int
 
@@ -260,7 +259,6 @@ def _compile(path: Path, parsed: GatewayFile, tasks: Mapping[str, TaskFile]) -> 
         limits_fail_open=parsed.auth is None or parsed.auth.on_store_error == "open",
         max_body_bytes=parsed.server.max_body_bytes,
         max_in_flight=parsed.server.max_in_flight,
-        drain_timeout_s=parsed.server.drain_timeout_s,
         store_socket_timeout_ms=parsed.store.socket_timeout_ms,
         store_connect_timeout_ms=parsed.store.connect_timeout_ms,
     )

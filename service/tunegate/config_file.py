@@ -115,7 +115,6 @@ class AuthFile(FileModel):
 class ServerFile(FileModel):
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     max_in_flight: int = Field(default=1024, ge=1)
-    drain_timeout_s: float = Field(default=10.0, ge=0)
 
 
 class StoreFile(FileModel):

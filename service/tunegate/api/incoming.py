@@ -15,7 +15,13 @@ from starlette.responses import Response
 
 from tunegate.auth import Principal, authenticate, task_for
 from tunegate.config import ApiKey, GatewayConfig, Task
-from tunegate.errors import GatewayError, InvalidRequest, PermissionDenied, RequestTooLarge
+from tunegate.errors import (
+    GatewayError,
+    InvalidRequest,
+    PermissionDenied,
+    RequestTooLarge,
+    Unavailable,
+)
 from tunegate.gateway import Call, Gateway, rejected
 
 T = TypeVar("T")
@@ -39,6 +45,20 @@ def new_request_id() -> str:
 Handler = Callable[[Request, str], Awaitable[Response]]
 
 
+class Load:
+    """Requests in progress in this process, for load shedding (503 `overloaded` at once
+    rather than a pile of timeouts)."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+
+    def __enter__(self) -> None:
+        self.in_flight += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.in_flight -= 1
+
+
 def task_endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     """Wrap a task endpoint: a fresh request id on every answer, errors included, the
     in-flight gauge, and refused requests recorded (under the task when it is known)."""
@@ -46,8 +66,14 @@ def task_endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         request_id = new_request_id()
         started = time.monotonic()
-        with request.app.state.metrics.track_in_flight():
+        load: Load = request.app.state.load
+        with request.app.state.metrics.track_in_flight(), load:
             try:
+                if load.in_flight > request.app.state.runtime.config.max_in_flight:
+                    raise Unavailable(
+                        "The gateway is at its in-flight limit; retry shortly.",
+                        retry_after_s=1,
+                    )
                 return await handler(request, request_id)
             except GatewayError as exc:
                 exc.headers.setdefault("x-request-id", request_id)
