@@ -3,7 +3,10 @@ upstream."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -11,7 +14,14 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from tests.harness import Gateway, Simulator, gateway_config, running_gateway, task_config
+from tests.harness import (
+    TUNED,
+    Gateway,
+    Simulator,
+    gateway_config,
+    running_gateway,
+    task_config,
+)
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 
@@ -155,3 +165,21 @@ def test_task_endpoint_refuses_bad_bodies(gw: Gateway) -> None:
     response = httpx.post(f"{gw.url}/v1/tasks/triage", json={"input": "x", "temperature": 1})
     assert_error(response, 400, "invalid_request", "temperature")
     assert_error(httpx.post(f"{gw.url}/v1/tasks/ghost", json={"input": "x"}), 404, "task_not_found")
+
+
+def test_past_the_in_flight_limit_the_answer_is_503_at_once(tmp_path: Path, sim: Simulator) -> None:
+    sim.reset()
+    config = gateway_config(
+        sim.url, {"triage": task_config(deadline_s=1.5)}, server={"max_in_flight": 1}
+    )
+    sim.script(TUNED, "hang", "hang")
+    with running_gateway(tmp_path, config) as gateway, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(post, gateway, {"model": "triage", "messages": MESSAGES})
+        time.sleep(0.3)
+        started = time.monotonic()
+        second = post(gateway, {"model": "triage", "messages": MESSAGES})
+        assert time.monotonic() - started < 0.5
+        assert_error(second, 503, "overloaded")
+        assert second.headers["retry-after"] == "1"
+        assert second.headers["x-should-retry"] == "true"
+        assert first.result().status_code == 504
