@@ -4,6 +4,7 @@ uses is opened in its lifespan and closed there; nothing lives at import time.""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -22,7 +23,7 @@ from tunegate.config import GatewayConfig, load_config, missing_secrets
 from tunegate.embedded import EmbeddedServer
 from tunegate.errors import ConfigError
 from tunegate.gateway import Gateway
-from tunegate.metrics import Metrics
+from tunegate.metrics import Metrics, mark_process_dead
 from tunegate.pricing import Price, PriceTable
 from tunegate.settings import Settings
 from tunegate.store import Store
@@ -68,6 +69,9 @@ def create_app(settings: Settings) -> FastAPI:
             log.info("ready", extra={"tasks": sorted(config.tasks), "config": str(config.path)})
             yield
             app.state.draining = True
+            metrics.close()
+            if settings.metrics_dir:
+                mark_process_dead(settings.metrics_dir, os.getpid())
 
     app = FastAPI(
         title="tunegate",

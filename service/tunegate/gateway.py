@@ -93,7 +93,8 @@ class Outcome:
     cache_lookup: Literal["hit", "miss", "bypass", "error"] | None
     seconds: float
     calls: tuple[UpstreamCall, ...] = ()
-    json_results: tuple[str, ...] = ()
+    # (variant, valid | repaired | invalid) for each answer the JSON guard checked.
+    json_results: tuple[tuple[str, str], ...] = ()
     fallbacks: tuple[tuple[str, str, str], ...] = ()
     store_seconds: float = 0.0
     ttft_seconds: float | None = None
@@ -187,7 +188,7 @@ class _Trail:
     deadline: float
     chosen: str
     calls: list[UpstreamCall] = field(default_factory=list)
-    json_results: list[str] = field(default_factory=list)
+    json_results: list[tuple[str, str]] = field(default_factory=list)
     failures: list[tuple[str, UpstreamError]] = field(default_factory=list)
     fallbacks: list[tuple[str, str, str]] = field(default_factory=list)
     ttft_seconds: float | None = None
@@ -402,7 +403,7 @@ class Gateway:
             if not task.is_json:
                 return completion, None
             verdict = jsonguard.check(completion.content, task.schema)
-            trail.json_results.append(verdict.status)
+            trail.json_results.append((variant.name, verdict.status))
             if verdict.status != "invalid":
                 return completion, verdict
             messages = [

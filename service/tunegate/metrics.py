@@ -266,7 +266,6 @@ class Metrics:
     def _record_work(self, outcome: Outcome, task: str, variant: str) -> None:
         """Durations, upstream calls, JSON checks and fallbacks of a request that ran."""
         upstream_seconds = 0.0
-        answered: list[str] = []  # the variant of each call that returned an answer
         for call in outcome.calls:
             upstream_seconds += call.seconds
             name, model = call.variant, call.model
@@ -274,7 +273,6 @@ class Metrics:
             if call.error is not None:
                 self._upstream_errors.add((task, name, call.error))
                 continue
-            answered.append(name)
             self._tokens.add((task, name, model, "prompt"), call.prompt_tokens)
             self._tokens.add((task, name, model, "completion"), call.completion_tokens)
             self._cost.add((task, name, model), call.cost_usd)
@@ -287,15 +285,8 @@ class Metrics:
             self._ttft.observe((task, variant), outcome.ttft_seconds)
         if outcome.saved_usd:
             self._cache_saved.add((task,), outcome.saved_usd)
-        json_results = outcome.json_results
-        if json_results:
-            # The gateway checks each answer once, in order, so the answered calls name
-            # the variant of each check; when they do not line up (an answer from the
-            # cache), the checks belong to the request's variant.
-            if len(answered) != len(json_results):
-                answered = [variant] * len(json_results)
-            for i, result in enumerate(json_results):
-                self._json.add((task, answered[i], result))
+        for checked, result in outcome.json_results:
+            self._json.add((task, checked, result))
         for from_variant, to_variant, reason in outcome.fallbacks:
             self._fallbacks.add((task, from_variant, to_variant, reason))
 
