@@ -290,3 +290,22 @@ def test_sticky_user_keeps_the_variant_through_http(tmp_path: Path, sim: Simulat
             ask(client, "split", f"again {i}", user=f"user-{i}")
             assert last_headers()["x-tunegate-variant"] == first[i]
         assert set(first.values()) == {"tuned", "few_shot"}
+
+
+def test_a_client_that_goes_away_cancels_its_upstream_call(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    tasks = {"patient": task_config(deadline_s=30)}
+    with running_gateway(tmp_path, gateway_config(sim.url, tasks)) as gateway:
+        sim.script(TUNED, "hang")
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(
+                f"{gateway.url}/v1/chat/completions",
+                json={"model": "patient", "messages": [{"role": "user", "content": "hi"}]},
+                timeout=0.5,
+            )
+        time.sleep(0.5)
+        # Without the cancellation the request would sit in flight for its 30 s deadline.
+        metrics = httpx.get(f"{gateway.url}/metrics").text
+        assert "tunegate_in_flight_requests 0.0" in metrics
+        assert len(sim.requests(TUNED)) == 1  # and it was not retried either
