@@ -140,11 +140,17 @@ def gateway_config(sim_url: str, tasks: Mapping[str, Any], **top: Any) -> dict[s
 class Gateway:
     """The gateway app from `create_app`, served by real uvicorn in a thread."""
 
-    def __init__(self, config_path: Path, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        environ: Mapping[str, str] | None = None,
+        redis_url: str | None = None,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         settings = Settings(
             config_path=config_path,
+            redis_url=redis_url,
             port=self.port,
             environ=dict(environ or {"SIM_KEY": "sk-upstream-secret"}),
         )
@@ -172,11 +178,15 @@ class Gateway:
 
 @contextlib.contextmanager
 def running_gateway(
-    tmp_path: Path, config: Mapping[str, Any], environ: Mapping[str, str] | None = None
+    tmp_path: Path,
+    config: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    redis_url: str | None = None,
 ) -> Iterator[Gateway]:
+    """The gateway serving `config`; on the Redis at `redis_url`, else an embedded one."""
     path = tmp_path / f"gateway-{free_port()}.yaml"
     path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
-    gateway = Gateway(path, environ)
+    gateway = Gateway(path, environ, redis_url)
     try:
         yield gateway
     finally:

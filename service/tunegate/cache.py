@@ -48,6 +48,19 @@ def cache_key_for(
     return KEY_PREFIX + hashlib.blake2b(canonical, digest_size=20).hexdigest()
 
 
+_MISSING = object()
+# The JSON type of each stored field but `parsed` (any JSON value).
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "variant": str,
+    "content": str,
+    "finish_reason": str,
+    "prompt_tokens": int,
+    "completion_tokens": int,
+    "cost_usd": (int, float),
+    "json_status": (str, type(None)),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """A stored answer: what a hit replays, and what it saved."""
@@ -66,21 +79,29 @@ class Entry:
 
     @classmethod
     def decode(cls, raw: bytes) -> Entry | None:
-        """The entry in `raw`, or None for anything that is not one (garbage is a miss)."""
+        """The entry in `raw`, or None for anything that is not one: not JSON, a field
+        missing or of the wrong type. Garbage is a miss, never a 500 or a wrong answer."""
         try:
             data = orjson.loads(raw)
-            return cls(
-                variant=str(data["variant"]),
-                content=str(data["content"]),
-                parsed=data["parsed"],
-                finish_reason=str(data["finish_reason"]),
-                prompt_tokens=int(data["prompt_tokens"]),
-                completion_tokens=int(data["completion_tokens"]),
-                cost_usd=float(data["cost_usd"]),
-                json_status=data["json_status"],
-            )
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        except orjson.JSONDecodeError:
             return None
+        if not isinstance(data, dict) or "parsed" not in data:
+            return None
+        for name, types in _FIELD_TYPES.items():
+            value = data.get(name, _MISSING)
+            # No conversions: str(None) would serve "None", a number as json_status a 500.
+            if isinstance(value, bool) or not isinstance(value, types):
+                return None
+        return cls(
+            variant=data["variant"],
+            content=data["content"],
+            parsed=data["parsed"],
+            finish_reason=data["finish_reason"],
+            prompt_tokens=data["prompt_tokens"],
+            completion_tokens=data["completion_tokens"],
+            cost_usd=float(data["cost_usd"]),
+            json_status=data["json_status"],
+        )
 
 
 class Cache:

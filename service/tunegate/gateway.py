@@ -253,7 +253,8 @@ class Gateway:
         if produced:
             return produced[0]
         if entry is None or entry.variant not in call.task.variants:
-            raise self._give_up(call, trail)  # unreachable: followers get an entry or compute
+            # Another instance stored it under a config with other variants: serve it here.
+            return await self._serve(call, trail, order)
         return self._hit(call, trail, entry)
 
     async def stream(self, call: Call) -> tuple[Answer, AsyncIterator[Delta]]:
