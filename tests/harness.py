@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import uvicorn
 import yaml
+
 from tunegate.app import create_app
 from tunegate.settings import Settings
 

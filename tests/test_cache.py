@@ -22,9 +22,6 @@ import redis
 import yaml
 from openai._legacy_response import LegacyAPIResponse
 from openai.types.chat import ChatCompletion
-from tunegate.auth import hash_key
-from tunegate.cache import KEY_PREFIX, LOCK_PREFIX, cache_key_for
-from tunegate.config import load_config
 
 from tests.harness import (
     BASE,
@@ -36,6 +33,9 @@ from tests.harness import (
     task_config,
 )
 from tests.redis_server import RedisServer, redis_server
+from tunegate.auth import hash_key
+from tunegate.cache import KEY_PREFIX, LOCK_PREFIX, cache_key_for
+from tunegate.config import load_config
 
 # The model of the `crowd` task: slow enough that 50 concurrent requests overlap.
 SLOW = "gpt-4o-mini"

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.harness import gateway_config, task_config
 from tunegate.cli import main
 from tunegate.config import load_config, missing_secrets
 from tunegate.errors import ConfigError
-
-from tests.harness import gateway_config, task_config
 
 EXAMPLE = Path(__file__).parent.parent / "config" / "gateway.yaml"
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from tunegate.cli import _parser
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -292,9 +292,7 @@ def test_sticky_user_keeps_the_variant_through_http(tmp_path: Path, sim: Simulat
         assert set(first.values()) == {"tuned", "few_shot"}
 
 
-def test_a_client_that_goes_away_cancels_its_upstream_call(
-    tmp_path: Path, sim: Simulator
-) -> None:
+def test_a_client_that_goes_away_cancels_its_upstream_call(tmp_path: Path, sim: Simulator) -> None:
     tasks = {"patient": task_config(deadline_s=30)}
     with running_gateway(tmp_path, gateway_config(sim.url, tasks)) as gateway:
         sim.script(TUNED, "hang")

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
-from tunegate.jsonguard import check, compile_schema
 
 from tests.harness import (
     BASE,
@@ -22,6 +21,7 @@ from tests.harness import (
     running_gateway,
     task_config,
 )
+from tunegate.jsonguard import check, compile_schema
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
 from tunegate.errors import ConfigError
 from tunegate.gateway import Outcome, UpstreamCall, rejected
 from tunegate.metrics import FLUSH_DELAY_S, NO_VARIANT, Metrics, mark_process_dead

@@ -24,7 +24,6 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from tunegate.metrics import FAMILIES, IN_FLIGHT
 
 from tests.harness import (
     TUNED,
@@ -35,6 +34,7 @@ from tests.harness import (
     task_config,
     wait_for_http,
 )
+from tunegate.metrics import FAMILIES, IN_FLIGHT
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS_CONFIG = ROOT / "config" / "prometheus" / "prometheus.yml"

@@ -10,6 +10,7 @@ import pytest
 from genai_prices import Usage, calc_price
 from hypothesis import given
 from hypothesis import strategies as st
+
 from tunegate.pricing import Price, PriceTable, format_usd, maintained_price
 
 FT_MODEL = "ft:gpt-3.5-turbo-0613:acme::XYZ"

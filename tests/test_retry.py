@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 
 import pytest
+
 from tunegate import errors
 from tunegate.retry import Backoff, backoff_s, next_wait, parse_retry_after
 

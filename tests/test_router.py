@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tunegate import router
-from tunegate.config import Task, load_config
 
 from tests.harness import gateway_config, task_config
+from tunegate import router
+from tunegate.config import Task, load_config
 
 
 def make_task(tmp_path: Path, weights: dict[str, float], sticky: str = "user") -> Task:

@@ -18,6 +18,7 @@ import httpx
 import openai
 import pytest
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
+
 from tunegate.simulator import answers
 from tunegate.simulator.scenario import (
     BREAKAGES,

@@ -13,10 +13,10 @@ import anyio
 import pytest
 from anyio.abc import SocketStream
 from redis.asyncio import Redis
-from tunegate.embedded import EmbeddedServer, EmbeddedServerError, answers_ping, free_port
-from tunegate.store import Store
 
 from tests.redis_server import RedisServer, redis_server
+from tunegate.embedded import EmbeddedServer, EmbeddedServerError, answers_ping, free_port
+from tunegate.store import Store
 
 pytestmark = pytest.mark.anyio
 

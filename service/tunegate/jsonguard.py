@@ -16,6 +16,7 @@ answer's text.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -79,6 +80,17 @@ def _strip(text: str) -> str:
 def check(text: str, schema: CompiledSchema | None) -> Verdict:
     """The verdict on one answer for a JSON task."""
     stripped = _strip(text)
+    if len(stripped) <= _MEMO_MAX_CHARS:
+        # Short answers repeat (a classifier has few distinct ones): remember verdicts.
+        return _memo_verdict(stripped, schema)
+    return _verdict(stripped, schema)
+
+
+# Verdicts are immutable records; `value` is shared between callers and never mutated.
+_MEMO_MAX_CHARS = 512
+
+
+def _verdict(stripped: str, schema: CompiledSchema | None) -> Verdict:
     status: Status = "valid"
     try:
         value = orjson.loads(stripped)
@@ -92,6 +104,9 @@ def check(text: str, schema: CompiledSchema | None) -> Verdict:
         if error is not None:
             return Verdict("invalid", None, "", describe(error))
     return Verdict(status, value, orjson.dumps(value).decode())
+
+
+_memo_verdict = functools.lru_cache(maxsize=4096)(_verdict)
 
 
 def _repair(text: str) -> Any:
