@@ -147,6 +147,7 @@ class Gateway:
         environ: Mapping[str, str] | None = None,
         redis_url: str | None = None,
     ) -> None:
+        self.config_path = config_path  # rewrite it, then reload, to change the config
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         settings = Settings(

@@ -12,8 +12,10 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI
 
 from tunegate import __version__
+from tunegate.api.admin import Reloader, reload_config, watch_sighup
 from tunegate.api.chat import chat_completions
 from tunegate.api.errors import install_error_handlers
+from tunegate.api.experiments import TenantContext, get_experiments, post_feedback
 from tunegate.api.incoming import Load, Runtime
 from tunegate.api.service import healthz, list_models, metrics_endpoint, readyz
 from tunegate.api.tasks import run_task
@@ -22,7 +24,9 @@ from tunegate.cache import Cache
 from tunegate.config import GatewayConfig, load_config, missing_secrets
 from tunegate.embedded import EmbeddedServer
 from tunegate.errors import ConfigError
+from tunegate.experiments import Experiments
 from tunegate.gateway import Gateway
+from tunegate.limits import Limits
 from tunegate.metrics import Metrics, mark_process_dead
 from tunegate.pricing import Price, PriceTable
 from tunegate.settings import Settings
@@ -58,9 +62,23 @@ def create_app(settings: Settings) -> FastAPI:
             )
             stack.push_async_callback(store.close)
             app.state.store = store
+            limits = Limits(store)
+            stack.push_async_callback(limits.aclose)
+            app.state.limits = limits
+            experiments = Experiments(store)
+            stack.push_async_callback(experiments.drain)  # before the store closes
+            app.state.experiments = experiments
+            cache = Cache(store)
+
+            def build(config: GatewayConfig, upstreams: Upstreams) -> Runtime:
+                return build_runtime(config, upstreams, cache, metrics, limits, experiments)
+
             upstreams = Upstreams(config.upstreams, settings.environ)
-            stack.push_async_callback(upstreams.aclose)
-            app.state.runtime = build_runtime(config, upstreams, Cache(store), metrics)
+            app.state.runtime = build(config, upstreams)
+            reloader = Reloader(app.state, settings, upstreams, build)
+            stack.push_async_callback(reloader.aclose)  # closes the upstreams in use
+            app.state.reloader = reloader
+            stack.callback(watch_sighup(reloader))
             if config.open_mode:
                 log.warning(
                     "auth: no keys configured, running in OPEN MODE: any caller may use "
@@ -88,6 +106,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
     app.add_route("/v1/tasks/{task}", run_task, methods=["POST"])
     app.add_route("/v1/models", list_models, methods=["GET"])
+    app.add_route("/admin/reload", reload_config, methods=["POST"])
+    app.add_route("/v1/feedback", post_feedback, methods=["POST"])
+    app.add_route("/v1/experiments/{task}", get_experiments, methods=["GET"])
+    app.add_middleware(TenantContext)
     app.add_route("/healthz", healthz, methods=["GET"])
     app.add_route("/readyz", readyz, methods=["GET"])
     app.add_route("/metrics", metrics_endpoint, methods=["GET"])
@@ -95,12 +117,20 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def build_runtime(
-    config: GatewayConfig, upstreams: Upstreams, cache: Cache, metrics: Metrics
+    config: GatewayConfig,
+    upstreams: Upstreams,
+    cache: Cache,
+    metrics: Metrics,
+    limits: Limits | None = None,
+    experiments: Experiments | None = None,
 ) -> Runtime:
     prices = PriceTable({m: Price(i, o) for m, (i, o) in config.pricing.items()})
     # The first lookup of a model costs tens of ms: pay it at start-up, not on a request.
     prices.preload(v.model for task in config.tasks.values() for v in task.variants.values())
-    gateway = Gateway(upstreams, prices, cache=cache, recorders=[metrics.record])
+    recorders = [metrics.record] if limits is None else [metrics.record, limits.record]
+    if experiments is not None:
+        recorders.append(experiments.record)
+    gateway = Gateway(upstreams, prices, cache=cache, recorders=recorders)
     return Runtime(
         config=config, gateway=gateway, keys=keys_by_hash(config), started_at=time.time()
     )

@@ -1,8 +1,20 @@
 """Who is calling and what they may do (SPEC §1 `auth`, §2 401/403/404).
 
-Keys are stored as sha256 hashes; a bearer key is hashed and looked up by its digest, so
-no comparison ever touches the key itself. With no keys configured the gateway runs in
-open mode: every caller is an admin of the `open` tenant.
+Keys are stored as sha256 hashes; a bearer key is hashed and its digest looked up in a
+dict, so no comparison ever touches the key itself. That lookup leaks no timing on the
+key: how long it takes depends on the digest (its hash bucket, a string comparison with
+a stored digest), never on how many leading characters of a guess match a real key, and
+learning digits of a stored digest gets a guesser no closer to a key (sha256 has no
+usable preimages). The key is never stored, logged or echoed; only its digest is (config,
+limit counters in the store).
+
+With no keys configured the gateway runs in open mode: every caller is an admin of the
+`open` tenant.
+
+    401 invalid_api_key       no `Authorization: Bearer`, or a key not in the config
+    404 task_not_found        no such task (the message names only the one asked for)
+    403 task_not_allowed      the key's `tasks` do not list it (nor `*`)
+    403 override_not_allowed  an admin-only action (force a variant, reload the config)
 """
 
 from __future__ import annotations
@@ -67,3 +79,10 @@ def task_for(config: GatewayConfig, principal: Principal, name: str) -> Task:
     if not principal.may_call(name):
         raise PermissionDenied(f"This key may not call the task {name!r}.")
     return task
+
+
+def require_admin(principal: Principal, action: str) -> None:
+    """403 `override_not_allowed` unless the caller is an admin (or open mode): the one
+    code for every admin-only action, as for forcing a variant."""
+    if not principal.admin:
+        raise PermissionDenied(f"Only admin keys may {action}.", code="override_not_allowed")

@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from tunegate.errors import ConfigError
 
@@ -56,6 +57,15 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file")
     check.add_argument("file", type=Path)
     check.set_defaults(run=_check_config)
+
+    report = commands.add_parser("report", help="a task's experiment figures and decision")
+    report.add_argument("task")
+    report.add_argument(
+        "--url", help="ask a running gateway (its base URL) instead of the store at $REDIS_URL"
+    )
+    report.add_argument("--config", type=Path, help="config file (default: $TUNEGATE_CONFIG)")
+    report.add_argument("--json", action="store_true", help="print the JSON document")
+    report.set_defaults(run=_report)
 
     keys = commands.add_parser("keys", help="API keys").add_subparsers(title="keys commands")
     keys.add_parser("hash", help="print the sha256 of a key read from stdin").set_defaults(
@@ -134,6 +144,63 @@ def _check_config(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.file}: ok ({len(config.tasks)} tasks: {', '.join(config.tasks)})")
     return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from tunegate.report import render_table
+
+    try:
+        if args.url:
+            document = _report_over_http(args.url, args.task)
+        else:
+            document = asyncio.run(_report_from_store(args.task, args.config))
+    except RuntimeError as exc:
+        print(f"tunegate report: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(document, indent=2) if args.json else render_table(document))
+    return 0
+
+
+def _report_over_http(url: str, task: str) -> dict[str, Any]:
+    """GET /v1/experiments/TASK, with the key in $TUNEGATE_API_KEY when set."""
+    import httpx
+
+    key = os.environ.get("TUNEGATE_API_KEY")
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    try:
+        response = httpx.get(f"{url.rstrip('/')}/v1/experiments/{task}", headers=headers)
+    except httpx.HTTPError as exc:
+        raise RuntimeError(f"cannot reach {url}: {type(exc).__name__}") from None
+    if response.status_code != 200:
+        raise RuntimeError(f"{url} answered {response.status_code}: {response.text[:300]}")
+    document: dict[str, Any] = response.json()
+    return document
+
+
+async def _report_from_store(task_name: str, config_path: Path | None) -> dict[str, Any]:
+    from tunegate.config import load_config
+    from tunegate.experiments import Experiments
+    from tunegate.report import build_document
+    from tunegate.settings import settings_from_env
+    from tunegate.store import Store
+
+    settings = settings_from_env(config_path=config_path)
+    if settings.redis_url is None:
+        raise RuntimeError("set REDIS_URL to the gateway's store, or pass --url GATEWAY_URL")
+    task = load_config(settings.config_path).tasks.get(task_name)
+    if task is None:
+        raise RuntimeError(f"no task {task_name!r} in {settings.config_path}")
+    store = Store(settings.redis_url, socket_timeout_ms=2000, connect_timeout_ms=2000)
+    try:
+        sums = await Experiments(store).read(task.name, task.variants)
+        if store.state != "ok":
+            raise RuntimeError(f"cannot read the store at {settings.redis_url}")
+    finally:
+        await store.close()
+    return build_document(task, sums)
 
 
 def _keys_hash(args: argparse.Namespace) -> int:

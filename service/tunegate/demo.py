@@ -83,7 +83,10 @@ def run_demo(requests: int = 300, concurrency: int = 8, seed: int = 7) -> int:
         )
         print(f"  simulator {sim_url}   gateway {gateway_url}   logs in {workdir}", flush=True)
         results = asyncio.run(_workload(gateway_url, sim_url, requests, concurrency, seed))
+        reports = [_experiment_report(gateway_url, task) for task in ("ticket-triage", "reply-de")]
     _print_summary(results, time.monotonic() - started)
+    for report in reports:
+        print(f"\n{report}")
     failed = sum(1 for r in results if r.status != 200)
     return 0 if failed <= len(results) // 10 else 1
 
@@ -166,6 +169,16 @@ async def _workload(
     results = await asyncio.gather(*(one(i) for i in range(requests)))
     await client.close()
     return list(results)
+
+
+def _experiment_report(gateway_url: str, task: str) -> str:
+    """The `tunegate report TASK` table, read from the running gateway."""
+    from tunegate.report import render_table
+
+    response = httpx.get(f"{gateway_url}/v1/experiments/{task}", timeout=10)
+    if response.status_code != 200:
+        return f"experiments of {task}: HTTP {response.status_code}"
+    return render_table(response.json())
 
 
 def _tuned_model() -> str:

@@ -25,7 +25,7 @@ into `UpstreamError`s; the config module turns YAML and pydantic errors into
         ├── RequestTooLarge            413 request_too_large
         ├── LimitExceeded              429 rate_limited, budget_exceeded
         ├── AllAttemptsFailed          502 upstream_error, invalid_output
-        ├── Unavailable                503 overloaded, not_ready
+        ├── Unavailable                503 overloaded, not_ready, limits_unavailable
         └── DeadlineExceeded           504 deadline_exceeded
 """
 

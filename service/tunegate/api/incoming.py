@@ -1,9 +1,11 @@
 """What every task request goes through before the gateway: the size-limited body, the
-caller, the task, the variant override, the sticky unit and the cache directives."""
+caller, the task, the variant override, the sticky unit, the cache directives and, last,
+the key's limits (`admit`)."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -143,6 +145,8 @@ def make_call(
     unit = (
         user if sticky == "user" else headers.get("x-tunegate-unit") if sticky == "header" else None
     )
+    # Checked by `cancel_on_disconnect` once the request is valid, before the gateway runs.
+    request.state.admission = (principal.key, request_id)
     return Call(
         request_id=request_id,
         task=task,
@@ -156,9 +160,27 @@ def make_call(
     )
 
 
+async def admit(request: Request) -> None:
+    """Hold the call `make_call` built to its key's limits (429, or 503 when the store is
+    down and limits fail closed); keys without limits and open mode cost no store call."""
+    admission: tuple[ApiKey | None, str] | None = getattr(request.state, "admission", None)
+    if admission is None or admission[0] is None:
+        return
+    key, request_id = admission
+    fail_open = request.app.state.runtime.config.limits_fail_open
+    await request.app.state.limits.admit(key, request_id, fail_open=fail_open)
+
+
 async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`, cancelling it if the client goes away first, so an abandoned request
-    does not keep an upstream call (and its cost) running."""
+    """Admit the request under its key's limits (`admit`), then await `work`, cancelling
+    it if the client goes away first, so an abandoned request does not keep an upstream
+    call (and its cost) running."""
+    try:
+        await admit(request)
+    except BaseException:
+        if inspect.iscoroutine(work):
+            work.close()  # refused before it started: nothing ran, nothing to await
+        raise
     task = asyncio.ensure_future(work)
     receive = request.receive
 

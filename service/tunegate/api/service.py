@@ -43,6 +43,10 @@ async def readyz(request: Request) -> Response:
             "store": store.state,
             "tasks": len(runtime.config.tasks),
             "auth": "open" if runtime.config.open_mode else "keys",
+            # off | ok | open | closed (the store is down: limits fail open or closed)
+            "limits": request.app.state.limits.state(
+                runtime.config.keys, runtime.config.limits_fail_open
+            ),
         }
     )
 

@@ -1,0 +1,128 @@
+"""`POST /v1/feedback` and `GET /v1/experiments/{task}` (SPEC §2, §4, §7), and the
+middleware that tells the experiments recorder which tenant a task request belongs to."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from tunegate.api.incoming import Runtime, caller, read_body
+from tunegate.auth import authenticate
+from tunegate.errors import (
+    Conflict,
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
+from tunegate.experiments import Experiments, caller_tenant
+from tunegate.report import build_document
+
+MAX_COMMENT_CHARS = 2000
+FEEDBACK_BODY_LIMIT = 64 * 1024
+_TASK_PATHS = ("/v1/chat/completions", "/v1/tasks/")
+
+
+def _json(data: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+async def post_feedback(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    experiments: Experiments = request.app.state.experiments
+    principal = caller(runtime, request)
+    request_id, score, comment = _feedback_body(await read_body(request, FEEDBACK_BODY_LIMIT))
+    record = await experiments.request(request_id)
+    if record is None and experiments.store_degraded:
+        raise Unavailable("The store is unavailable; retry shortly.", code="not_ready")
+    if record is None or record.tenant != principal.tenant:
+        raise NotFound(f"No answered request {request_id!r}.", code="request_not_found")
+    recorded = await experiments.add_feedback(record, request_id, score, comment)
+    if recorded is None:
+        raise Unavailable("The store is unavailable; retry shortly.", code="not_ready")
+    if not recorded:
+        raise Conflict(f"The request {request_id!r} already has feedback.")
+    request.app.state.metrics.record_feedback(record.task, record.served, score)
+    return _json(
+        {
+            "request_id": request_id,
+            "task": record.task,
+            "variant": record.served,
+            "score": score,
+            "sample": record.sample,
+        }
+    )
+
+
+def _feedback_body(body: bytes) -> tuple[str, float, str | None]:
+    """(request_id, score in [0, 1], comment); 400 naming the wrong field."""
+    try:
+        data: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("The body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("The body must be a JSON object.")
+    request_id = data.get("request_id")
+    if not isinstance(request_id, str) or not request_id:
+        raise InvalidRequest("`request_id` must be a non-empty string.", param="request_id")
+    raw = data.get("score")
+    if isinstance(raw, bool):
+        score = 1.0 if raw else 0.0
+    elif isinstance(raw, int | float) and math.isfinite(raw) and 0 <= raw <= 1:
+        score = float(raw)
+    else:
+        raise InvalidRequest("`score` must be a number from 0 to 1, or a boolean.", param="score")
+    comment = data.get("comment")
+    if comment is not None and not isinstance(comment, str):
+        raise InvalidRequest("`comment` must be a string.", param="comment")
+    return request_id, score, comment[:MAX_COMMENT_CHARS] if comment else None
+
+
+async def get_experiments(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    principal = caller(runtime, request)
+    if not principal.admin:
+        raise PermissionDenied("Only admin keys may read experiments.", code="override_not_allowed")
+    name = request.path_params["task"]
+    task = runtime.config.tasks.get(name)
+    if task is None:
+        raise NotFound(f"The task {name!r} does not exist.")
+    experiments: Experiments = request.app.state.experiments
+    await experiments.settle()
+    sums = await experiments.read(task.name, task.variants)
+    return _json(build_document(task, sums))
+
+
+class TenantContext:
+    """Pure ASGI middleware: for task requests, put the caller's tenant where the
+    experiments recorder reads it (`experiments.caller_tenant`). An unknown key sets
+    nothing; the endpoint answers 401 as usual."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(_TASK_PATHS):
+            runtime: Runtime | None = getattr(scope["app"].state, "runtime", None)
+            if runtime is not None:
+                authorization = _header(scope, b"authorization")
+                try:
+                    tenant = authenticate(runtime.keys, authorization).tenant
+                except GatewayError:
+                    tenant = None
+                caller_tenant.set(tenant)
+        await self.app(scope, receive, send)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            text: str = value.decode("latin-1")
+            return text
+    return None

@@ -1,0 +1,299 @@
+"""Experiment figures in the store: what each sample adds, the recorder that adds it, and
+feedback scores (SPEC §4, §7 "Experiment samples").
+
+Per task and variant one hash, `tunegate:exp:{task}:{variant}`, of counters and sums only
+(bounded memory, shared by every instance). Fields, for the samples the variant was
+chosen for (the `Outcome.sample` requests, rejected ones excluded):
+
+    n            samples                      ok         answered by the chosen variant
+    first_valid  first JSON check `valid`     repaired   repaired or re-asked
+    calls        the variant's answered calls pt, ct     their prompt/completion tokens
+    lat, lat_sq  request seconds, squared     h:<i>      latency histogram (stats buckets)
+    cost, cost_sq  the chosen variant's own upstream cost (fallbacks' cost is theirs)
+    cost_ok      cost of the samples that got a valid answer (for the delta method)
+    first_ts, last_ts  unix time of the first and the latest sample
+    fb_n, fb_s, fb_ss     feedback on samples (count, sum, sum of squares)
+    fbx_n, fbx_s, fbx_ss  feedback on answers that were no sample (shown, not compared)
+
+The hash expires `AGGREGATE_TTL_S` after its latest sample or score, so every key the
+experiments write has a TTL. A request that got an answer also leaves
+`tunegate:req:{id}` (task, tenant, served, chosen, sample) for `REQUEST_TTL_S`, so
+feedback can find the serving variant; `tunegate:fb:{id}` marks a scored request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import orjson
+
+from tunegate.gateway import Outcome
+from tunegate.stats import bucket_of
+from tunegate.store import ScriptArg, Store
+
+log = logging.getLogger("tunegate.experiments")
+
+REQUEST_TTL_S = 7 * 86400
+# Every key expires: an experiment's sums go this long after its latest sample or score.
+AGGREGATE_TTL_S = 90 * 86400
+MAX_PENDING = 10_000
+
+# The tenant of the request being served, set by the API layer (`api/experiments.py`)
+# so the recorder can stamp the request record without the gateway knowing tenants.
+caller_tenant: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "tunegate_caller_tenant", default=None
+)
+
+# KEYS: [request record, aggregate hash?]. ARGV: [record JSON or "", record ttl, now,
+# aggregate ttl, n_int, int field/increment pairs..., float field/increment pairs...].
+_RECORD = """
+if ARGV[1] ~= "" then
+    redis.call("SET", KEYS[1], ARGV[1], "EX", tonumber(ARGV[2]))
+end
+if #KEYS < 2 then return 0 end
+local n_int = tonumber(ARGV[5])
+local i = 6
+while i < #ARGV do
+    if (i - 6) / 2 < n_int then
+        redis.call("HINCRBY", KEYS[2], ARGV[i], ARGV[i + 1])
+    else
+        redis.call("HINCRBYFLOAT", KEYS[2], ARGV[i], ARGV[i + 1])
+    end
+    i = i + 2
+end
+redis.call("HSETNX", KEYS[2], "first_ts", ARGV[3])
+redis.call("HSET", KEYS[2], "last_ts", ARGV[3])
+redis.call("EXPIRE", KEYS[2], tonumber(ARGV[4]))
+return 1
+"""
+
+_READ = """
+local result = {}
+for i, key in ipairs(KEYS) do
+    result[i] = redis.call("HGETALL", key)
+end
+return result
+"""
+
+# KEYS: [feedback marker, aggregate hash]. ARGV: [marker value, ttl, prefix, score,
+# score squared, aggregate ttl]. 1 when recorded, 0 when the request already had feedback.
+_FEEDBACK = """
+if not redis.call("SET", KEYS[1], ARGV[1], "NX", "EX", tonumber(ARGV[2])) then
+    return 0
+end
+redis.call("HINCRBY", KEYS[2], ARGV[3] .. "_n", 1)
+redis.call("HINCRBYFLOAT", KEYS[2], ARGV[3] .. "_s", ARGV[4])
+redis.call("HINCRBYFLOAT", KEYS[2], ARGV[3] .. "_ss", ARGV[5])
+redis.call("EXPIRE", KEYS[2], tonumber(ARGV[6]))
+return 1
+"""
+
+
+def aggregate_key(task: str, variant: str) -> str:
+    return f"tunegate:exp:{task}:{variant}"
+
+
+def request_key(request_id: str) -> str:
+    return f"tunegate:req:{request_id}"
+
+
+def feedback_key(request_id: str) -> str:
+    return f"tunegate:fb:{request_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class SampleFields:
+    """What one sample adds to its chosen variant's hash."""
+
+    ints: Mapping[str, int]
+    floats: Mapping[str, float]
+
+
+def sample_fields(outcome: Outcome) -> SampleFields | None:
+    """The increments for `outcome`, or None when it is no experiment sample."""
+    chosen = outcome.chosen
+    if not outcome.sample or outcome.status == "rejected" or chosen is None:
+        return None
+    ok = int(outcome.status == "ok" and outcome.served == chosen)
+    checks = [status for variant, status in outcome.json_results if variant == chosen]
+    own = [c for c in outcome.calls if c.variant == chosen]
+    answered = [c for c in own if c.error is None]
+    cost = sum(c.cost_usd for c in own)
+    ints = {
+        "n": 1,
+        "ok": ok,
+        "first_valid": int(bool(checks) and checks[0] == "valid"),
+        "repaired": int("repaired" in checks or len(checks) > 1),
+        "calls": len(answered),
+        "pt": sum(c.prompt_tokens for c in answered),
+        "ct": sum(c.completion_tokens for c in answered),
+        f"h:{bucket_of(outcome.seconds)}": 1,
+    }
+    floats = {
+        "lat": outcome.seconds,
+        "lat_sq": outcome.seconds**2,
+        "cost": cost,
+        "cost_sq": cost * cost,
+        "cost_ok": cost * ok,
+    }
+    return SampleFields(ints, floats)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """What feedback needs to know about an answered request."""
+
+    task: str
+    tenant: str
+    served: str
+    chosen: str | None
+    sample: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackResult:
+    recorded: bool
+    record: RequestRecord
+
+
+class Experiments:
+    """The recorder and the reads and writes of experiment figures (through `Store`).
+
+    `record` never waits on the store: it schedules the write as a background task;
+    `settle` waits for this process's pending writes (read-your-writes), `drain` at
+    shutdown."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.time,
+        request_ttl_s: int = REQUEST_TTL_S,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._request_ttl_s = request_ttl_s
+        self._record_script = store.register(_RECORD)
+        self._read_script = store.register(_READ)
+        self._feedback_script = store.register(_FEEDBACK)
+        self._pending: set[asyncio.Task[object]] = set()
+
+    def record(self, outcome: Outcome) -> None:
+        """The recorder: one store call (one Lua script) per request, in the background."""
+        fields = sample_fields(outcome)
+        answered = outcome.served is not None and outcome.status in ("ok", "fallback")
+        if fields is None and not answered:
+            return
+        if len(self._pending) >= MAX_PENDING:
+            log.warning("experiments: too many pending writes; dropping one")
+            return
+        keys = [request_key(outcome.request_id)]
+        args: list[ScriptArg] = ["", self._request_ttl_s, repr(self._clock()), AGGREGATE_TTL_S]
+        if answered:
+            args[0] = orjson.dumps(
+                {
+                    "task": outcome.task,
+                    "tenant": caller_tenant.get() or "open",
+                    "served": outcome.served,
+                    "chosen": outcome.chosen,
+                    # Feedback counts in the comparison only for the variant's own
+                    # samples: a fallback's answer is no sample of the serving variant.
+                    "sample": fields is not None and outcome.served == outcome.chosen,
+                }
+            )
+        if fields is not None:
+            assert outcome.chosen is not None
+            keys.append(aggregate_key(outcome.task, outcome.chosen))
+            args.append(len(fields.ints))
+            for name, value in fields.ints.items():
+                args += [name, value]
+            for name, number in fields.floats.items():
+                args += [name, repr(float(number))]
+        write = asyncio.get_running_loop().create_task(
+            self._store.run(self._record_script, keys, args)
+        )
+        self._pending.add(write)
+        write.add_done_callback(self._pending.discard)
+
+    async def settle(self, timeout_s: float = 1.0) -> None:
+        """Wait (at most `timeout_s`) for the writes this process has scheduled."""
+        pending = set(self._pending)
+        if pending:
+            await asyncio.wait(pending, timeout=timeout_s)
+
+    async def drain(self) -> None:
+        await self.settle(timeout_s=5.0)
+
+    async def read(self, task: str, variants: Iterable[str]) -> dict[str, dict[str, float]]:
+        """The hash of each variant of `task`, field -> number (empty when absent or the
+        store failed)."""
+        names = list(variants)
+        reply = await self._store.run(self._read_script, [aggregate_key(task, v) for v in names])
+        sums: dict[str, dict[str, float]] = {name: {} for name in names}
+        if not isinstance(reply, list):
+            return sums
+        for name, flat in zip(names, reply, strict=False):
+            if isinstance(flat, list):
+                sums[name] = _parse_hash(flat)
+        return sums
+
+    async def request(self, request_id: str) -> RequestRecord | None:
+        """The stored record of an answered request; this process's pending writes are
+        waited for once when it is not found yet."""
+        raw = await self._store.get(request_key(request_id))
+        if raw is None and self._pending:
+            await self.settle()
+            raw = await self._store.get(request_key(request_id))
+        if raw is None:
+            return None
+        data = orjson.loads(raw)
+        return RequestRecord(
+            task=str(data["task"]),
+            tenant=str(data["tenant"]),
+            served=str(data["served"]),
+            chosen=data.get("chosen"),
+            sample=bool(data.get("sample")),
+        )
+
+    async def add_feedback(
+        self, record: RequestRecord, request_id: str, score: float, comment: str | None
+    ) -> bool | None:
+        """Count `score` for the variant that served the request (in the compared sums
+        when it was a sample); False when it already had feedback, None when the store
+        failed."""
+        marker = orjson.dumps({"score": score, "comment": comment, "at": self._clock()})
+        reply = await self._store.run(
+            self._feedback_script,
+            [feedback_key(request_id), aggregate_key(record.task, record.served)],
+            [
+                marker,
+                self._request_ttl_s,
+                "fb" if record.sample else "fbx",
+                repr(score),
+                repr(score * score),
+                AGGREGATE_TTL_S,
+            ],
+        )
+        if reply is None:
+            return None
+        return reply == 1
+
+    @property
+    def store_degraded(self) -> bool:
+        return self._store.state == "degraded"
+
+
+def _parse_hash(flat: list[object]) -> dict[str, float]:
+    fields: dict[str, float] = {}
+    for name, value in zip(flat[::2], flat[1::2], strict=False):
+        if isinstance(name, bytes) and isinstance(value, bytes):
+            try:
+                fields[name.decode()] = float(value)
+            except ValueError:
+                continue
+    return fields

@@ -1,0 +1,415 @@
+"""The experiments document (`GET /v1/experiments/{task}`, SPEC §4 and §7) built from the
+stored sums, and the same as a readable table (`tunegate report TASK`).
+
+The document's shape is kept stable; the README's "Experiments" section describes it.
+Pure functions: they take the task's config and the sums `Experiments.read` returned.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from tunegate import stats
+from tunegate.config import Task, Variant
+from tunegate.stats import Comparison, Interval, Moments, Policy, RatioSums
+
+Sums = Mapping[str, float]
+# OpenAI's chat format adds about this many tokens per message around its content.
+TOKENS_PER_MESSAGE = 4
+CHARS_PER_TOKEN = 4
+QUALITY = ("success_rate", "first_try_valid")
+
+
+def build_document(
+    task: Task, sums: Mapping[str, Sums], policy: Policy | None = None
+) -> dict[str, Any]:
+    """Per-variant figures, the comparison of the tuned variant with the other, the
+    break-even and the decision."""
+    policy = policy or Policy()
+    variants = {
+        name: _variant_figures(task, task.variants[name], sums.get(name, {}), policy)
+        for name in task.variants
+    }
+    pair = _pair(task, sums)
+    document: dict[str, Any] = {
+        "task": task.name,
+        "tuned": next((n for n, v in task.variants.items() if v.is_tuned), None),
+        "variants": variants,
+        "comparison": None,
+        "break_even": None,
+        "decision": _no_decision(policy, "the task needs two variants to compare"),
+    }
+    if pair is None:
+        return document
+    a, b = pair
+    comparisons = _compare(task, sums.get(a, {}), sums.get(b, {}), (a, b), policy)
+    document["comparison"] = {
+        "a": a,
+        "b": b,
+        "difference": "a - b",
+        "alpha": policy.alpha,
+        "figures": {
+            name: _comparison_json(c, sums.get(a, {}), sums.get(b, {}))
+            for name, c in comparisons.items()
+        },
+    }
+    document["break_even"] = _break_even(task, sums, (a, b), variants)
+    document["decision"] = _decision(comparisons, (a, b), sums, policy)
+    return document
+
+
+def _pair(task: Task, sums: Mapping[str, Sums]) -> tuple[str, str] | None:
+    """The tuned variant (model `ft:...`) against the other variant with most samples;
+    without a tuned one, the first two variants in config order."""
+    names = list(task.variants)
+    if len(names) < 2:
+        return None
+    tuned = next((n for n in names if task.variants[n].is_tuned), None)
+    if tuned is None:
+        return names[0], names[1]
+    others = sorted((n for n in names if n != tuned), key=lambda n: -sums.get(n, {}).get("n", 0))
+    return tuned, others[0]
+
+
+def _count(s: Sums, field: str) -> int:
+    return int(s.get(field, 0))
+
+
+def _moments(s: Sums, prefix: str, count: str = "n") -> Moments:
+    return Moments(_count(s, count), s.get(prefix, 0.0), s.get(f"{prefix}_sq", 0.0))
+
+
+def _feedback(s: Sums, prefix: str) -> Moments:
+    return Moments(_count(s, f"{prefix}_n"), s.get(f"{prefix}_s", 0.0), s.get(f"{prefix}_ss", 0.0))
+
+
+def _ratio(s: Sums) -> RatioSums:
+    ok = s.get("ok", 0.0)
+    return RatioSums(
+        _count(s, "n"), s.get("cost", 0.0), s.get("cost_sq", 0.0), ok, ok, s.get("cost_ok", 0.0)
+    )
+
+
+def _pair_json(interval: Interval | None) -> list[float] | None:
+    return [interval.low, interval.high] if interval else None
+
+
+def _rate(k: int, n: int, alpha: float) -> dict[str, Any]:
+    return {"value": k / n if n else None, "ci95": _pair_json(stats.wilson(k, n, alpha))}
+
+
+def _mean_json(m: Moments, alpha: float) -> dict[str, Any]:
+    return {"count": m.n, "mean": m.mean, "ci95": _pair_json(stats.mean_interval(m, alpha))}
+
+
+def _variant_figures(task: Task, variant: Variant, s: Sums, policy: Policy) -> dict[str, Any]:
+    n, ok = _count(s, "n"), _count(s, "ok")
+    alpha = policy.alpha
+    histogram = {int(k[2:]): int(v) for k, v in s.items() if k.startswith("h:")}
+    cost = _moments(s, "cost")
+    return {
+        "model": variant.model,
+        "tuned": variant.is_tuned,
+        "requests": n,
+        "successes": ok,
+        "success_rate": _rate(ok, n, alpha),
+        "first_try_valid": _rate(_count(s, "first_valid"), n, alpha) if task.is_json else None,
+        "repair_rate": _rate(_count(s, "repaired"), n, alpha) if task.is_json else None,
+        "latency_s": {
+            "mean": _moments(s, "lat").mean,
+            "p50": stats.histogram_quantile(histogram, 0.5),
+            "p95": stats.histogram_quantile(histogram, 0.95),
+        },
+        "tokens_per_request": {
+            "prompt": s.get("pt", 0.0) / n if n else None,
+            "completion": s.get("ct", 0.0) / n if n else None,
+        },
+        "cost_usd_per_request": {
+            "value": cost.mean,
+            "ci95": _pair_json(stats.mean_interval(cost, alpha)),
+        },
+        "cost_usd_per_valid_answer": s.get("cost", 0.0) / ok if ok else None,
+        "valid_answers": ok,
+        "feedback": _mean_json(_feedback(s, "fb"), alpha),
+        "feedback_not_sampled": _mean_json(_feedback(s, "fbx"), alpha),
+        "first_sample_at": s.get("first_ts"),
+        "last_sample_at": s.get("last_ts"),
+    }
+
+
+def _compare(
+    task: Task, a: Sums, b: Sums, names: tuple[str, str], policy: Policy
+) -> dict[str, Comparison]:
+    n_a, n_b = _count(a, "n"), _count(b, "n")
+
+    def proportion(field: str, higher_is_better: bool = True) -> Comparison:
+        return stats.compare_proportions(
+            _count(a, field),
+            n_a,
+            _count(b, field),
+            n_b,
+            names,
+            policy,
+            higher_is_better=higher_is_better,
+        )
+
+    figures = {"success_rate": proportion("ok")}
+    if task.is_json:
+        figures["first_try_valid"] = proportion("first_valid")
+    figures["latency_s"] = stats.compare_means(
+        _moments(a, "lat"), _moments(b, "lat"), names, policy, higher_is_better=False
+    )
+    figures["cost_usd_per_request"] = stats.compare_means(
+        _moments(a, "cost"), _moments(b, "cost"), names, policy, higher_is_better=False
+    )
+    figures["cost_usd_per_valid_answer"] = stats.compare_ratios(_ratio(a), _ratio(b), names, policy)
+    figures["feedback_score"] = stats.compare_means(
+        _feedback(a, "fb"),
+        _feedback(b, "fb"),
+        names,
+        policy,
+        higher_is_better=True,
+        margin=policy.feedback_margin,
+    )
+    return figures
+
+
+def _comparison_json(c: Comparison, a: Sums, b: Sums) -> dict[str, Any]:
+    have = min(_count(a, "n"), _count(b, "n"))
+    return {
+        "difference": c.difference,
+        "ci95": _pair_json(c.interval),
+        "p_value": c.p_value,
+        "anytime_ci95": _pair_json(c.anytime),
+        "decision": c.decision,
+        "samples_needed_per_variant": c.samples_needed,
+        "more_samples_needed": max(0, c.samples_needed - have) if c.samples_needed else None,
+    }
+
+
+def example_tokens(variant: Variant) -> int:
+    """Estimated input tokens of a variant's few-shot examples: their turns (the prefix
+    after the system prompt) at ~4 characters per token plus ~4 tokens per message."""
+    turns = [m for m in variant.prefix if m.get("role") != "system"]
+    return sum(
+        math.ceil(len(str(m.get("content", ""))) / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE
+        for m in turns
+    )
+
+
+def _break_even(
+    task: Task, sums: Mapping[str, Sums], names: tuple[str, str], figures: Mapping[str, Any]
+) -> dict[str, Any]:
+    a, b = names
+    tuned, other = (a, b) if task.variants[a].is_tuned else (None, b)
+    few = task.variants[other]
+    s_few = sums.get(other, {})
+    calls = _count(s_few, "calls")
+    prompt_per_call = s_few.get("pt", 0.0) / calls if calls else None
+    est = example_tokens(few)
+    cost_of = {name: figures[name]["cost_usd_per_request"]["value"] for name in names}
+    saving = None
+    if tuned is not None and cost_of[tuned] is not None and cost_of[other] is not None:
+        saving = cost_of[other] - cost_of[tuned]
+    requests = None
+    if saving is not None and saving > 0 and task.training_cost_usd is not None:
+        requests = math.ceil(task.training_cost_usd / saving)
+    per_day = _requests_per_day(sums)
+    return {
+        "tuned": tuned,
+        "few_shot": other,
+        "cost_usd_per_valid_answer": {n: figures[n]["cost_usd_per_valid_answer"] for n in names},
+        "few_shot_example_tokens_estimate": est,
+        "few_shot_prompt_tokens_per_call": prompt_per_call,
+        "few_shot_examples_share_of_input": (
+            min(1.0, est / prompt_per_call) if prompt_per_call else None
+        ),
+        "saving_usd_per_request": saving,
+        "training_cost_usd": task.training_cost_usd,
+        "requests_to_break_even": requests,
+        "requests_per_day": per_day,
+        "days_to_break_even": requests / per_day if requests and per_day else None,
+    }
+
+
+def _requests_per_day(sums: Mapping[str, Sums]) -> float | None:
+    """Samples per day over all variants, from the first to the latest sample."""
+    firsts = [s["first_ts"] for s in sums.values() if "first_ts" in s]
+    lasts = [s["last_ts"] for s in sums.values() if "last_ts" in s]
+    total = sum(_count(s, "n") for s in sums.values())
+    if not firsts or not lasts or max(lasts) <= min(firsts):
+        return None
+    return total * 86400.0 / (max(lasts) - min(firsts))
+
+
+def _policy_json(policy: Policy) -> dict[str, Any]:
+    return {
+        "alpha": policy.alpha,
+        "quality_margin": policy.quality_margin,
+        "relative_margin": policy.relative_margin,
+        "feedback_margin": policy.feedback_margin,
+        "rho2": policy.rho2,
+        "min_samples": policy.min_samples,
+        "anytime_valid": True,
+    }
+
+
+def _no_decision(policy: Policy, reason: str) -> dict[str, Any]:
+    return {
+        "status": "undecided",
+        "recommendation": None,
+        "reason": reason,
+        "policy": _policy_json(policy),
+        "figures": {},
+    }
+
+
+def _decision(
+    comparisons: Mapping[str, Comparison],
+    names: tuple[str, str],
+    sums: Mapping[str, Sums],
+    policy: Policy,
+) -> dict[str, Any]:
+    """Quality (success rate, first-try valid) not worse by more than the margin, then the
+    cheaper cost per valid answer wins; all read from the confidence sequences."""
+    a, b = names
+    decision = _no_decision(policy, "")
+    decision["figures"] = {name: c.decision for name, c in comparisons.items()}
+    have = min(_count(sums.get(a, {}), "n"), _count(sums.get(b, {}), "n"))
+    if have < policy.min_samples:
+        decision["reason"] = f"fewer than {policy.min_samples} samples for a variant"
+        return decision
+    margin = policy.quality_margin
+    quality = [comparisons[q].anytime for q in QUALITY if q in comparisons]
+    bounds = [q for q in quality if q is not None]
+    not_worse = {a: all(q.low > -margin for q in bounds), b: all(q.high < margin for q in bounds)}
+    worse = {a: any(q.high < -margin for q in bounds), b: any(q.low > margin for q in bounds)}
+    cost = comparisons["cost_usd_per_valid_answer"].verdict
+    cheaper = {a: cost == "a_better", b: cost == "b_better"}
+    for winner, loser in ((a, b), (b, a)):
+        if not_worse[winner] and (cheaper[winner] or worse[loser]):
+            why = (
+                "cheaper per valid answer"
+                if cheaper[winner]
+                else (f"{loser}'s quality is worse by more than the margin")
+            )
+            decision.update(
+                status="recommend",
+                recommendation=winner,
+                reason=f"{winner}: quality not worse by more than {margin:g}; {why}",
+            )
+            return decision
+    if not_worse[a] and not_worse[b] and cost == "equivalent":
+        decision.update(status="equivalent", reason="quality and cost equivalent within margins")
+        return decision
+    decision["reason"] = "the confidence sequences do not settle quality and cost yet"
+    return decision
+
+
+# -- the table -------------------------------------------------------------------------
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1e-3 and value else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _pct(figure: Mapping[str, Any] | None) -> str:
+    if not figure or figure["value"] is None:
+        return "-"
+    low, high = figure["ci95"]
+    return f"{100 * figure['value']:.1f}% [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def _interval(pair: list[float] | None, digits: int = 4) -> str:
+    return f"[{_fmt(pair[0], digits)}, {_fmt(pair[1], digits)}]" if pair else "-"
+
+
+def render_table(document: Mapping[str, Any]) -> str:
+    """The experiments document as text for a terminal."""
+    lines = [f"task {document['task']}  (tuned variant: {document['tuned'] or '-'})", ""]
+    rows = [("", *document["variants"])]
+    figures: list[tuple[str, Callable[[Any], str]]] = [
+        ("samples", lambda v: str(v["requests"])),
+        ("success rate", lambda v: _pct(v["success_rate"])),
+        ("first-try JSON valid", lambda v: _pct(v["first_try_valid"])),
+        ("repaired/re-asked", lambda v: _pct(v["repair_rate"])),
+        (
+            "latency p50 / p95 s",
+            lambda v: f"{_fmt(v['latency_s']['p50'])} / {_fmt(v['latency_s']['p95'])}",
+        ),
+        (
+            "tokens in / out",
+            lambda v: (
+                f"{_fmt(v['tokens_per_request']['prompt'], 1)} / "
+                f"{_fmt(v['tokens_per_request']['completion'], 1)}"
+            ),
+        ),
+        ("cost USD / request", lambda v: _fmt(v["cost_usd_per_request"]["value"], 6)),
+        ("cost USD / valid answer", lambda v: _fmt(v["cost_usd_per_valid_answer"], 6)),
+        ("feedback n, mean", lambda v: f"{v['feedback']['count']}, {_fmt(v['feedback']['mean'])}"),
+    ]
+    for label, get in figures:
+        rows.append((label, *(get(v) for v in document["variants"].values())))
+    lines += _columns(rows)
+    comparison = document["comparison"]
+    if comparison:
+        lines += ["", f"{comparison['a']} - {comparison['b']}:"]
+        rows = [("figure", "difference", "95% CI", "p", "anytime 95% CS", "decision", "n needed")]
+        for name, c in comparison["figures"].items():
+            rows.append(
+                (
+                    name,
+                    _fmt(c["difference"], 4),
+                    _interval(c["ci95"]),
+                    _fmt(c["p_value"], 3),
+                    _interval(c["anytime_ci95"]),
+                    c["decision"],
+                    _fmt(c["samples_needed_per_variant"]),
+                )
+            )
+        lines += _columns(rows)
+    even = document["break_even"]
+    if even:
+        share = even["few_shot_examples_share_of_input"]
+        lines += [
+            "",
+            f"break-even: saving per request {_fmt(even['saving_usd_per_request'], 6)} USD; "
+            f"few-shot examples ~{even['few_shot_example_tokens_estimate']} tokens"
+            + (f" ({100 * share:.0f}% of input)" if share is not None else ""),
+            _payback(even),
+        ]
+    decision = document["decision"]
+    lines += [
+        "",
+        f"decision: {decision['status']}"
+        + (f" -> {decision['recommendation']}" if decision["recommendation"] else "")
+        + f" ({decision['reason']})",
+    ]
+    return "\n".join(lines)
+
+
+def _payback(even: Mapping[str, Any]) -> str:
+    saving = even["saving_usd_per_request"]
+    if saving is None or saving <= 0:
+        return "  the tuned variant is not cheaper per request: it never pays back its tuning"
+    if even["requests_to_break_even"] is None:
+        return "  no training_cost_usd configured for the task"
+    return (
+        f"  training {_fmt(even['training_cost_usd'], 2)} USD pays back after "
+        f"{even['requests_to_break_even']} requests = {_fmt(even['days_to_break_even'], 1)} "
+        f"days at {_fmt(even['requests_per_day'], 0)} samples/day"
+    )
+
+
+def _columns(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
