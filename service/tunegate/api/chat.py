@@ -18,6 +18,7 @@ from tunegate.api.bodies import ChatBody, cache_mode, caller_messages, chat_para
 from tunegate.api.errors import error_body
 from tunegate.api.incoming import (
     Runtime,
+    admit,
     caller,
     cancel_on_disconnect,
     make_call,
@@ -48,6 +49,7 @@ async def chat_completions(request: Request, request_id: str) -> Response:
         body.user,
         cache_mode(request.headers),
     )
+    await admit(request)
     gateway = runtime.gateway
     if body.stream and not task.is_json:
         head, deltas = await cancel_on_disconnect(request, gateway.stream(call))

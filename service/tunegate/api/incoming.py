@@ -5,7 +5,6 @@ the key's limits (`admit`)."""
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -172,15 +171,8 @@ async def admit(request: Request) -> None:
 
 
 async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Admit the request under its key's limits (`admit`), then await `work`, cancelling
-    it if the client goes away first, so an abandoned request does not keep an upstream
-    call (and its cost) running."""
-    try:
-        await admit(request)
-    except BaseException:
-        if inspect.iscoroutine(work):
-            work.close()  # refused before it started: nothing ran, nothing to await
-        raise
+    """Await `work`, cancelling it if the client goes away first, so an abandoned request
+    does not keep an upstream call (and its cost) running."""
     task = asyncio.ensure_future(work)
     receive = request.receive
 

@@ -10,6 +10,7 @@ from starlette.responses import Response
 from tunegate.api.bodies import TaskBody, cache_mode, caller_messages, parse_body
 from tunegate.api.incoming import (
     Runtime,
+    admit,
     caller,
     cancel_on_disconnect,
     make_call,
@@ -32,6 +33,7 @@ async def run_task(request: Request, request_id: str) -> Response:
         messages = caller_messages(body.input)
     cache = cache_mode(request.headers)
     call = make_call(request, request_id, principal, task, messages, {}, body.user, cache)
+    await admit(request)
     answer = await cancel_on_disconnect(request, runtime.gateway.answer(call))
     output = {
         "id": answer.request_id,
