@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -98,8 +99,15 @@ def _serve(args: argparse.Namespace) -> int:
                 tempfile.TemporaryDirectory(prefix="tunegate-metrics-")
             )
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        # uvicorn re-raises SIGTERM once it has shut down; turn it into an exit that
+        # unwinds this stack, so the embedded store stops with the gateway.
+        signal.signal(signal.SIGTERM, _exit_on_signal)
         _run_uvicorn(settings.host, settings.port, args.workers)
     return 0
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    sys.exit(0)
 
 
 def _run_uvicorn(host: str, port: int, workers: int) -> None:
