@@ -2,8 +2,9 @@
 
 One `AsyncOpenAI` client per configured upstream, with the SDK's retries off (the gateway
 runs the one retry loop) and its aiohttp transport, which keeps its throughput under
-concurrency where the default httpx pool does not. Answers are read raw and parsed with
-orjson: the gateway needs four fields, not the SDK's models. Every SDK exception is
+concurrency where the default httpx pool does not. Plain calls go
+through the client's `post` with the body as built here, and answers are read raw and
+parsed with orjson: the gateway needs four fields, not the SDK's models. Every SDK exception is
 translated here into the `UpstreamError` tree; upstream messages are never passed on,
 since some echo part of the key.
 """
@@ -84,11 +85,18 @@ class Upstreams:
         """One non-streamed attempt; raises an `UpstreamError` on any failure."""
         client = self._clients[variant.upstream]
         try:
-            raw = await client.chat.completions.with_raw_response.create(
-                model=variant.model,
-                messages=messages,  # type: ignore[arg-type]  # plain dicts of the SDK's shape
-                timeout=timeout_s,
-                **_request_params(variant, params),
+            # The client's own `post`: the SDK's auth, base URL and error mapping, without
+            # `chat.completions.create`'s recursive re-typing of every message (measured:
+            # about a third of the SDK's per-call cost here).
+            raw = await client.post(
+                "/chat/completions",
+                body={
+                    "model": variant.model,
+                    "messages": messages,
+                    **_request_params(variant, params),
+                },
+                cast_to=httpx2.Response,
+                options={"timeout": timeout_s},
             )
             body = orjson.loads(raw.content)
         except openai.OpenAIError as exc:
