@@ -27,13 +27,6 @@ MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello
 
 
 @pytest.fixture(scope="module")
-def sim() -> Iterator[Simulator]:
-    simulator = Simulator()
-    yield simulator
-    simulator.stop()
-
-
-@pytest.fixture(scope="module")
 def gw(sim: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tasks = {"triage": task_config(), "reply": task_config(output={"type": "text"})}
     with running_gateway(tmp_path_factory.mktemp("gw"), gateway_config(sim.url, tasks)) as gateway:

@@ -149,13 +149,6 @@ def test_keys_hash_reads_the_key_from_stdin_and_matches_keys_new() -> None:
 # -- through the gateway ------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def sim() -> Iterator[Simulator]:
-    simulator = Simulator()
-    yield simulator
-    simulator.stop()
-
-
 @pytest.fixture(autouse=True)
 def fresh(sim: Simulator) -> None:
     sim.reset()

@@ -27,13 +27,6 @@ from tests.harness import (
 SECRET = "sk-upstream-secret"
 
 
-@pytest.fixture(scope="module")
-def sim() -> Iterator[Simulator]:
-    simulator = Simulator()
-    yield simulator
-    simulator.stop()
-
-
 @pytest.fixture(autouse=True)
 def fresh(sim: Simulator) -> None:
     sim.reset()

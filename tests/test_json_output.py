@@ -24,13 +24,6 @@ from tests.harness import (
 from tunegate.jsonguard import check, compile_schema
 
 
-@pytest.fixture(scope="module")
-def sim() -> Iterator[Simulator]:
-    simulator = Simulator()
-    yield simulator
-    simulator.stop()
-
-
 @pytest.fixture(autouse=True)
 def fresh(sim: Simulator) -> None:
     sim.reset()

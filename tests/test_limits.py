@@ -294,13 +294,6 @@ async def test_an_unreachable_store_fails_open_or_closed_and_says_so_once(
 # -- through the gateway ------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def sim() -> Iterator[Simulator]:
-    simulator = Simulator()
-    yield simulator
-    simulator.stop()
-
-
 @pytest.fixture(autouse=True)
 def fresh(sim: Simulator) -> None:
     sim.reset()

@@ -32,13 +32,6 @@ from tests.redis_server import RedisServer, redis_server
 from tunegate.auth import hash_key
 
 
-@pytest.fixture(scope="module")
-def sim() -> Iterator[Simulator]:
-    simulator = Simulator()
-    yield simulator
-    simulator.stop()
-
-
 @pytest.fixture(autouse=True)
 def fresh(sim: Simulator) -> None:
     sim.reset()
