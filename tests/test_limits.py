@@ -156,6 +156,7 @@ def outcome(request_id: str, cost_usd: float) -> Outcome:
     return Outcome(
         request_id=request_id,
         task="triage",
+        tenant="acme",
         chosen="tuned",
         served="tuned",
         served_model=TUNED,

@@ -48,6 +48,7 @@ def outcome(**fields: object) -> Outcome:
     values: dict[str, object] = {
         "request_id": "r1",
         "task": TASK,
+        "tenant": "acme",
         "chosen": "tuned",
         "served": "tuned",
         "served_model": TUNED,

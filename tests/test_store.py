@@ -69,22 +69,6 @@ async def test_set_refuses_to_store_without_expiry(store: Store) -> None:
         await store.set("cache:forever", b"x", ttl_s=0)
 
 
-async def test_lock_is_exclusive_and_released_only_by_its_owner(
-    server: RedisServer, store: Store
-) -> None:
-    token = await store.acquire_lock("lock:fill", ttl_ms=5_000)
-    assert token is not None
-    assert 0 < await remaining_ttl_ms(server.url, "lock:fill") <= 5_000
-    assert await store.acquire_lock("lock:fill", ttl_ms=5_000) is None
-
-    await store.release_lock("lock:fill", "not-the-owner")
-    assert await store.acquire_lock("lock:fill", ttl_ms=5_000) is None
-
-    await store.release_lock("lock:fill", token)
-    assert await store.acquire_lock("lock:fill", ttl_ms=5_000) is not None
-    assert state_of(store) == "ok"
-
-
 async def test_registered_script_runs_atomically_with_keys_and_args(
     server: RedisServer, store: Store
 ) -> None:
@@ -113,7 +97,6 @@ async def test_killed_server_fails_open_fast_and_recovers_after_restart(
     started = time.monotonic()
     assert await store.get("k") is None
     assert not await store.set("k", b"during", ttl_s=60)
-    assert await store.acquire_lock("lock", ttl_ms=1_000) is None
     assert await store.run(counter, keys=["n"], args=[1, 60_000]) is None
     assert not await store.ping()
     assert time.monotonic() - started < 0.5

@@ -15,7 +15,7 @@ from tunegate import __version__
 from tunegate.api.admin import Reloader, reload_config, watch_sighup
 from tunegate.api.chat import chat_completions
 from tunegate.api.errors import install_error_handlers
-from tunegate.api.experiments import TenantContext, get_experiments, post_feedback
+from tunegate.api.experiments import get_experiments, post_feedback
 from tunegate.api.incoming import Load, Runtime
 from tunegate.api.service import healthz, list_models, metrics_endpoint, readyz
 from tunegate.api.tasks import run_task
@@ -109,7 +109,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_route("/admin/reload", reload_config, methods=["POST"])
     app.add_route("/v1/feedback", post_feedback, methods=["POST"])
     app.add_route("/v1/experiments/{task}", get_experiments, methods=["GET"])
-    app.add_middleware(TenantContext)
     app.add_route("/healthz", healthz, methods=["GET"])
     app.add_route("/readyz", readyz, methods=["GET"])
     app.add_route("/metrics", metrics_endpoint, methods=["GET"])

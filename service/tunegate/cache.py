@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -104,9 +105,55 @@ class Entry:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Write:
+    """What a computation wants stored: `entry` at `key` for `ttl_s` seconds. The key
+    can differ from the one read (a fallback's answer goes under its own variant's)."""
+
+    key: str
+    entry: Entry
+    ttl_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """What `Cache.read_through` found or made. `entry` is None when the computation
+    stored nothing; `computed` is True when this caller's computation ran (its result is
+    the caller's own), False when the entry came from the store or another caller's
+    computation; `waited` is the time spent on the store."""
+
+    entry: Entry | None
+    lookup: Lookup
+    computed: bool
+    waited: float
+
+
+# One round trip for a lookup that, on a miss, claims the key's single-flight lock.
+_LOOKUP_OR_CLAIM = """
+local value = redis.call("GET", KEYS[1])
+if value then return {1, value} end
+if redis.call("SET", KEYS[2], ARGV[1], "NX", "PX", ARGV[2]) then return {0, 1} end
+return {0, 0}
+"""
+# One round trip for the leader's save and the release of its lock (if still its own).
+_SAVE_AND_RELEASE = """
+redis.call("SET", KEYS[1], ARGV[1], "EX", ARGV[2])
+if redis.call("GET", KEYS[2]) == ARGV[3] then redis.call("DEL", KEYS[2]) end
+return 1
+"""
+_RELEASE = """
+if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end
+return 0
+"""
+
+
 class Cache:
     """Cache reads, writes and single-flight over a `Store`. Each call returns the seconds
-    it spent waiting on the store, for the overhead metric."""
+    it spent waiting on the store, for the overhead metric.
+
+    A miss costs two round trips to Redis, a hit one: the lookup claims the lock, and the
+    leader's save releases it. (Both keys of a script must live on one node: a Redis
+    Cluster would need them under one hash tag.)"""
 
     def __init__(
         self,
@@ -121,56 +168,101 @@ class Cache:
         self._poll_s = poll_s
         self._clock = clock
         self._leaders: dict[str, asyncio.Future[Entry | None]] = {}
+        self._lookup_or_claim = store.register(_LOOKUP_OR_CLAIM)
+        self._save_and_release = store.register(_SAVE_AND_RELEASE)
+        self._release = store.register(_RELEASE)
 
     async def lookup(self, key: str) -> tuple[Entry | None, Lookup, float]:
         started = self._clock()
         raw = await self._store.get(key)
         waited = self._clock() - started
         if raw is None:
-            return None, "error" if self._store.state == "degraded" else "miss", waited
+            return None, self._miss(), waited
         entry = Entry.decode(raw)
         return entry, "hit" if entry else "error", waited
 
-    async def save(self, key: str, entry: Entry, ttl_s: int) -> float:
+    async def save(self, write: Write) -> float:
         started = self._clock()
-        await self._store.set(key, entry.encode(), ttl_s)
+        await self._store.set(write.key, write.entry.encode(), write.ttl_s)
         return self._clock() - started
 
-    async def single_flight(
+    async def read_through(
         self,
         key: str,
         lock_ttl_s: float,
-        compute: Callable[[], Awaitable[Entry | None]],
-    ) -> tuple[Entry | None, bool]:
-        """Run `compute` once for concurrent callers of `key`: returns (entry, followed),
-        `followed` True when the entry came from another caller's computation. A leader
-        that fails gives its followers None, and they compute on their own."""
+        compute: Callable[[], Awaitable[Write | None]],
+    ) -> Read:
+        """The entry at `key`, or else `compute`'s, run once for concurrent callers of
+        `key`: in this process, followers await the leader's future; across instances,
+        the leader holds a lock and others poll for its entry, for a bounded time. A
+        leader that fails or stores nothing gives its followers None, and they compute
+        on their own. `compute` raising propagates to its caller only."""
         leader = self._leaders.get(key)
         if leader is not None:
             entry = await asyncio.shield(leader)
             if entry is not None:
-                return entry, True
-            return await compute(), False
+                return Read(entry, "miss", computed=False, waited=0.0)
+            return await self._compute_alone(compute, "miss", 0.0)
         future: asyncio.Future[Entry | None] = asyncio.get_running_loop().create_future()
         self._leaders[key] = future
         lock = LOCK_PREFIX + key.removeprefix(KEY_PREFIX)
-        token = None
+        token: str | None = secrets.token_hex(16)
         try:
-            token = await self._store.acquire_lock(lock, max(1, int(lock_ttl_s * 1000)))
-            if token is None and self._store.state == "ok":
+            started = self._clock()
+            reply = await self._store.run(
+                self._lookup_or_claim,
+                keys=(key, lock),
+                args=(token or "", max(1, int(lock_ttl_s * 1000))),
+            )
+            waited = self._clock() - started
+            found, claimed = _parse_claim(reply)
+            if found is not None or reply is None or not claimed:
+                token = None
+            if found is not None:
+                entry = Entry.decode(found)
+                if entry is not None:
+                    future.set_result(entry)
+                    return Read(entry, "hit", computed=False, waited=waited)
+                return await self._compute_alone(compute, "error", waited)
+            if reply is None:
+                return await self._compute_alone(compute, self._miss(), waited)
+            if not claimed:
                 entry = await self._wait_for_other_instance(key)
                 if entry is not None:
                     future.set_result(entry)
-                    return entry, True
-            entry = await compute()
+                    return Read(entry, "miss", computed=False, waited=waited)
+                return await self._compute_alone(compute, "miss", waited)
+            write = await compute()
+            started = self._clock()
+            if write is not None:
+                await self._store.run(
+                    self._save_and_release,
+                    keys=(write.key, lock),
+                    args=(write.entry.encode(), write.ttl_s, token or ""),
+                )
+                token = None
+            waited += self._clock() - started
+            entry = write.entry if write is not None else None
             future.set_result(entry)
-            return entry, False
+            return Read(entry, "miss", computed=True, waited=waited)
         finally:
             if not future.done():
                 future.set_result(None)
             del self._leaders[key]
             if token is not None:
-                await self._store.release_lock(lock, token)
+                await self._store.run(self._release, keys=(lock,), args=(token,))
+
+    async def _compute_alone(
+        self, compute: Callable[[], Awaitable[Write | None]], lookup: Lookup, waited: float
+    ) -> Read:
+        write = await compute()
+        if write is None:
+            return Read(None, lookup, computed=True, waited=waited)
+        waited += await self.save(write)
+        return Read(write.entry, lookup, computed=True, waited=waited)
+
+    def _miss(self) -> Lookup:
+        return "error" if self._store.state == "degraded" else "miss"
 
     async def _wait_for_other_instance(self, key: str) -> Entry | None:
         """Another instance leads on `key`: poll for its entry, for a bounded time."""
@@ -181,3 +273,13 @@ class Cache:
             if raw is not None:
                 return Entry.decode(raw)
         return None
+
+
+def _parse_claim(reply: object) -> tuple[bytes | None, bool]:
+    """(the stored value, or None; whether the lock was claimed) from `_LOOKUP_OR_CLAIM`."""
+    if isinstance(reply, list) and len(reply) == 2:
+        flag, value = reply
+        if flag == 1 and isinstance(value, bytes):
+            return value, False
+        return None, value == 1
+    return None, False

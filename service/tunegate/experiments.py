@@ -24,7 +24,6 @@ feedback can find the serving variant; `tunegate:fb:{id}` marks a scored request
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -42,12 +41,6 @@ REQUEST_TTL_S = 7 * 86400
 # Every key expires: an experiment's sums go this long after its latest sample or score.
 AGGREGATE_TTL_S = 90 * 86400
 MAX_PENDING = 10_000
-
-# The tenant of the request being served, set by the API layer (`api/experiments.py`)
-# so the recorder can stamp the request record without the gateway knowing tenants.
-caller_tenant: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "tunegate_caller_tenant", default=None
-)
 
 # KEYS: [request record, aggregate hash?]. ARGV: [record JSON or "", record ttl, now,
 # aggregate ttl, n_int, int field/increment pairs..., float field/increment pairs...].
@@ -198,7 +191,7 @@ class Experiments:
             args[0] = orjson.dumps(
                 {
                     "task": outcome.task,
-                    "tenant": caller_tenant.get() or "open",
+                    "tenant": outcome.tenant or "open",
                     "served": outcome.served,
                     "chosen": outcome.chosen,
                     # Feedback counts in the comparison only for the variant's own

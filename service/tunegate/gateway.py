@@ -21,7 +21,7 @@ from functools import partial
 from typing import Any, Literal, TypeVar
 
 from tunegate import jsonguard, router
-from tunegate.cache import Cache, Entry, cache_key_for
+from tunegate.cache import Cache, Entry, Write, cache_key_for
 from tunegate.config import Task, Variant
 from tunegate.errors import (
     AllAttemptsFailed,
@@ -82,6 +82,7 @@ class Outcome:
 
     request_id: str
     task: str
+    tenant: str | None
     chosen: str | None
     served: str | None
     served_model: str | None
@@ -119,6 +120,7 @@ def rejected(request_id: str, task: str | None, seconds: float) -> Outcome:
     return Outcome(
         request_id=request_id,
         task=task or "_unknown",
+        tenant=None,
         chosen=None,
         served=None,
         served_model=None,
@@ -236,26 +238,24 @@ class Gateway:
         when no variant could."""
         trail, order = self._start(call)
         key = self._cache_key(call, trail.chosen)
-        if key is None or not call.cache_read:
-            return await self._serve(call, trail, order)
-        entry = await self._lookup(call, trail, key)
-        if entry is not None:
-            return self._hit(call, trail, entry)
+        if key is None or not call.cache_read or self._cache is None:
+            return await self._serve_and_save(call, trail, order)
         produced: list[Answer] = []
 
-        async def compute() -> Entry | None:
+        async def compute() -> Write | None:
             answer = await self._serve(call, trail, order)
             produced.append(answer)
-            return self._entry_of(answer)
+            return self._write_of(call, answer)
 
-        assert self._cache is not None
-        entry, _ = await self._cache.single_flight(key, call.task.deadline_s, compute)
+        read = await self._cache.read_through(key, call.task.deadline_s, compute)
+        trail.store_seconds += read.waited
+        trail.cache_lookup = read.lookup
         if produced:
-            return produced[0]
-        if entry is None or entry.variant not in call.task.variants:
-            # Another instance stored it under a config with other variants: serve it here.
-            return await self._serve(call, trail, order)
-        return self._hit(call, trail, entry)
+            return self._served(call, trail, produced[0])
+        if read.entry is None or read.entry.variant not in call.task.variants:
+            # Stored under a config whose variants differed: serve it here.
+            return await self._serve_and_save(call, trail, order)
+        return self._hit(call, trail, read.entry)
 
     async def stream(self, call: Call) -> tuple[Answer, AsyncIterator[Delta]]:
         """Open a text stream: retries and fallbacks happen until the first delta; after
@@ -291,7 +291,7 @@ class Gateway:
                 log.exception("recorder failed", extra={"request_id": outcome.request_id})
 
     async def _serve(self, call: Call, trail: _Trail, order: tuple[str, ...]) -> Answer:
-        """Try each variant in `order` until one answers; store what it answered."""
+        """Try each variant in `order` until one answers."""
         for name in order:
             variant = call.task.variants[name]
             try:
@@ -299,11 +299,17 @@ class Gateway:
             except UpstreamError as exc:
                 self._failed(trail, name, exc, order)
                 continue
-            answer = self._answer(call, variant, completion, verdict, trail)
-            await self._save(call, trail, answer)
-            self.record(self._outcome(call, trail, name, "ok"))
-            return answer
+            return self._answer(call, variant, completion, verdict, trail)
         raise self._give_up(call, trail)
+
+    async def _serve_and_save(self, call: Call, trail: _Trail, order: tuple[str, ...]) -> Answer:
+        answer = await self._serve(call, trail, order)
+        await self._save(call, trail, answer)
+        return self._served(call, trail, answer)
+
+    def _served(self, call: Call, trail: _Trail, answer: Answer) -> Answer:
+        self.record(self._outcome(call, trail, answer.variant.name, "ok"))
+        return answer
 
     # -- the cache ----------------------------------------------------------------------
 
@@ -331,16 +337,19 @@ class Gateway:
         return entry
 
     async def _save(self, call: Call, trail: _Trail, answer: Answer) -> None:
-        """Store a valid answer under its serving variant's key (so a fallback's answer
-        never poses as the chosen variant's)."""
+        write = self._write_of(call, answer)
+        if write is not None and self._cache is not None:
+            trail.store_seconds += await self._cache.save(write)
+
+    def _write_of(self, call: Call, answer: Answer) -> Write | None:
+        """What to store for a valid answer: under its serving variant's key (so a
+        fallback's answer never poses as the chosen variant's)."""
         if not call.cache_write:
-            return
+            return None
         key = self._cache_key(call, answer.variant.name)
-        if key is None or self._cache is None:
-            return
-        trail.store_seconds += await self._cache.save(
-            key, self._entry_of(answer), call.task.cache.ttl_s
-        )
+        if key is None:
+            return None
+        return Write(key, self._entry_of(answer), call.task.cache.ttl_s)
 
     @staticmethod
     def _entry_of(answer: Answer) -> Entry:
@@ -585,6 +594,7 @@ class Gateway:
         return Outcome(
             request_id=call.request_id,
             task=call.task.name,
+            tenant=call.tenant,
             chosen=trail.chosen,
             served=served,
             served_model=call.task.variants[served].model if served else None,

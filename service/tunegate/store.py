@@ -16,7 +16,6 @@ sending or reading (its fix for redis-py #2624), so the next command gets a fres
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,13 +30,6 @@ logger = logging.getLogger("tunegate.store")
 
 StoreState = Literal["ok", "degraded"]
 ScriptArg = str | bytes | int | float
-
-_RELEASE_LOCK = """
-if redis.call("GET", KEYS[1]) == ARGV[1] then
-    return redis.call("DEL", KEYS[1])
-end
-return 0
-"""
 
 
 @dataclass(frozen=True)
@@ -77,7 +69,6 @@ class Store:
         )
         self._redis = Redis.from_pool(pool)
         self._scripts: dict[str, AsyncScript] = {}
-        self._release_lock = self.register(_RELEASE_LOCK)
         self._state: StoreState = "ok"
         self._error_log_interval_s = error_log_interval_s
         self._clock = clock
@@ -114,25 +105,6 @@ class Store:
             return False
         self._succeeded()
         return True
-
-    async def acquire_lock(self, key: str, ttl_ms: int) -> str | None:
-        """Take the lock `key` for `ttl_ms` ms; the token to release it with, or `None`
-        when another holder has it or the store failed."""
-        if ttl_ms < 1:
-            raise ValueError(f"ttl_ms must be at least 1, not {ttl_ms}")
-        token = secrets.token_hex(16)
-        try:
-            taken = await self._redis.set(key, token, nx=True, px=ttl_ms)
-        except Exception as exc:  # fail open
-            self._failed(exc)
-            return None
-        self._succeeded()
-        return token if taken else None
-
-    async def release_lock(self, key: str, token: str) -> None:
-        """Release the lock `key` if `token` still holds it; another holder's lock (one
-        taken after ours expired) is left alone. Failures are logged, not raised."""
-        await self.run(self._release_lock, keys=(key,), args=(token,))
 
     async def ping(self) -> bool:
         """True when the server answered PING."""

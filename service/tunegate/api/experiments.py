@@ -1,5 +1,4 @@
-"""`POST /v1/feedback` and `GET /v1/experiments/{task}` (SPEC §2, §4, §7), and the
-middleware that tells the experiments recorder which tenant a task request belongs to."""
+"""`POST /v1/feedback` and `GET /v1/experiments/{task}` (SPEC §2, §4, §7)."""
 
 from __future__ import annotations
 
@@ -9,24 +8,20 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tunegate.api.incoming import Runtime, caller, read_body
-from tunegate.auth import authenticate
 from tunegate.errors import (
     Conflict,
-    GatewayError,
     InvalidRequest,
     NotFound,
     PermissionDenied,
     Unavailable,
 )
-from tunegate.experiments import Experiments, caller_tenant
+from tunegate.experiments import Experiments
 from tunegate.report import build_document
 
 MAX_COMMENT_CHARS = 2000
 FEEDBACK_BODY_LIMIT = 64 * 1024
-_TASK_PATHS = ("/v1/chat/completions", "/v1/tasks/")
 
 
 def _json(data: object, status: int = 200) -> Response:
@@ -97,32 +92,3 @@ async def get_experiments(request: Request) -> Response:
     await experiments.settle()
     sums = await experiments.read(task.name, task.variants)
     return _json(build_document(task, sums))
-
-
-class TenantContext:
-    """Pure ASGI middleware: for task requests, put the caller's tenant where the
-    experiments recorder reads it (`experiments.caller_tenant`). An unknown key sets
-    nothing; the endpoint answers 401 as usual."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(_TASK_PATHS):
-            runtime: Runtime | None = getattr(scope["app"].state, "runtime", None)
-            if runtime is not None:
-                authorization = _header(scope, b"authorization")
-                try:
-                    tenant = authenticate(runtime.keys, authorization).tenant
-                except GatewayError:
-                    tenant = None
-                caller_tenant.set(tenant)
-        await self.app(scope, receive, send)
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key.lower() == name:
-            text: str = value.decode("latin-1")
-            return text
-    return None
