@@ -561,6 +561,29 @@ async def test_concurrent_identical_misses_share_one_upstream_call(
     assert elapsed < 10 * SLOW_MS / 1000
 
 
+def lookups(gw: Gateway, result: str) -> float:
+    """The gateway's `tunegate_cache_lookups_total` for the crowd task and `result`."""
+    text = httpx.get(f"{gw.url}/metrics").text
+    line = f'tunegate_cache_lookups_total{{result="{result}",task="crowd"}} '
+    found = [float(row.removeprefix(line)) for row in text.splitlines() if row.startswith(line)]
+    return found[0] if found else 0.0
+
+
+@pytest.mark.anyio
+async def test_a_crowd_arriving_after_the_answer_is_stored_counts_as_hits(
+    gw: Gateway, sim: Simulator
+) -> None:
+    text = ticket()
+    [first] = await crowd([gw.url], text, 1)
+    assert first.headers["x-tunegate-cache"] == "miss"
+    hits, misses = lookups(gw, "hit"), lookups(gw, "miss")
+    responses = await crowd([gw.url], text, 20)
+    assert [r.headers["x-tunegate-cache"] for r in responses] == ["hit"] * 20
+    assert lookups(gw, "hit") == hits + 20
+    assert lookups(gw, "miss") == misses
+    assert len(sim.requests()) == 1
+
+
 async def crowd(urls: list[str], text: str, n: int) -> list[httpx.Response]:
     """`n` identical requests for the `crowd` task at once, spread over `urls`."""
     body = {"model": "crowd", "messages": [{"role": "user", "content": text}]}

@@ -167,7 +167,8 @@ class Cache:
         self._follower_wait_s = follower_wait_s
         self._poll_s = poll_s
         self._clock = clock
-        self._leaders: dict[str, asyncio.Future[Entry | None]] = {}
+        # Keys being looked up or computed here, and what their leader found or made.
+        self._leaders: dict[str, asyncio.Future[tuple[Entry | None, Lookup]]] = {}
         self._lookup_or_claim = store.register(_LOOKUP_OR_CLAIM)
         self._save_and_release = store.register(_SAVE_AND_RELEASE)
         self._release = store.register(_RELEASE)
@@ -193,17 +194,20 @@ class Cache:
         compute: Callable[[], Awaitable[Write | None]],
     ) -> Read:
         """The entry at `key`, or else `compute`'s, run once for concurrent callers of
-        `key`: in this process, followers await the leader's future; across instances,
+        `key`: in this process, followers await the leader's future (and count its
+        lookup, a hit when the leader found the entry); across instances,
         the leader holds a lock and others poll for its entry, for a bounded time. A
         leader that fails or stores nothing gives its followers None, and they compute
         on their own. `compute` raising propagates to its caller only."""
         leader = self._leaders.get(key)
         if leader is not None:
-            entry = await asyncio.shield(leader)
+            entry, lookup = await asyncio.shield(leader)
             if entry is not None:
-                return Read(entry, "miss", computed=False, waited=0.0)
+                return Read(entry, lookup, computed=False, waited=0.0)
             return await self._compute_alone(compute, "miss", 0.0)
-        future: asyncio.Future[Entry | None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[tuple[Entry | None, Lookup]] = (
+            asyncio.get_running_loop().create_future()
+        )
         self._leaders[key] = future
         lock = LOCK_PREFIX + key.removeprefix(KEY_PREFIX)
         token: str | None = secrets.token_hex(16)
@@ -221,7 +225,7 @@ class Cache:
             if found is not None:
                 entry = Entry.decode(found)
                 if entry is not None:
-                    future.set_result(entry)
+                    future.set_result((entry, "hit"))
                     return Read(entry, "hit", computed=False, waited=waited)
                 return await self._compute_alone(compute, "error", waited)
             if reply is None:
@@ -229,7 +233,7 @@ class Cache:
             if not claimed:
                 entry = await self._wait_for_other_instance(key)
                 if entry is not None:
-                    future.set_result(entry)
+                    future.set_result((entry, "miss"))
                     return Read(entry, "miss", computed=False, waited=waited)
                 return await self._compute_alone(compute, "miss", waited)
             write = await compute()
@@ -243,11 +247,11 @@ class Cache:
                 token = None
             waited += self._clock() - started
             entry = write.entry if write is not None else None
-            future.set_result(entry)
+            future.set_result((entry, "miss"))
             return Read(entry, "miss", computed=True, waited=waited)
         finally:
             if not future.done():
-                future.set_result(None)
+                future.set_result((None, "miss"))
             del self._leaders[key]
             if token is not None:
                 await self._store.run(self._release, keys=(lock,), args=(token,))

@@ -33,35 +33,34 @@ import orjson
 
 from tunegate.gateway import Outcome
 from tunegate.stats import bucket_of
-from tunegate.store import ScriptArg, Store
+from tunegate.store import Store
 
 log = logging.getLogger("tunegate.experiments")
 
 REQUEST_TTL_S = 7 * 86400
 # Every key expires: an experiment's sums go this long after its latest sample or score.
 AGGREGATE_TTL_S = 90 * 86400
-MAX_PENDING = 10_000
+MAX_PENDING = 10_000  # samples gathered and not yet written
+FLUSH_S = 0.02
 
-# KEYS: [request record, aggregate hash?]. ARGV: [record JSON or "", record ttl, now,
-# aggregate ttl, n_int, int field/increment pairs..., float field/increment pairs...].
+# One batch of samples. KEYS: the request records, then the aggregate hashes. ARGV[1]:
+# JSON {"records": [value...], "record_ttl": s, "sums": [[{field: int}, {field: float}]...],
+# "now": unix time, "aggregate_ttl": s}; every number but the counts and TTLs is a string,
+# so no float is rounded on its way through Lua.
 _RECORD = """
-if ARGV[1] ~= "" then
-    redis.call("SET", KEYS[1], ARGV[1], "EX", tonumber(ARGV[2]))
+local batch = cjson.decode(ARGV[1])
+local records = #batch.records
+for i, value in ipairs(batch.records) do
+    redis.call("SET", KEYS[i], value, "EX", batch.record_ttl)
 end
-if #KEYS < 2 then return 0 end
-local n_int = tonumber(ARGV[5])
-local i = 6
-while i < #ARGV do
-    if (i - 6) / 2 < n_int then
-        redis.call("HINCRBY", KEYS[2], ARGV[i], ARGV[i + 1])
-    else
-        redis.call("HINCRBYFLOAT", KEYS[2], ARGV[i], ARGV[i + 1])
-    end
-    i = i + 2
+for j, sums in ipairs(batch.sums) do
+    local key = KEYS[records + j]
+    for field, n in pairs(sums[1]) do redis.call("HINCRBY", key, field, n) end
+    for field, x in pairs(sums[2]) do redis.call("HINCRBYFLOAT", key, field, x) end
+    redis.call("HSETNX", key, "first_ts", batch.now)
+    redis.call("HSET", key, "last_ts", batch.now)
+    redis.call("EXPIRE", key, batch.aggregate_ttl)
 end
-redis.call("HSETNX", KEYS[2], "first_ts", ARGV[3])
-redis.call("HSET", KEYS[2], "last_ts", ARGV[3])
-redis.call("EXPIRE", KEYS[2], tonumber(ARGV[4]))
 return 1
 """
 
@@ -154,12 +153,31 @@ class FeedbackResult:
     record: RequestRecord
 
 
+class _Batch:
+    """Samples waiting to be written: request records and per-hash sums, merged."""
+
+    __slots__ = ("records", "size", "sums")
+
+    def __init__(self) -> None:
+        self.records: dict[str, str] = {}
+        self.sums: dict[str, tuple[dict[str, int], dict[str, float]]] = {}
+        self.size = 0
+
+    def add(self, aggregate: str, fields: SampleFields) -> None:
+        ints, floats = self.sums.setdefault(aggregate, ({}, {}))
+        for name, n in fields.ints.items():
+            ints[name] = ints.get(name, 0) + n
+        for name, x in fields.floats.items():
+            floats[name] = floats.get(name, 0.0) + x
+
+
 class Experiments:
     """The recorder and the reads and writes of experiment figures (through `Store`).
 
-    `record` never waits on the store: it schedules the write as a background task;
-    `settle` waits for this process's pending writes (read-your-writes), `drain` at
-    shutdown."""
+    `record` never waits on the store: samples gather for `flush_s` and go in one store
+    call (one Lua script, sums merged per variant), in the background. `settle` writes
+    what is gathered and waits for this process's writes (read-your-writes), `drain` at
+    shutdown. A process killed outright loses at most its last `flush_s` of samples."""
 
     def __init__(
         self,
@@ -167,28 +185,32 @@ class Experiments:
         *,
         clock: Callable[[], float] = time.time,
         request_ttl_s: int = REQUEST_TTL_S,
+        flush_s: float = FLUSH_S,
     ) -> None:
         self._store = store
         self._clock = clock
         self._request_ttl_s = request_ttl_s
+        self._flush_s = flush_s
         self._record_script = store.register(_RECORD)
         self._read_script = store.register(_READ)
         self._feedback_script = store.register(_FEEDBACK)
+        self._batch = _Batch()
+        self._timer: asyncio.TimerHandle | None = None
         self._pending: set[asyncio.Task[object]] = set()
 
     def record(self, outcome: Outcome) -> None:
-        """The recorder: one store call (one Lua script) per request, in the background."""
+        """The recorder: adds the sample to the batch; never waits."""
         fields = sample_fields(outcome)
         answered = outcome.served is not None and outcome.status in ("ok", "fallback")
         if fields is None and not answered:
             return
-        if len(self._pending) >= MAX_PENDING:
-            log.warning("experiments: too many pending writes; dropping one")
+        batch = self._batch
+        if batch.size >= MAX_PENDING:
+            log.warning("experiments: the store is not keeping up; dropping a sample")
             return
-        keys = [request_key(outcome.request_id)]
-        args: list[ScriptArg] = ["", self._request_ttl_s, repr(self._clock()), AGGREGATE_TTL_S]
+        batch.size += 1
         if answered:
-            args[0] = orjson.dumps(
+            batch.records[request_key(outcome.request_id)] = orjson.dumps(
                 {
                     "task": outcome.task,
                     "tenant": outcome.tenant or "open",
@@ -198,23 +220,41 @@ class Experiments:
                     # samples: a fallback's answer is no sample of the serving variant.
                     "sample": fields is not None and outcome.served == outcome.chosen,
                 }
-            )
+            ).decode()
         if fields is not None:
             assert outcome.chosen is not None
-            keys.append(aggregate_key(outcome.task, outcome.chosen))
-            args.append(len(fields.ints))
-            for name, value in fields.ints.items():
-                args += [name, value]
-            for name, number in fields.floats.items():
-                args += [name, repr(float(number))]
+            batch.add(aggregate_key(outcome.task, outcome.chosen), fields)
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._flush_s, self._flush)
+
+    def _flush(self) -> None:
+        """Start writing the gathered batch."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._batch = self._batch, _Batch()
+        if not batch.size:
+            return
+        plan = {
+            "records": list(batch.records.values()),
+            "record_ttl": self._request_ttl_s,
+            "sums": [
+                [ints, {name: repr(x) for name, x in floats.items()}]
+                for ints, floats in batch.sums.values()
+            ],
+            "now": repr(self._clock()),
+            "aggregate_ttl": AGGREGATE_TTL_S,
+        }
+        keys = [*batch.records, *batch.sums]
         write = asyncio.get_running_loop().create_task(
-            self._store.run(self._record_script, keys, args)
+            self._store.run(self._record_script, keys, [orjson.dumps(plan)])
         )
         self._pending.add(write)
         write.add_done_callback(self._pending.discard)
 
     async def settle(self, timeout_s: float = 1.0) -> None:
-        """Wait (at most `timeout_s`) for the writes this process has scheduled."""
+        """Write what is gathered and wait (at most `timeout_s`) for this process's writes."""
+        self._flush()
         pending = set(self._pending)
         if pending:
             await asyncio.wait(pending, timeout=timeout_s)
@@ -239,7 +279,7 @@ class Experiments:
         """The stored record of an answered request; this process's pending writes are
         waited for once when it is not found yet."""
         raw = await self._store.get(request_key(request_id))
-        if raw is None and self._pending:
+        if raw is None and (self._pending or self._batch.size):
             await self.settle()
             raw = await self._store.get(request_key(request_id))
         if raw is None:
