@@ -1,0 +1,1 @@
+"""Benchmarks: `bench/run` (`loadtest.py`) and `jsonguard_bench.py`."""

@@ -1,0 +1,66 @@
+"""The benchmark's arithmetic and command line (the runs themselves are `bench/run`)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.figures import Measurement, Scenario, Target, ratios
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def measured(target: Target, cache: str, c: int, rps: float, p50_ms: float) -> Measurement:
+    return Measurement(
+        scenario=Scenario(target, cache, c, False),  # type: ignore[arg-type]  # literal
+        requests=int(rps * 10),
+        rps=rps,
+        p50_ms=p50_ms,
+        p99_ms=p50_ms * 2,
+        status_errors=0,
+        socket_errors=0,
+        cpu_percent={},
+        cache_lookups=None,
+        sample="",
+    )
+
+
+def test_ratios_compare_overheads_over_the_direct_call_and_judge_the_targets() -> None:
+    runs = [
+        measured("direct", "miss", 1, 5000, 0.2),
+        measured("sdk", "miss", 1, 450, 2.2),
+        measured("tunegate-1", "miss", 1, 250, 4.2),
+        measured("tunegate-1", "hit", 1, 1200, 0.7),
+        measured("litellm", "miss", 1, 35, 30.2),
+        measured("direct", "miss", 32, 6000, 5.0),
+        measured("tunegate-1", "miss", 32, 330, 95.0),
+        measured("tunegate-2", "miss", 32, 600, 50.0),
+        measured("litellm", "miss", 32, 30, 900.0),
+    ]
+    found = {(r.name, r.scenario): r for r in ratios(runs)}
+    overhead = found["miss overhead / LiteLLM's", "c=1 plain"]
+    assert overhead.value == pytest.approx(4.0 / 30.0)
+    assert overhead.met is False  # target: at most 1/10
+    assert found["miss overhead / bare SDK's", "c=1 plain"].value == pytest.approx(2.0)
+    hit = found["hit p50 / direct p50", "c=1 plain"]
+    assert hit.value == pytest.approx(3.5)
+    assert hit.met is True  # 0.7 ms <= 1.5 x 0.2 + 0.5 ms
+    assert found["miss req/s / LiteLLM's", "c=32 plain"].met is True  # 11x
+    assert found["miss req/s 2 workers / 1", "c=32 plain"].value == pytest.approx(600 / 330)
+    assert found["miss req/s 2 workers / 1", "c=32 plain"].met is True
+
+
+def test_the_command_line_lists_its_targets() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.loadtest", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "direct,sdk,tunegate-1,tunegate-2,litellm" in done.stdout.replace("\n", "")
