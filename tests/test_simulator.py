@@ -20,6 +20,7 @@ import pytest
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
 from tunegate.simulator import answers
+from tunegate.simulator.app import HUGE_ANSWER_BYTES
 from tunegate.simulator.scenario import (
     BREAKAGES,
     ModelBehaviour,
@@ -381,6 +382,25 @@ async def test_output_faults_answer_200_with_that_breakage(
         completion = await client.chat.completions.create(model=BASE, messages=TICKET)
     assert completion.choices[0].message.content == content
     assert _received(control)[-1]["fault"] == fault
+
+
+@pytest.mark.anyio
+async def test_huge_answers_megabytes_whatever_max_tokens_says(
+    sim: str, control: httpx.Client
+) -> None:
+    _script(control, TUNED, "huge", "huge")
+    async with _client(sim) as client:
+        completion = await client.chat.completions.create(
+            model=TUNED, messages=TICKET, max_tokens=16
+        )
+        stream = await client.chat.completions.create(model=TUNED, messages=TICKET, stream=True)
+        pieces = [c.choices[0].delta.content or "" async for c in stream if c.choices]
+    content = completion.choices[0].message.content or ""
+    assert content.startswith(RIGHT[:64])
+    assert len(content) >= HUGE_ANSWER_BYTES
+    assert completion.usage is not None and completion.usage.completion_tokens > 1_000_000
+    assert len(pieces) == 3 and len(pieces[1]) >= HUGE_ANSWER_BYTES
+    assert [r["fault"] for r in _received(control)] == ["huge", "huge"]
 
 
 @pytest.mark.anyio

@@ -21,6 +21,8 @@ drawn at random per the scenario's rates:
     hang            never answers; waits until the client goes away
     drop            starts the answer, then closes the connection halfway
     slow            streams drip one chunk per `slow_chunk_ms` (plain answers wait as long)
+    huge            200 with the answer followed by `HUGE_ANSWER_BYTES` (4 MiB) of prose,
+                    max_tokens ignored (streams send it as one chunk)
     invalid_json, fenced, trailing_comma, missing_field, wrong_enum, prose
                     200 with the answer broken that way (text tasks: the wrong language)
     valid           200 with the right answer, whatever the quality draw

@@ -35,6 +35,9 @@ from tunegate.simulator.scenario import (
 )
 
 RECEIVED_LIMIT = 10_000
+# What the `huge` fault appends to an answer: an upstream that ignores max_tokens.
+HUGE_ANSWER_BYTES = 4 << 20
+_HUGE_FILLER = " and so on" * (HUGE_ANSWER_BYTES // len(" and so on"))
 SYSTEM_FINGERPRINT = "fp_tunegate_sim"
 
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -190,6 +193,8 @@ class Simulator:
         limit = request.get("max_completion_tokens") or request.get("max_tokens")
         if isinstance(limit, int) and 0 < limit < answers.completion_tokens(content):
             content, finish_reason = content[: limit * 4], "length"
+        if fault == "huge":
+            content += _HUGE_FILLER
         completion_tokens = answers.completion_tokens(content)
         prompt_tokens = answers.prompt_tokens(messages)
         usage = {
@@ -201,7 +206,8 @@ class Simulator:
             options = request.get("stream_options")
             with_usage = isinstance(options, dict) and options.get("include_usage") is True
             stream = _Stream("chatcmpl-" + self._next_id(), model, with_usage)
-            events = stream.events(answers.pieces(content), finish_reason, usage)
+            pieces = [content] if fault == "huge" else answers.pieces(content)
+            events = stream.events(pieces, finish_reason, usage)
             per_chunk_ms = behaviour.slow_chunk_ms if fault == "slow" else behaviour.per_token_ms
             await self._send_stream(send, events, wait, per_chunk_ms / 1000, fault == "drop")
             return

@@ -38,9 +38,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 ERROR_FAULTS = frozenset({"429", "quota", "500", "503", "400", "401", "404"})
 CONNECTION_FAULTS = frozenset({"hang", "drop", "slow"})
+# A 200 whose answer ignores max_tokens and runs to megabytes.
+SIZE_FAULTS = frozenset({"huge"})
 BREAKAGES = ("invalid_json", "fenced", "trailing_comma", "missing_field", "wrong_enum", "prose")
 OUTPUT_FAULTS = frozenset({*BREAKAGES, "valid"})
-FAULT_KINDS = ERROR_FAULTS | CONNECTION_FAULTS | OUTPUT_FAULTS
+FAULT_KINDS = ERROR_FAULTS | CONNECTION_FAULTS | SIZE_FAULTS | OUTPUT_FAULTS
 # What a script entry or an `x-sim-fault` header may say: a fault, "behave normally", or
 # "429:SECONDS" (a 429 with that Retry-After).
 SCRIPT_KINDS = FAULT_KINDS | {"ok"}
