@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tunegate.errors import ConfigError
 from tunegate.gateway import Outcome, UpstreamCall, rejected
 from tunegate.metrics import FLUSH_DELAY_S, NO_VARIANT, Metrics, mark_process_dead
+from tunegate.shadow import ShadowOutcome
 
 TUNED = "ft:gpt-3.5-turbo-0613:acme::7qTVM5AR"
 BASE = "gpt-3.5-turbo"
@@ -40,6 +41,9 @@ SPEC_METRICS = {
     "tunegate_fallbacks": ("counter", {"task", "from_variant", "to_variant", "reason"}),
     "tunegate_feedback_score": ("histogram", {"task", "variant"}),
     "tunegate_in_flight_requests": ("gauge", set()),
+    # Beyond SPEC §5, listed in the README.
+    "tunegate_shadow_requests": ("counter", {"task", "variant", "result"}),
+    "tunegate_shadow_cost_usd": ("counter", {"task", "variant", "model"}),
 }
 
 
@@ -86,6 +90,25 @@ def series(samples: Mapping[Sample, float], name: str) -> list[dict[str, str]]:
     return [dict(labels) for sample_name, labels in samples if sample_name == name]
 
 
+def shadow_outcome(**fields: object) -> ShadowOutcome:
+    """A shadow call of few_shot after tuned answered, agreeing; `fields` override."""
+    values: dict[str, object] = {
+        "request_id": "r1",
+        "task": TASK,
+        "primary": "tuned",
+        "shadow": "few_shot",
+        "model": BASE,
+        "status": "ok",
+        "agree": True,
+        "seconds": 0.02,
+        "primary_seconds": 0.012,
+        "cost_usd": 0.0004,
+        "primary_cost_usd": 0.0001,
+    }
+    values.update(fields)
+    return ShadowOutcome(**values)  # type: ignore[arg-type]  # a test builder over every field
+
+
 def test_every_spec_metric_is_exposed_with_its_type_and_labels() -> None:
     metrics = Metrics()
     metrics.record(outcome(ttft_seconds=0.004, saved_usd=0.001))
@@ -101,6 +124,7 @@ def test_every_spec_metric_is_exposed_with_its_type_and_labels() -> None:
         )
     )
     metrics.record_feedback(TASK, "tuned", 1.0)
+    metrics.record_shadow(shadow_outcome())
     with metrics.track_in_flight():
         text = metrics.render()[0].decode()
 
@@ -439,3 +463,20 @@ def test_a_worker_writes_its_files_within_the_flush_delay(tmp_path: Path) -> Non
     directory.mkdir()
     before, after = worker(directory, "in-loop", str(FLUSH_DELAY_S + 0.5)).split()
     assert (before, after) == ("False", "True")
+
+
+def test_shadow_calls_count_by_result_and_their_cost_stays_apart() -> None:
+    metrics = Metrics()
+    metrics.record(outcome())
+    metrics.record_shadow(shadow_outcome())
+    metrics.record_shadow(shadow_outcome(status="error", agree=None, cost_usd=0.0))
+    metrics.record_shadow(shadow_outcome(status="skipped", agree=None, cost_usd=0.0))
+    samples = scrape(metrics)
+    shadow = "tunegate_shadow_requests_total"
+    for result in ("ok", "error", "skipped"):
+        assert value(samples, shadow, task=TASK, variant="few_shot", result=result) == 1
+    assert value(
+        samples, "tunegate_shadow_cost_usd_total", task=TASK, variant="few_shot", model=BASE
+    ) == pytest.approx(0.0004)
+    # The callers' cost counter holds the primary's call only.
+    assert [labels["variant"] for labels in series(samples, "tunegate_cost_usd_total")] == ["tuned"]

@@ -61,10 +61,13 @@ PANELS = {
     "Upstream errors by kind",
     "In-flight requests",
     "Feedback score by variant",
+    "Shadow cost per hour",
+    "Shadow calls by result",
 }
 # No traffic in these tests records feedback (a later feature): the query must run, but
 # has nothing to show.
 WITHOUT_DATA = {"Feedback score by variant"}
+SHADOW = {"Shadow cost per hour", "Shadow calls by result"}  # only the JSON task has one
 FAULTS = {"Fallback rate by reason", "Upstream errors by kind"}
 TRIAGE = "ticket-triage"
 NOTES = "notes"
@@ -302,7 +305,8 @@ def drive(gateway_url: str, sim: Simulator, seconds: float) -> Counter[str]:
 def stack(tools: Tools, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("observability")
     sim = Simulator()
-    tasks = {TRIAGE: task_config(), NOTES: task_config(output={"type": "text"})}
+    shadow = {"shadow": {"variant": "few_shot", "rate": 1.0}}
+    tasks = {TRIAGE: task_config(routing=shadow), NOTES: task_config(output={"type": "text"})}
     try:
         with running_gateway(workdir, gateway_config(sim.url, tasks)) as gateway:
             process, url = start_prometheus(tools, workdir, f"127.0.0.1:{gateway.port}")
@@ -379,7 +383,7 @@ def test_the_dashboard_variables_list_tasks_and_variants(stack: Stack) -> None:
         (".*", ".*", WITHOUT_DATA),
         (TRIAGE, ".*", WITHOUT_DATA | {"Time to first token"}),  # its answers do not stream
         # A text task, and this traffic injects no faults into it.
-        (NOTES, "tuned", WITHOUT_DATA | {"JSON validity by variant", *FAULTS}),
+        (NOTES, "tuned", WITHOUT_DATA | {"JSON validity by variant", *FAULTS, *SHADOW}),
         (f"{TRIAGE}|{NOTES}", "tuned|few_shot", WITHOUT_DATA),  # Grafana's multi-value form
     ],
 )

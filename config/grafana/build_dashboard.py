@@ -91,6 +91,7 @@ def row(title: str) -> dict[str, Any]:
 
 
 COST = series("tunegate_cost_usd_total", TASK, VARIANT)
+SHADOW_COST = series("tunegate_shadow_cost_usd_total", TASK, VARIANT)
 JSON_CHECKS = series("tunegate_json_validation_total", TASK, VARIANT)
 FEEDBACK = ("tunegate_feedback_score_sum", "tunegate_feedback_score_count")
 
@@ -175,6 +176,19 @@ PANELS: list[dict[str, Any]] = [
             )
         ],
     ),
+    panel(
+        "Shadow cost per hour",
+        "Spend on shadow calls (the paired comparison), in USD per hour by task and shadow "
+        "variant; never part of the callers' cost.",
+        "currencyUSD",
+        [
+            (
+                f"3600 * {rate(SHADOW_COST, 'task, variant')}",
+                "{{task}} / {{variant}}",
+            )
+        ],
+        stack=True,
+    ),
     row("Cache"),
     panel(
         "Cache hit ratio",
@@ -233,6 +247,19 @@ PANELS: list[dict[str, Any]] = [
             (
                 rate(series("tunegate_upstream_errors_total", TASK, VARIANT), "variant, kind"),
                 "{{variant}} {{kind}}",
+            )
+        ],
+        stack=True,
+    ),
+    panel(
+        "Shadow calls by result",
+        "Shadow calls per second by shadow variant and result: ok, invalid (failed the "
+        "JSON check), error, skipped (too many in flight).",
+        "reqps",
+        [
+            (
+                rate(series("tunegate_shadow_requests_total", TASK, VARIANT), "variant, result"),
+                "{{variant}} {{result}}",
             )
         ],
         stack=True,

@@ -30,6 +30,7 @@ from tunegate.limits import Limits
 from tunegate.metrics import Metrics, mark_process_dead
 from tunegate.pricing import Price, PriceTable
 from tunegate.settings import Settings
+from tunegate.shadow import Shadows
 from tunegate.store import Store
 from tunegate.upstream import Upstreams
 
@@ -77,6 +78,8 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.runtime = build(config, upstreams)
             reloader = Reloader(app.state, settings, upstreams, build)
             stack.push_async_callback(reloader.aclose)  # closes the upstreams in use
+            # First of all: shadow calls finish while upstreams and store are open.
+            stack.push_async_callback(lambda: app.state.runtime.gateway.aclose())
             app.state.reloader = reloader
             stack.callback(watch_sighup(reloader))
             if config.open_mode:
@@ -127,9 +130,12 @@ def build_runtime(
     # The first lookup of a model costs tens of ms: pay it at start-up, not on a request.
     prices.preload(v.model for task in config.tasks.values() for v in task.variants.values())
     recorders = [metrics.record] if limits is None else [metrics.record, limits.record]
+    shadow_recorders = [metrics.record_shadow]
     if experiments is not None:
         recorders.append(experiments.record)
-    gateway = Gateway(upstreams, prices, cache=cache, recorders=recorders)
+        shadow_recorders.append(experiments.record_shadow)
+    shadows = Shadows(upstreams, prices, shadow_recorders)
+    gateway = Gateway(upstreams, prices, cache=cache, recorders=recorders, shadows=shadows)
     return Runtime(
         config=config, gateway=gateway, keys=keys_by_hash(config), started_at=time.time()
     )

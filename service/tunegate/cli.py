@@ -203,12 +203,14 @@ async def _report_from_store(task_name: str, config_path: Path | None) -> dict[s
         raise RuntimeError(f"no task {task_name!r} in {settings.config_path}")
     store = Store(settings.redis_url, socket_timeout_ms=2000, connect_timeout_ms=2000)
     try:
-        sums = await Experiments(store).read(task.name, task.variants)
+        experiments = Experiments(store)
+        sums = await experiments.read(task.name, task.variants)
+        pairs = await experiments.read_pairs(task.name, task.variants)
         if store.state != "ok":
             raise RuntimeError(f"cannot read the store at {settings.redis_url}")
     finally:
         await store.close()
-    return build_document(task, sums)
+    return build_document(task, sums, pairs=pairs)
 
 
 def _keys_hash(args: argparse.Namespace) -> int:

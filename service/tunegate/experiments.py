@@ -19,6 +19,10 @@ The hash expires `AGGREGATE_TTL_S` after its latest sample or score, so every ke
 experiments write has a TTL. A request that got an answer also leaves
 `tunegate:req:{id}` (task, tenant, served, chosen, sample) for `REQUEST_TTL_S`, so
 feedback can find the serving variant; `tunegate:fb:{id}` marks a scored request.
+
+Shadow calls (`shadow.py`) add to `tunegate:pair:{task}:{primary}:{shadow}`: `n` calls,
+`answered`, `invalid`, `agree` (parsed outputs equal), `dl`/`dl_sq` and `dc`/`dc_sq`
+(shadow minus primary latency and cost, over answered calls) and `cost` (the shadow's).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from dataclasses import dataclass
 import orjson
 
 from tunegate.gateway import Outcome
+from tunegate.shadow import ShadowOutcome
 from tunegate.stats import bucket_of
 from tunegate.store import Store
 
@@ -90,6 +95,10 @@ def aggregate_key(task: str, variant: str) -> str:
     return f"tunegate:exp:{task}:{variant}"
 
 
+def pair_key(task: str, primary: str, shadow: str) -> str:
+    return f"tunegate:pair:{task}:{primary}:{shadow}"
+
+
 def request_key(request_id: str) -> str:
     return f"tunegate:req:{request_id}"
 
@@ -133,6 +142,26 @@ def sample_fields(outcome: Outcome) -> SampleFields | None:
         "cost_sq": cost * cost,
         "cost_ok": cost * ok,
     }
+    return SampleFields(ints, floats)
+
+
+def shadow_fields(outcome: ShadowOutcome) -> SampleFields | None:
+    """What one shadow call adds to its pair's hash; None for a skipped one. Differences
+    are shadow minus primary, over the calls the shadow answered (`ok`)."""
+    if outcome.status == "skipped":
+        return None
+    answered = outcome.status == "ok"
+    ints = {
+        "n": 1,
+        "answered": int(answered),
+        "invalid": int(outcome.status == "invalid"),
+        "agree": int(bool(outcome.agree)),
+    }
+    floats = {"cost": outcome.cost_usd}
+    if answered:
+        d_lat = outcome.seconds - outcome.primary_seconds
+        d_cost = outcome.cost_usd - outcome.primary_cost_usd
+        floats |= {"dl": d_lat, "dl_sq": d_lat * d_lat, "dc": d_cost, "dc_sq": d_cost * d_cost}
     return SampleFields(ints, floats)
 
 
@@ -227,6 +256,19 @@ class Experiments:
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._flush_s, self._flush)
 
+    def record_shadow(self, outcome: ShadowOutcome) -> None:
+        """The shadow recorder: adds the paired figures to the batch; never waits."""
+        fields = shadow_fields(outcome)
+        if fields is None:
+            return
+        if self._batch.size >= MAX_PENDING:
+            log.warning("experiments: the store is not keeping up; dropping a shadow pair")
+            return
+        self._batch.size += 1
+        self._batch.add(pair_key(outcome.task, outcome.primary, outcome.shadow), fields)
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._flush_s, self._flush)
+
     def _flush(self) -> None:
         """Start writing the gathered batch."""
         if self._timer is not None:
@@ -273,6 +315,21 @@ class Experiments:
         for name, flat in zip(names, reply, strict=False):
             if isinstance(flat, list):
                 sums[name] = _parse_hash(flat)
+        return sums
+
+    async def read_pairs(
+        self, task: str, variants: Iterable[str]
+    ) -> dict[tuple[str, str], dict[str, float]]:
+        """The shadow pair hashes of `task`, by (primary, shadow), for every ordered pair
+        of `variants` (empty when absent or the store failed)."""
+        names = list(variants)
+        pairs = [(a, b) for a in names for b in names if a != b]
+        reply = await self._store.run(self._read_script, [pair_key(task, a, b) for a, b in pairs])
+        sums: dict[tuple[str, str], dict[str, float]] = {pair: {} for pair in pairs}
+        if isinstance(reply, list):
+            for pair, flat in zip(pairs, reply, strict=False):
+                if isinstance(flat, list):
+                    sums[pair] = _parse_hash(flat)
         return sums
 
     async def request(self, request_id: str) -> RequestRecord | None:

@@ -33,6 +33,7 @@ from tunegate.errors import (
 )
 from tunegate.pricing import PriceTable, format_usd
 from tunegate.retry import Backoff, next_wait
+from tunegate.shadow import Primary, Shadows
 from tunegate.upstream import Completion, Delta, Upstreams
 
 log = logging.getLogger("tunegate.gateway")
@@ -217,6 +218,7 @@ class Gateway:
         *,
         cache: Cache | None = None,
         recorders: Sequence[Recorder] = (),
+        shadows: Shadows | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         backoff: Backoff = DEFAULT_BACKOFF,
@@ -226,6 +228,7 @@ class Gateway:
         self._prices = prices
         self._cache = cache
         self._recorders = tuple(recorders)
+        self._shadows = shadows
         self._clock = clock
         self._random = (rng or random.Random()).random
         self._backoff = backoff
@@ -283,6 +286,11 @@ class Gateway:
             return head, self._rest_of_stream(call, variant, trail, first, deltas)
         raise self._give_up(call, trail)
 
+    async def aclose(self) -> None:
+        """Let background shadow calls finish (bounded), at shutdown."""
+        if self._shadows is not None:
+            await self._shadows.aclose()
+
     def record(self, outcome: Outcome) -> None:
         for recorder in self._recorders:
             try:
@@ -308,7 +316,23 @@ class Gateway:
         return self._served(call, trail, answer)
 
     def _served(self, call: Call, trail: _Trail, answer: Answer) -> Answer:
+        """Record an answer served by an upstream call, and start its shadow if sampled."""
         self.record(self._outcome(call, trail, answer.variant.name, "ok"))
+        if self._shadows is not None and call.forced is None and not answer.fallback_from:
+            shadow = self._shadows.wanted(call.task, answer.variant.name, self._random())
+            if shadow is not None:
+                own = [c for c in trail.calls if c.variant == answer.variant.name]
+                primary = Primary(
+                    request_id=call.request_id,
+                    task=call.task,
+                    variant=answer.variant.name,
+                    messages=call.messages,
+                    params=dict(call.params),
+                    parsed=answer.parsed,
+                    seconds=sum(c.seconds for c in own),
+                    cost_usd=trail.cost_usd,
+                )
+                self._shadows.send(shadow, primary)
         return answer
 
     # -- the cache ----------------------------------------------------------------------

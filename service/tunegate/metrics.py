@@ -60,6 +60,7 @@ from tunegate.errors import ConfigError
 
 if TYPE_CHECKING:  # the gateway imports the whole request flow; records need none of it
     from tunegate.gateway import Outcome
+    from tunegate.shadow import ShadowOutcome
 
 NO_VARIANT = "none"
 CACHE_RESULTS = ("hit", "miss", "bypass", "error")
@@ -164,6 +165,16 @@ FEEDBACK_SCORE = Family(
     ("task", "variant"),
     FEEDBACK_BUCKETS,
 )
+SHADOW_REQUESTS = Family(
+    "tunegate_shadow_requests_total",
+    "Shadow calls by shadow variant and result (ok, invalid, error, skipped).",
+    ("task", "variant", "result"),
+)
+SHADOW_COST = Family(
+    "tunegate_shadow_cost_usd_total",
+    "Upstream cost of shadow calls in USD, apart from the callers' cost.",
+    ("task", "variant", "model"),
+)
 IN_FLIGHT = Family("tunegate_in_flight_requests", "Task requests being served now.", ())
 
 FAMILIES = (
@@ -180,6 +191,8 @@ FAMILIES = (
     UPSTREAM_ERRORS,
     FALLBACKS,
     FEEDBACK_SCORE,
+    SHADOW_REQUESTS,
+    SHADOW_COST,
 )
 
 
@@ -289,6 +302,16 @@ class Metrics:
             self._json.add((task, checked, result))
         for from_variant, to_variant, reason in outcome.fallbacks:
             self._fallbacks.add((task, from_variant, to_variant, reason))
+
+    def record_shadow(self, outcome: ShadowOutcome) -> None:
+        """Record one shadow call: its result and its cost, apart from the callers'."""
+        self._counts[SHADOW_REQUESTS].add((outcome.task, outcome.shadow, outcome.status))
+        if outcome.cost_usd:
+            self._counts[SHADOW_COST].add(
+                (outcome.task, outcome.shadow, outcome.model), outcome.cost_usd
+            )
+        if self._files is not None and not self._flush_pending:
+            self._schedule_flush()
 
     def record_feedback(self, task: str, variant: str, score: float) -> None:
         """Record a feedback score (0..1; true/false as 1/0) for the serving variant."""

@@ -23,10 +23,14 @@ QUALITY = ("success_rate", "first_try_valid")
 
 
 def build_document(
-    task: Task, sums: Mapping[str, Sums], policy: Policy | None = None
+    task: Task,
+    sums: Mapping[str, Sums],
+    policy: Policy | None = None,
+    pairs: Mapping[tuple[str, str], Sums] | None = None,
 ) -> dict[str, Any]:
     """Per-variant figures, the comparison of the tuned variant with the other, the
-    break-even and the decision."""
+    break-even, the shadow pairs' figures (from `Experiments.read_pairs`) and the
+    decision."""
     policy = policy or Policy()
     variants = {
         name: _variant_figures(task, task.variants[name], sums.get(name, {}), policy)
@@ -39,6 +43,7 @@ def build_document(
         "variants": variants,
         "comparison": None,
         "break_even": None,
+        "shadow": None,
         "decision": _no_decision(policy, "the task needs two variants to compare"),
     }
     if pair is None:
@@ -56,8 +61,40 @@ def build_document(
         },
     }
     document["break_even"] = _break_even(task, sums, (a, b), variants)
+    document["shadow"] = _shadow(pairs or {}, (a, b), policy.alpha)
     document["decision"] = _decision(comparisons, (a, b), sums, policy)
     return document
+
+
+def _shadow(
+    pairs: Mapping[tuple[str, str], Sums], names: tuple[str, str], alpha: float
+) -> dict[str, Any] | None:
+    """Paired figures of a and b over the shadow calls in either direction: agreement of
+    the parsed outputs, and a - b differences of latency and cost on the same inputs."""
+    a, b = names
+    a_first, b_first = pairs.get((a, b), {}), pairs.get((b, a), {})
+    calls = _count(a_first, "n") + _count(b_first, "n")
+    if not calls:
+        return None
+    answered = _count(a_first, "answered") + _count(b_first, "answered")
+    agree = _count(a_first, "agree") + _count(b_first, "agree")
+
+    def paired(field: str) -> dict[str, Any]:
+        # Stored as shadow - primary: b - a when a answered the caller, a - b otherwise.
+        total = b_first.get(field, 0.0) - a_first.get(field, 0.0)
+        total_sq = a_first.get(f"{field}_sq", 0.0) + b_first.get(f"{field}_sq", 0.0)
+        return _mean_json(Moments(answered, total, total_sq), alpha)
+
+    return {
+        "calls": calls,
+        "by_primary": {a: _count(a_first, "n"), b: _count(b_first, "n")},
+        "answered": answered,
+        "invalid": _count(a_first, "invalid") + _count(b_first, "invalid"),
+        "agreement": _rate(agree, answered, alpha),
+        "latency_s_difference": paired("dl"),
+        "cost_usd_difference": paired("dc"),
+        "shadow_cost_usd": a_first.get("cost", 0.0) + b_first.get("cost", 0.0),
+    }
 
 
 def _pair(task: Task, sums: Mapping[str, Sums]) -> tuple[str, str] | None:
@@ -384,6 +421,25 @@ def render_table(document: Mapping[str, Any]) -> str:
             + (f" ({100 * share:.0f}% of input)" if share is not None else ""),
             _payback(even),
         ]
+    shadow = document.get("shadow")
+    if shadow:
+        lines += [
+            "",
+            f"shadow pairs ({comparison['a']} - {comparison['b']} on the same inputs): "
+            f"{shadow['calls']} calls, {shadow['answered']} answered, "
+            f"{shadow['invalid']} invalid; shadow cost {_fmt(shadow['shadow_cost_usd'], 6)} USD "
+            "(apart from the callers')",
+        ]
+        rows = [("figure", "value", "95% CI")]
+        agreement = shadow["agreement"]
+        rows.append(("agreement", _fmt(agreement["value"]), _interval(agreement["ci95"], 3)))
+        for label, key, digits in (
+            ("latency difference s", "latency_s_difference", 4),
+            ("cost difference USD", "cost_usd_difference", 8),
+        ):
+            figure = shadow[key]
+            rows.append((label, _fmt(figure["mean"], digits), _interval(figure["ci95"], digits)))
+        lines += ["  " + line for line in _columns(rows)]
     decision = document["decision"]
     lines += [
         "",

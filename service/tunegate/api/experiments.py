@@ -91,4 +91,5 @@ async def get_experiments(request: Request) -> Response:
     experiments: Experiments = request.app.state.experiments
     await experiments.settle()
     sums = await experiments.read(task.name, task.variants)
-    return _json(build_document(task, sums))
+    pairs = await experiments.read_pairs(task.name, task.variants)
+    return _json(build_document(task, sums, pairs=pairs))

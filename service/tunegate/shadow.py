@@ -1,0 +1,178 @@
+"""Shadow traffic (SPEC §4): after the caller has its answer, ask the task's shadow variant
+the same question, and compare.
+
+For a sampled request (`routing.shadow.rate`) answered by its chosen variant on an upstream
+call (not a cache hit, not a fallback, not a forced variant), one background call goes to
+the shadow variant with the same messages and parameters: one attempt, no retries, no
+re-ask, no cache. Its answer is checked by the JSON guard like any other (valid and
+repaired count as answered), compared with what the caller got (parsed values for JSON
+tasks, text for others), and handed to the recorders as a `ShadowOutcome`: the paired
+figures (agreement, latency and cost differences) and the shadow's own cost, which is
+counted apart and never in the caller's `x-tunegate-cost-usd`.
+
+Never in the caller's way: the call starts after the answer is built, runs as its own task
+(a caller that hangs up does not cancel it), and at most `max_in_flight` run at once per
+process; past that a shadow is skipped (counted), not queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tunegate import jsonguard
+from tunegate.config import Task, Variant
+from tunegate.errors import UpstreamError
+from tunegate.pricing import PriceTable
+from tunegate.upstream import Message, Upstreams
+
+log = logging.getLogger("tunegate.shadow")
+
+ShadowStatus = Literal["ok", "invalid", "error", "skipped"]
+MAX_IN_FLIGHT = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Primary:
+    """What the caller got, for the comparison: the serving variant, its answer, and the
+    upstream seconds and cost it took."""
+
+    request_id: str
+    task: Task
+    variant: str
+    messages: tuple[Message, ...]
+    params: dict[str, Any]
+    parsed: Any
+    seconds: float
+    cost_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowOutcome:
+    """One shadow call: `agree` None unless the shadow answered (`ok`)."""
+
+    request_id: str
+    task: str
+    primary: str
+    shadow: str
+    model: str
+    status: ShadowStatus
+    agree: bool | None
+    seconds: float
+    primary_seconds: float
+    cost_usd: float
+    primary_cost_usd: float
+
+
+ShadowRecorder = Callable[[ShadowOutcome], None]
+
+
+class Shadows:
+    """Schedules shadow calls and hands their outcomes to the recorders."""
+
+    def __init__(
+        self,
+        upstreams: Upstreams,
+        prices: PriceTable,
+        recorders: Sequence[ShadowRecorder] = (),
+        *,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._upstreams = upstreams
+        self._prices = prices
+        self._recorders = tuple(recorders)
+        self._max_in_flight = max_in_flight
+        self._clock = clock
+        self._running: set[asyncio.Task[None]] = set()
+
+    def wanted(self, task: Task, served: str, draw: float) -> Variant | None:
+        """The shadow variant to ask after `served` answered, when `draw` (uniform in
+        [0, 1)) falls in the sampled share; None otherwise."""
+        shadow = task.routing.shadow
+        if shadow is None or shadow.variant == served or draw >= shadow.rate:
+            return None
+        return task.variants[shadow.variant]
+
+    def send(self, variant: Variant, primary: Primary) -> None:
+        """Start the shadow call in the background, or count it skipped when full."""
+        if len(self._running) >= self._max_in_flight:
+            self._record(self._outcome(variant, primary, "skipped", None, 0.0, 0.0))
+            return
+        task = asyncio.get_running_loop().create_task(self._run(variant, primary))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def aclose(self, timeout_s: float = 5.0) -> None:
+        """Let running shadow calls finish (at most `timeout_s`), then cancel the rest."""
+        running = set(self._running)
+        if not running:
+            return
+        _, late = await asyncio.wait(running, timeout=timeout_s)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
+
+    async def _run(self, variant: Variant, primary: Primary) -> None:
+        task = primary.task
+        started = self._clock()
+        try:
+            completion = await self._upstreams.complete(
+                variant,
+                [*variant.prefix, *primary.messages],
+                primary.params,
+                self._upstreams.timeout_for(variant),
+            )
+        except UpstreamError as exc:
+            seconds = self._clock() - started
+            log.info("shadow call failed", extra={"variant": variant.name, "kind": exc.kind})
+            self._record(self._outcome(variant, primary, "error", None, seconds, 0.0))
+            return
+        seconds = self._clock() - started
+        cost = self._prices.cost_usd(
+            variant.model, completion.prompt_tokens, completion.completion_tokens
+        )
+        if task.is_json:
+            verdict = jsonguard.check(completion.content, task.schema)
+            if verdict.status == "invalid":
+                self._record(self._outcome(variant, primary, "invalid", None, seconds, cost or 0.0))
+                return
+            agree = verdict.value == primary.parsed
+        else:
+            agree = completion.content.strip() == str(primary.parsed).strip()
+        self._record(self._outcome(variant, primary, "ok", agree, seconds, cost or 0.0))
+
+    def _outcome(
+        self,
+        variant: Variant,
+        primary: Primary,
+        status: ShadowStatus,
+        agree: bool | None,
+        seconds: float,
+        cost_usd: float,
+    ) -> ShadowOutcome:
+        return ShadowOutcome(
+            request_id=primary.request_id,
+            task=primary.task.name,
+            primary=primary.variant,
+            shadow=variant.name,
+            model=variant.model,
+            status=status,
+            agree=agree,
+            seconds=seconds,
+            primary_seconds=primary.seconds,
+            cost_usd=cost_usd,
+            primary_cost_usd=primary.cost_usd,
+        )
+
+    def _record(self, outcome: ShadowOutcome) -> None:
+        for recorder in self._recorders:
+            try:
+                recorder(outcome)
+            except Exception:  # a broken recorder must never fail anything
+                log.exception("shadow recorder failed")
