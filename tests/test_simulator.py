@@ -503,6 +503,24 @@ def test_triage_follows_the_keywords(text: str, expected: tuple[str, str]) -> No
     assert answers.triage(text) == expected
 
 
+def test_a_corrective_reask_is_answered_with_the_ticket_again() -> None:
+    broken = '{"category": "billing"}'
+    reask = "Your previous answer was not valid: 'priority' is a required property."
+    messages = [
+        *_ticket("I was charged twice!", examples=True),
+        {"role": "assistant", "content": broken},
+        {"role": "user", "content": reask},
+    ]
+    got = answers.answer(ModelBehaviour(), 0, TUNED, messages, {})
+    assert json.loads(got.content) == {"category": "billing", "priority": "high"}
+    # A ticket that happens to say those words is still the ticket.
+    ticket = _ticket("My previous answer to the invoice question was charged twice!")
+    assert json.loads(answers.answer(ModelBehaviour(), 0, TUNED, ticket, {}).content) == {
+        "category": "billing",
+        "priority": "high",
+    }
+
+
 def test_json_is_answered_when_response_format_or_system_asks() -> None:
     plain: list[dict[str, Any]] = [{"role": "user", "content": "hi"}]
     assert answers.wants_json({"response_format": {"type": "json_object"}}, plain)

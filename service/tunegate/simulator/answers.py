@@ -3,8 +3,10 @@
 Tasks. The answer is JSON when the request has `response_format` of type `json_object`
 or `json_schema`, or a system (or developer) message mentions "JSON" or "classify"; it is then the
 `ticket-triage` answer `{"category": ..., "priority": ...}` derived from keywords in the
-last user message (`triage`). Otherwise it is a short support reply, in German when the
-system prompt mentions German/Deutsch, else in English.
+last user message (`triage`), skipping a corrective re-ask (a user turn after the model's
+answer that speaks of the "previous answer"), which a model answers by answering the ticket
+again. Otherwise it is a short support reply, in German when the system prompt mentions
+German/Deutsch, else in English.
 
 Quality. Each model's answer is right with probability `quality.valid`, or
 `quality.valid_with_examples` when the request carries few-shot examples (an assistant
@@ -49,6 +51,7 @@ _LOW = re.compile(r"when you can|no rush|\?")
 # A classifier answers JSON: the fine-tuned triage model learnt to from a short prompt.
 _JSON = re.compile(r"json|classify", re.IGNORECASE)
 _GERMAN = re.compile(r"german|deutsch", re.IGNORECASE)
+_REASK = re.compile(r"previous answer", re.IGNORECASE)
 
 _REPLIES_DE = {
     "billing": "Guten Tag, vielen Dank für Ihre Nachricht. Wir prüfen Ihre Rechnung umgehend "
@@ -209,9 +212,18 @@ def _uniform(key: bytes) -> float:
 
 
 def _last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
-    for message in reversed(messages):
-        if message.get("role") == "user":
-            return _text(message.get("content"))
+    """The ticket: the last user turn, skipping corrective re-asks (a user turn right
+    after the model's answer that speaks of that "previous answer"), which a model
+    answers by answering the ticket again."""
+    for index in range(len(messages) - 1, -1, -1):
+        message = messages[index]
+        if message.get("role") != "user":
+            continue
+        text = _text(message.get("content"))
+        after_answer = index > 0 and messages[index - 1].get("role") == "assistant"
+        if after_answer and _REASK.search(text):
+            continue
+        return text
     return ""
 
 
