@@ -25,6 +25,7 @@ from tests.harness import (
     task_config,
 )
 from tests.redis_server import RedisServer, redis_server
+from tunegate import cli
 from tunegate.config import load_config
 from tunegate.report import build_document, render_table
 
@@ -159,6 +160,22 @@ def test_shadow_calls_give_paired_figures_and_cost_counted_apart(
     # Shadow calls are no samples of the shadow variant.
     document = HTTP.get(f"{gw.url}/v1/experiments/shadowed").json()
     assert document["variants"]["few_shot"]["requests"] == 0
+
+
+def test_report_html_draws_the_shadow_pairs_of_a_running_gateway(
+    gw: Gateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for _ in range(5):
+        ask(gw, "shadowed")
+    shadow_figures(gw, "shadowed", 5)
+    page = tmp_path / "report.html"
+    assert cli.main(["report", "shadowed", "--url", gw.url, "--html", str(page)]) == 0
+    assert "shadow pairs (tuned - few_shot on the same inputs)" in capsys.readouterr().out
+    html = page.read_text()
+    assert html.startswith("<!DOCTYPE html>")
+    assert "Shadow pairs" in html
+    assert "<svg" in html
+    assert cli.main(["report", "shadowed", "--url", gw.url, "--html", str(tmp_path)]) == 1
 
 
 def test_a_slow_shadow_adds_no_latency_to_the_caller(gw: Gateway) -> None:

@@ -66,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--config", type=Path, help="config file (default: $TUNEGATE_CONFIG)")
     report.add_argument("--json", action="store_true", help="print the JSON document")
+    report.add_argument(
+        "--html", type=Path, metavar="FILE", help="also write the comparison as a page of charts"
+    )
     report.set_defaults(run=_report)
 
     keys = commands.add_parser("keys", help="API keys").add_subparsers(title="keys commands")
@@ -168,6 +171,14 @@ def _report(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         print(f"tunegate report: {exc}", file=sys.stderr)
         return 1
+    if args.html:
+        from tunegate.report_html import render_html
+
+        try:
+            args.html.write_text(render_html(document), encoding="utf-8")
+        except OSError as exc:
+            print(f"tunegate report: cannot write {args.html}: {exc.strerror}", file=sys.stderr)
+            return 1
     print(json.dumps(document, indent=2) if args.json else render_table(document))
     return 0
 

@@ -172,13 +172,18 @@ async def _workload(
 
 
 def _experiment_report(gateway_url: str, task: str) -> str:
-    """The `tunegate report TASK` table, read from the running gateway."""
+    """The `tunegate report TASK` table, read from the running gateway; its charts
+    (`--html`) go to a file in the temporary directory, named at the end."""
     from tunegate.report import render_table
+    from tunegate.report_html import render_html
 
     response = httpx.get(f"{gateway_url}/v1/experiments/{task}", timeout=10)
     if response.status_code != 200:
         return f"experiments of {task}: HTTP {response.status_code}"
-    return render_table(response.json())
+    document = response.json()
+    charts = Path(tempfile.gettempdir()) / f"tunegate-demo-{task}.html"
+    charts.write_text(render_html(document), encoding="utf-8")
+    return f"{render_table(document)}\ncharts: {charts}"
 
 
 def _tuned_model() -> str:

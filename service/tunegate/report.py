@@ -158,6 +158,12 @@ def _variant_figures(task: Task, variant: Variant, s: Sums, policy: Policy) -> d
             "mean": _moments(s, "lat").mean,
             "p50": stats.histogram_quantile(histogram, 0.5),
             "p95": stats.histogram_quantile(histogram, 0.95),
+            # [low, high, count] per non-empty bucket, for charts.
+            "histogram": [
+                [stats.bucket_low(i), stats.bucket_high(i), count]
+                for i, count in sorted(histogram.items())
+                if count
+            ],
         },
         "tokens_per_request": {
             "prompt": s.get("pt", 0.0) / n if n else None,

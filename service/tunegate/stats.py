@@ -393,6 +393,16 @@ def bucket_of(seconds: float, edges: Sequence[float] = LATENCY_EDGES) -> int:
     return low
 
 
+def bucket_low(index: int, edges: Sequence[float] = LATENCY_EDGES) -> float:
+    """The lower edge of bucket `index` (0 for the first)."""
+    return 0.0 if index == 0 else edges[min(index, len(edges)) - 1]
+
+
+def bucket_high(index: int, edges: Sequence[float] = LATENCY_EDGES) -> float | None:
+    """The upper edge of bucket `index` (None for the last, open-ended one)."""
+    return edges[index] if index < len(edges) else None
+
+
 def histogram_quantile(
     counts: Mapping[int, int], q: float, edges: Sequence[float] = LATENCY_EDGES
 ) -> float | None:

@@ -1,0 +1,318 @@
+"""The experiments document as a self-contained HTML page (`tunegate report TASK --html
+FILE`): the comparison as charts, for people who would rather look than read.
+
+Inline SVG and CSS only: no script, no font, no request to anywhere, so the file can be
+mailed or attached to a ticket. Pure: the page is a function of the document that
+`report.build_document` returns; every name in it is escaped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from html import escape
+from typing import Any
+
+from tunegate.report import render_table
+
+WIDTH = 640
+ROW = 26
+LABEL = 130
+COLOURS = ("#3b6fb6", "#d9822b", "#3a9a5b", "#a14fa8")
+
+_STYLE = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 760px;
+       color: #1d2330; }
+h1 { font-size: 1.5rem; } h2 { font-size: 1.15rem; margin-top: 2rem; }
+.note { color: #5b6477; } svg { display: block; margin: .5rem 0 1rem; }
+svg text { font: 12px system-ui, sans-serif; fill: #1d2330; }
+.axis { stroke: #9aa3b5; } .zero { stroke: #1d2330; stroke-dasharray: 3 3; }
+.whisker { stroke: #1d2330; stroke-width: 1.5; }
+pre { background: #f4f6fa; padding: 1rem; overflow-x: auto; font-size: 12px; }
+.decision { padding: .75rem 1rem; background: #eef4ec; border-left: 4px solid #3a9a5b; }
+"""
+
+
+def render_html(document: Mapping[str, Any]) -> str:
+    variants: Mapping[str, Any] = document["variants"]
+    names = list(variants)
+    colour = {name: COLOURS[i % len(COLOURS)] for i, name in enumerate(names)}
+    parts = [
+        f"<h1>Experiment: {escape(str(document['task']))}</h1>",
+        _decision(document["decision"]),
+        _legend(names, colour, variants),
+        "<h2>Quality (95% confidence intervals)</h2>",
+    ]
+    for key, title in (
+        ("success_rate", "success rate"),
+        ("first_try_valid", "first-try JSON valid"),
+        ("repair_rate", "repaired or re-asked"),
+    ):
+        rows = [
+            (name, figure["value"], figure["ci95"])
+            for name in names
+            if (figure := variants[name].get(key)) and figure["value"] is not None
+        ]
+        if rows:
+            parts.append(_bars(title, rows, colour, 1.0, percent=True))
+    feedback = [
+        (name, figure["mean"], figure["ci95"])
+        for name in names
+        if (figure := variants[name]["feedback"])["mean"] is not None
+    ]
+    if feedback:
+        parts.append(_bars("feedback score", feedback, colour, 1.0))
+    parts.append("<h2>Cost (USD)</h2>")
+    per_request = [
+        (name, figure["value"], figure["ci95"])
+        for name in names
+        if (figure := variants[name]["cost_usd_per_request"])["value"] is not None
+    ]
+    per_valid = [
+        (name, value, None)
+        for name in names
+        if (value := variants[name]["cost_usd_per_valid_answer"]) is not None
+    ]
+    for title, rows in (("per request", per_request), ("per valid answer", per_valid)):
+        if rows:
+            parts.append(_bars(title, rows, colour, _top(rows)))
+    parts.append(_break_even(document.get("break_even")))
+    parts.append("<h2>Latency</h2>")
+    parts.append(_latency(names, colour, variants))
+    comparison = document.get("comparison")
+    if comparison:
+        parts.append(
+            f"<h2>Differences {escape(comparison['a'])} &minus; {escape(comparison['b'])}</h2>"
+            '<p class="note">Bars: 95% confidence interval; whiskers: the anytime-valid 95% '
+            "confidence sequence the decision reads. The dashed line is no difference.</p>"
+        )
+        parts.append(_forest(comparison["figures"]))
+    shadow = document.get("shadow")
+    if shadow:
+        parts.append(_shadow(shadow, comparison))
+    parts.append(f"<h2>All figures</h2><pre>{escape(render_table(document))}</pre>")
+    body = "\n".join(part for part in parts if part)
+    title = escape(f"tunegate experiment {document['task']}")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{title}</title><style>{_STYLE}</style></head>\n<body>\n{body}\n</body></html>\n"
+    )
+
+
+def _decision(decision: Mapping[str, Any]) -> str:
+    winner = decision.get("recommendation")
+    head = f"{escape(decision['status'])}" + (f": use <b>{escape(winner)}</b>" if winner else "")
+    return f'<p class="decision">Decision {head} &mdash; {escape(decision["reason"])}</p>'
+
+
+def _legend(names: Sequence[str], colour: Mapping[str, str], variants: Mapping[str, Any]) -> str:
+    items = [
+        f'<span style="color:{colour[n]}">&#9632;</span> <b>{escape(n)}</b> '
+        f"({escape(str(variants[n]['model']))}, {variants[n]['requests']} samples)"
+        for n in names
+    ]
+    return '<p class="note">' + " &nbsp; ".join(items) + "</p>"
+
+
+def _top(rows: Iterable[tuple[str, float, Sequence[float] | None]]) -> float:
+    highest = max((max([v, *(ci or ())]) for _, v, ci in rows), default=0.0)
+    return highest * 1.15 or 1.0
+
+
+def _bars(
+    title: str,
+    rows: Sequence[tuple[str, float, Sequence[float] | None]],
+    colour: Mapping[str, str],
+    top: float,
+    *,
+    percent: bool = False,
+) -> str:
+    """Horizontal bars from 0 with their interval as a whisker; `top` is the full scale."""
+    span = WIDTH - LABEL - 90
+    height = ROW * len(rows) + 24
+
+    def x(value: float) -> float:
+        return LABEL + span * max(0.0, min(value, top)) / top
+
+    shapes = [f'<text x="0" y="14"><tspan font-weight="600">{escape(title)}</tspan></text>']
+    for i, (name, value, ci) in enumerate(rows):
+        y = 22 + i * ROW
+        shown = f"{100 * value:.1f}%" if percent else _number(value)
+        shapes.append(f'<text x="0" y="{y + 14}">{escape(name)}</text>')
+        shapes.append(
+            f'<rect x="{LABEL}" y="{y + 3}" width="{x(value) - LABEL:.1f}" height="{ROW - 10}" '
+            f'fill="{colour[name]}" opacity="0.8"/>'
+        )
+        if ci:
+            low, high, middle = x(ci[0]), x(ci[1]), y + 3 + (ROW - 10) / 2
+            shapes.append(
+                f'<path class="whisker" d="M{low:.1f} {middle - 5}v10M{low:.1f} {middle}'
+                f'H{high:.1f}M{high:.1f} {middle - 5}v10"/>'
+            )
+        right = x(max([value, *(ci or ())])) + 6
+        shapes.append(f'<text x="{right:.1f}" y="{y + 14}">{shown}</text>')
+    return _svg(height, shapes)
+
+
+def _forest(figures: Mapping[str, Mapping[str, Any]]) -> str:
+    """One row per compared figure: its interval and confidence sequence around zero,
+    each row on its own scale (the figures have different units)."""
+    rows = [(name, f) for name, f in figures.items() if f.get("difference") is not None]
+    if not rows:
+        return '<p class="note">Not enough samples for differences yet.</p>'
+    left = LABEL + 45  # the figures' names are longer than the variants'
+    span = WIDTH - left - 160
+    middle = left + span / 2
+    shapes = []
+    for i, (name, figure) in enumerate(rows):
+        y = 8 + i * ROW
+        bounds = [abs(figure["difference"])]
+        for key in ("ci95", "anytime_ci95"):
+            if figure.get(key):
+                bounds += [abs(v) for v in figure[key] if math.isfinite(v)]
+        scale = (span / 2) / (max(bounds) * 1.1 or 1.0)
+
+        def x(value: float, scale: float = scale) -> float:
+            return middle + max(-span / 2, min(span / 2, value * scale))
+
+        centre = y + ROW / 2
+        shapes.append(f'<text x="0" y="{centre + 4}">{escape(name.replace("_", " "))}</text>')
+        if figure.get("anytime_ci95"):
+            low, high = (x(v) for v in figure["anytime_ci95"])
+            shapes.append(f'<path class="whisker" d="M{low:.1f} {centre}H{high:.1f}"/>')
+        if figure.get("ci95"):
+            low, high = (x(v) for v in figure["ci95"])
+            shapes.append(
+                f'<rect x="{low:.1f}" y="{centre - 6}" width="{max(1.0, high - low):.1f}" '
+                'height="12" fill="#3b6fb6" opacity="0.6"/>'
+            )
+        shapes.append(f'<circle cx="{x(figure["difference"]):.1f}" cy="{centre}" r="3"/>')
+        label = f"{_number(figure['difference'])}  {escape(str(figure.get('decision') or ''))}"
+        shapes.append(f'<text x="{left + span + 10}" y="{centre + 4}">{label}</text>')
+    height = 16 + ROW * len(rows)
+    shapes.insert(0, f'<path class="zero" d="M{middle} 0V{height}"/>')
+    return _svg(height, shapes)
+
+
+def _latency(names: Sequence[str], colour: Mapping[str, str], variants: Mapping[str, Any]) -> str:
+    """Each variant's latency distribution (share of samples per bucket, log scale) with
+    its p50 and p95 marked."""
+    histograms = {n: variants[n]["latency_s"].get("histogram") or [] for n in names}
+    edges = [
+        edge
+        for buckets in histograms.values()
+        for low, high, _ in buckets
+        for edge in (low, high)
+        if edge
+    ]
+    if not edges:
+        return '<p class="note">No latency samples yet.</p>'
+    lowest, highest = min(edges), max(edges)
+    if highest <= lowest:
+        highest = lowest * 2
+    left, span, plot = 40, WIDTH - 60, 160
+
+    def x(seconds: float) -> float:
+        seconds = min(max(seconds, lowest), highest)
+        return left + span * math.log(seconds / lowest) / math.log(highest / lowest)
+
+    shapes = [f'<path class="axis" d="M{left} {plot}H{left + span}"/>']
+    for name in names:
+        buckets = histograms[name]
+        total = sum(count for _, _, count in buckets) or 1
+        tallest = max((count / total for _, _, count in buckets), default=1.0) or 1.0
+        points = []
+        for low, high, count in buckets:
+            a, b = x(low or lowest), x(high or highest)
+            y = plot - (plot - 10) * (count / total) / tallest
+            points.append(f"M{a:.1f} {plot}V{y:.1f}H{b:.1f}V{plot}")
+        shapes.append(
+            f'<path d="{"".join(points)}" fill="{colour[name]}" fill-opacity="0.3" '
+            f'stroke="{colour[name]}"/>'
+        )
+        figures = variants[name]["latency_s"]
+        for q in ("p50", "p95"):
+            if figures.get(q):
+                at = x(figures[q])
+                shapes.append(
+                    f'<path d="M{at:.1f} 8V{plot}" stroke="{colour[name]}" stroke-dasharray="4 3"/>'
+                    f'<text x="{at + 3:.1f}" y="{20 if q == "p50" else 34}" '
+                    f'fill="{colour[name]}">{q} {_seconds(figures[q])}</text>'
+                )
+    for tick in _ticks(lowest, highest):
+        shapes.append(f'<text x="{x(tick) - 12:.1f}" y="{plot + 16}">{_seconds(tick)}</text>')
+    return _svg(plot + 24, shapes)
+
+
+def _shadow(shadow: Mapping[str, Any], comparison: Mapping[str, Any] | None) -> str:
+    names = f"{comparison['a']} &minus; {comparison['b']}" if comparison else "a &minus; b"
+    agreement = shadow["agreement"]
+    parts = [
+        f"<h2>Shadow pairs ({escape(names)} on the same inputs)</h2>",
+        f'<p class="note">{shadow["calls"]} shadow calls, {shadow["answered"]} answered, '
+        f"{shadow['invalid']} invalid; shadow cost {_number(shadow['shadow_cost_usd'])} USD, "
+        "counted apart from the callers' cost.</p>",
+    ]
+    if agreement["value"] is not None:
+        rows = [("agreement", agreement["value"], agreement["ci95"])]
+        parts.append(_bars("parsed outputs agree", rows, {"agreement": COLOURS[2]}, 1.0,
+                           percent=True))  # fmt: skip
+    paired = {
+        "latency s": _paired(shadow["latency_s_difference"]),
+        "cost USD": _paired(shadow["cost_usd_difference"]),
+    }
+    parts.append(_forest({k: v for k, v in paired.items() if v}))
+    return "\n".join(parts)
+
+
+def _paired(figure: Mapping[str, Any]) -> dict[str, Any] | None:
+    if figure["mean"] is None:
+        return None
+    return {"difference": figure["mean"], "ci95": figure["ci95"], "decision": ""}
+
+
+def _break_even(even: Mapping[str, Any] | None) -> str:
+    if not even or even.get("saving_usd_per_request") is None:
+        return ""
+    saving = even["saving_usd_per_request"]
+    text = f"The tuned variant saves {_number(saving)} USD per request"
+    if even.get("requests_to_break_even"):
+        text += (
+            f"; its training ({_number(even['training_cost_usd'])} USD) pays back after "
+            f"{even['requests_to_break_even']:,} requests"
+        )
+        if even.get("days_to_break_even") is not None:
+            text += f" (~{even['days_to_break_even']:.1f} days at today's traffic)"
+    elif saving <= 0:
+        text = "The tuned variant is not cheaper per request: it never pays back its tuning"
+    return f'<p class="note">{escape(text)}.</p>'
+
+
+def _ticks(lowest: float, highest: float) -> list[float]:
+    ticks, tick = [], 10 ** math.floor(math.log10(lowest))
+    while tick <= highest:
+        for step in (1, 2, 5):
+            if lowest <= tick * step <= highest:
+                ticks.append(tick * step)
+        tick *= 10
+    return ticks[:: max(1, len(ticks) // 8)]
+
+
+def _seconds(value: float) -> str:
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2g} s"
+
+
+def _number(value: float) -> str:
+    size = abs(value)
+    if size >= 10_000:
+        return f"{value:,.0f}"
+    if size >= 0.01 or value == 0:
+        return f"{value:.4g}"
+    return f"{value:.8f}".rstrip("0").rstrip(".")  # costs: 0.000102, never 1.02e-04
+
+
+def _svg(height: float, shapes: Iterable[str]) -> str:
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height:.0f}" '
+        f'viewBox="0 0 {WIDTH} {height:.0f}" role="img">' + "".join(shapes) + "</svg>"
+    )
