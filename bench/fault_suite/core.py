@@ -74,18 +74,20 @@ class Suite:
         self.valkey = Valkey()
         self.gateways: list[Gateway] = []
         self.stopped_logs: list[Path] = []
-        self._main: Gateway | None = None
         self._second: Gateway | None = None
         self._clients: dict[tuple[str, str], openai.AsyncOpenAI] = {}
         self.http = httpx.AsyncClient(timeout=30)
+        try:
+            self._main = self.start_gateway("gateway-1", self.config())
+        except BaseException:
+            self.stop()
+            raise
 
     def config(self, **server: Any) -> dict[str, Any]:
         return gateway_config(self.simulator.url, self.keys, self.dead_url, **server)
 
     @property
     def main(self) -> Gateway:
-        if self._main is None:
-            self._main = self.start_gateway("gateway-1", self.config())
         return self._main
 
     @property

@@ -38,6 +38,8 @@ class Outcome:
     first_chunk_s: float | None = None
     stream_error: bool = False
     note: str = ""
+    # When the outcome was known (time.monotonic()).
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
