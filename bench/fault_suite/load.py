@@ -38,6 +38,8 @@ class Outcome:
     first_chunk_s: float | None = None
     stream_error: bool = False
     note: str = ""
+    # An error answer's body (its first 1,000 characters).
+    body: str = ""
     # When the outcome was known (time.monotonic()).
     at: float = field(default_factory=time.monotonic)
 
@@ -174,6 +176,7 @@ async def chat(
             time.monotonic() - started,
             code=_error_code(exc.body),
             headers=dict(exc.response.headers),
+            body=exc.response.text[:1000],
         )
     except (openai.APIConnectionError, httpx.HTTPError) as exc:
         return Outcome(None, time.monotonic() - started, note=type(exc).__name__)
@@ -244,7 +247,11 @@ async def http_call(
         except ValueError:
             code = "not-json"
     return Outcome(
-        response.status_code, time.monotonic() - started, code=code, headers=dict(response.headers)
+        response.status_code,
+        time.monotonic() - started,
+        code=code,
+        headers=dict(response.headers),
+        body=response.text[:1000] if response.status_code >= 400 else "",
     )
 
 

@@ -64,8 +64,11 @@ MODELS: dict[str, dict[str, Any]] = {
     tuned("huge"): {**HEALTHY, "faults": {"huge": 0.3}},
     tuned("slow"): {"latency_ms": 1500},
     tuned("never"): {**HEALTHY, "faults": {"503": 1.0}},
-    tuned("nonsense"): {**HEALTHY, "quality": {"valid": 0.0}},
-    BASE + "-nonsense": {**HEALTHY, "quality": {"valid": 0.0}},
+    # Broken beyond repair, every time.
+    tuned("nonsense"): {
+        **HEALTHY,
+        "quality": {"valid": 0.0, "breakages": {"missing_field": 1, "wrong_enum": 1}},
+    },
     # tuned("gone") is absent: the simulator answers 404 model_not_found for it.
 }
 
