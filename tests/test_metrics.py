@@ -10,10 +10,12 @@ import sys
 import textwrap
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tunegate.adaptive import Split
 from tunegate.errors import ConfigError
 from tunegate.gateway import Outcome, UpstreamCall, rejected
 from tunegate.metrics import FLUSH_DELAY_S, NO_VARIANT, Metrics, mark_process_dead
@@ -44,6 +46,11 @@ SPEC_METRICS = {
     # Beyond SPEC §5, listed in the README.
     "tunegate_shadow_requests": ("counter", {"task", "variant", "result"}),
     "tunegate_shadow_cost_usd": ("counter", {"task", "variant", "model"}),
+    "tunegate_experiment_weight": ("gauge", {"task", "variant"}),
+    "tunegate_experiment_state": ("gauge", {"task", "state"}),
+    "tunegate_experiment_samples": ("gauge", {"task", "variant"}),
+    "tunegate_experiment_difference": ("gauge", {"task", "figure", "bound"}),
+    "tunegate_experiment_decision": ("gauge", {"task", "figure", "decision"}),
 }
 
 
@@ -109,6 +116,37 @@ def shadow_outcome(**fields: object) -> ShadowOutcome:
     return ShadowOutcome(**values)  # type: ignore[arg-type]  # a test builder over every field
 
 
+EXPLORING = Split({"tuned": 0.7, "few_shot": 0.3}, "exploring", "P(tuned better) = 0.7")
+
+
+def experiment_document() -> dict[str, Any]:
+    """The parts of an experiments document the gauges read."""
+    return {
+        "variants": {"tuned": {"requests": 120}, "few_shot": {"requests": 80}},
+        "comparison": {
+            "a": "tuned",
+            "b": "few_shot",
+            "figures": {
+                "first_try_valid": {
+                    "difference": 0.08,
+                    "ci95": [0.03, 0.13],
+                    "anytime_ci95": [0.01, 0.15],
+                    "verdict": "a_better",
+                    "decision": "tuned better",
+                },
+                "latency_s": {
+                    "difference": -0.01,
+                    "ci95": [-0.05, 0.03],
+                    "anytime_ci95": None,
+                    "verdict": "undecided",
+                    "decision": "undecided",
+                },
+            },
+        },
+        "decision": {"recommendation": None},
+    }
+
+
 def test_every_spec_metric_is_exposed_with_its_type_and_labels() -> None:
     metrics = Metrics()
     metrics.record(outcome(ttft_seconds=0.004, saved_usd=0.001))
@@ -125,6 +163,7 @@ def test_every_spec_metric_is_exposed_with_its_type_and_labels() -> None:
     )
     metrics.record_feedback(TASK, "tuned", 1.0)
     metrics.record_shadow(shadow_outcome())
+    metrics.publish_experiment(TASK, experiment_document(), EXPLORING)
     with metrics.track_in_flight():
         text = metrics.render()[0].decode()
 
@@ -480,3 +519,47 @@ def test_shadow_calls_count_by_result_and_their_cost_stays_apart() -> None:
     ) == pytest.approx(0.0004)
     # The callers' cost counter holds the primary's call only.
     assert [labels["variant"] for labels in series(samples, "tunegate_cost_usd_total")] == ["tuned"]
+
+
+def test_experiment_gauges_carry_the_split_bounds_and_decisions() -> None:
+    metrics = Metrics()
+    metrics.publish_experiment(TASK, experiment_document(), EXPLORING)
+    samples = scrape(metrics)
+    weight = "tunegate_experiment_weight"
+    assert value(samples, weight, task=TASK, variant="tuned") == 0.7
+    assert value(samples, weight, task=TASK, variant="few_shot") == 0.3
+    states = {
+        labels["state"]: value(samples, "tunegate_experiment_state", **labels)
+        for labels in series(samples, "tunegate_experiment_state")
+    }
+    assert states == {"configured": 0, "warming": 0, "exploring": 1, "stopped": 0}
+    difference = "tunegate_experiment_difference"
+    bounds = {
+        labels["bound"]: value(samples, difference, **labels)
+        for labels in series(samples, difference)
+        if labels["figure"] == "first_try_valid"
+    }
+    assert bounds == {
+        "estimate": 0.08,
+        "ci_low": 0.03,
+        "ci_high": 0.13,
+        "cs_low": 0.01,
+        "cs_high": 0.15,
+    }
+    decisions = {
+        (labels["figure"], labels["decision"])
+        for labels in series(samples, "tunegate_experiment_decision")
+    }
+    assert decisions == {
+        ("first_try_valid", "tuned"),
+        ("latency_s", "undecided"),
+        ("overall", "undecided"),
+    }
+    # A later document replaces the task's gauges: no stale series stay behind.
+    later = experiment_document()
+    del later["comparison"]["figures"]["latency_s"]
+    metrics.publish_experiment(TASK, later, EXPLORING)
+    assert ("latency_s", "undecided") not in {
+        (labels["figure"], labels["decision"])
+        for labels in series(scrape(metrics), "tunegate_experiment_decision")
+    }

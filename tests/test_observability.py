@@ -34,7 +34,7 @@ from tests.harness import (
     task_config,
     wait_for_http,
 )
-from tunegate.metrics import FAMILIES, IN_FLIGHT
+from tunegate.metrics import EXPERIMENT_FAMILIES, FAMILIES, IN_FLIGHT
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS_CONFIG = ROOT / "config" / "prometheus" / "prometheus.yml"
@@ -63,6 +63,11 @@ PANELS = {
     "Feedback score by variant",
     "Shadow cost per hour",
     "Shadow calls by result",
+    "Traffic split",
+    "Decisions",
+    "First-try JSON valid, difference",
+    "Cost per valid answer, difference",
+    "Experiment samples",
 }
 # No traffic in these tests records feedback (a later feature): the query must run, but
 # has nothing to show.
@@ -71,6 +76,8 @@ SHADOW = {"Shadow cost per hour", "Shadow calls by result"}  # only the JSON tas
 FAULTS = {"Fallback rate by reason", "Upstream errors by kind"}
 TRIAGE = "ticket-triage"
 NOTES = "notes"
+AB = "ab-test"  # both variants chosen, so the experiment figures have two sides
+DIFFERENCES = {"First-try JSON valid, difference", "Cost per valid answer, difference"}
 WINDOW = "1m"  # what Grafana's $__rate_interval stands for in these tests
 SCRAPE_INTERVAL = "1s"
 
@@ -204,7 +211,8 @@ def queries() -> list[str]:
 
 
 def test_queries_name_only_metrics_the_gateway_exports_and_use_them_all() -> None:
-    exported = {family.name for family in FAMILIES} | {IN_FLIGHT.name}
+    gauges = {family.name for family in EXPERIMENT_FAMILIES}
+    exported = {family.name for family in FAMILIES} | {IN_FLIGHT.name} | gauges
     histograms = {family.name for family in FAMILIES if family.is_histogram}
     used = set()
     for expr in queries():
@@ -296,7 +304,9 @@ def drive(gateway_url: str, sim: Simulator, seconds: float) -> Counter[str]:
                 assert stream.status_code == 200
                 assert "data: [DONE]" in stream.read().decode()
             assert ask(client, "no-such-task", "hello").status_code == 404
-            sent.update(ok=5, fallback=1, rejected=1)
+            for i in range(6):
+                assert ask(client, AB, f"ticket {round_number}.{i}").status_code == 200
+            sent.update(ok=11, fallback=1, rejected=1)
             time.sleep(0.1)
     return sent
 
@@ -306,7 +316,11 @@ def stack(tools: Tools, tmp_path_factory: pytest.TempPathFactory) -> Iterator[St
     workdir = tmp_path_factory.mktemp("observability")
     sim = Simulator()
     shadow = {"shadow": {"variant": "few_shot", "rate": 1.0}}
-    tasks = {TRIAGE: task_config(routing=shadow), NOTES: task_config(output={"type": "text"})}
+    tasks = {
+        TRIAGE: task_config(routing=shadow),
+        NOTES: task_config(output={"type": "text"}),
+        AB: task_config(weights={"tuned": 50, "few_shot": 50}),
+    }
     try:
         with running_gateway(workdir, gateway_config(sim.url, tasks)) as gateway:
             process, url = start_prometheus(tools, workdir, f"127.0.0.1:{gateway.port}")
@@ -373,7 +387,7 @@ def test_the_dashboard_variables_list_tasks_and_variants(stack: Stack) -> None:
         found[variable["name"]] = set(
             stack.get(f"/api/v1/label/{match.group(2)}/values", **{"match[]": selector})
         )
-    assert found["task"] == {TRIAGE, NOTES, "_unknown"}
+    assert found["task"] == {TRIAGE, NOTES, AB, "_unknown"}
     assert {"tuned", "few_shot"} <= found["variant"]
 
 
@@ -381,10 +395,15 @@ def test_the_dashboard_variables_list_tasks_and_variants(stack: Stack) -> None:
     ("task", "variant", "without_data"),
     [
         (".*", ".*", WITHOUT_DATA),
-        (TRIAGE, ".*", WITHOUT_DATA | {"Time to first token"}),  # its answers do not stream
+        # Its answers do not stream; its weights send every sample to tuned.
+        (TRIAGE, ".*", WITHOUT_DATA | {"Time to first token", *DIFFERENCES}),
         # A text task, and this traffic injects no faults into it.
-        (NOTES, "tuned", WITHOUT_DATA | {"JSON validity by variant", *FAULTS, *SHADOW}),
-        (f"{TRIAGE}|{NOTES}", "tuned|few_shot", WITHOUT_DATA),  # Grafana's multi-value form
+        (
+            NOTES,
+            "tuned",
+            WITHOUT_DATA | {"JSON validity by variant", *FAULTS, *SHADOW, *DIFFERENCES},
+        ),
+        (f"{TRIAGE}|{NOTES}", "tuned|few_shot", WITHOUT_DATA | DIFFERENCES),  # multi-value form
     ],
 )
 def test_every_dashboard_query_runs_and_shows_the_traffic(

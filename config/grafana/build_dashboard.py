@@ -50,10 +50,11 @@ def panel(
     *,
     stack: bool = False,
     max_value: float | None = None,
+    signed: bool = False,
 ) -> dict[str, Any]:
     defaults: dict[str, Any] = {
         "unit": unit,
-        "min": 0,
+        **({} if signed else {"min": 0}),
         "custom": {
             "drawStyle": "line",
             "fillOpacity": 30 if stack else 10,
@@ -84,6 +85,44 @@ def percentiles(
 ) -> list[tuple[str, str]]:
     label = f" {{{{{by}}}}}" if by else ""
     return [(quantile(q, metric, by, *matchers), f"p{round(q * 100)}{label}") for q in qs]
+
+
+def table(title: str, description: str, targets: list[tuple[str, str]]) -> dict[str, Any]:
+    """The current value of each series, one row each (instant queries)."""
+    return {
+        "type": "table",
+        "title": title,
+        "description": description,
+        "datasource": DATASOURCE,
+        "fieldConfig": {"defaults": {}, "overrides": []},
+        "options": {"showHeader": True},
+        "targets": [
+            {**target(expr, legend, chr(ord("A") + i)), "instant": True, "format": "table"}
+            for i, (expr, legend) in enumerate(targets)
+        ],
+    }
+
+
+def difference(title: str, figure: str, unit: str) -> dict[str, Any]:
+    """A compared figure over time: estimate, confidence sequence and interval."""
+
+    def bound(name: str) -> str:
+        return series(
+            "tunegate_experiment_difference", TASK, f'figure="{figure}"', f'bound="{name}"'
+        )
+
+    return panel(
+        title,
+        f"{figure.replace('_', ' ')}, tuned minus the other variant. The anytime-valid 95% "
+        "confidence sequence (cs) stays valid however often it is read: a winner is declared "
+        "only once it excludes 0 and the margin. ci is the fixed-horizon 95% interval.",
+        unit,
+        [
+            (bound(name), f"{{{{task}}}} {name}")
+            for name in ("estimate", "cs_low", "cs_high", "ci_low", "ci_high")
+        ],
+        signed=True,
+    )
 
 
 def row(title: str) -> dict[str, Any]:
@@ -278,6 +317,33 @@ PANELS: list[dict[str, Any]] = [
             )
         ],
         max_value=1,
+    ),
+    row("Experiments"),
+    panel(
+        "Traffic split",
+        "Share of traffic each variant gets now: the configured weights, or an adaptive "
+        "split's current ones (routing.adaptive).",
+        "percentunit",
+        [(series("tunegate_experiment_weight", TASK, VARIANT), "{{task}} / {{variant}}")],
+        max_value=1,
+    ),
+    table(
+        "Decisions",
+        "Each compared figure's decision (the better variant, equivalent or undecided), "
+        "the overall recommendation, and the split's state (warming, exploring, stopped).",
+        [
+            (f"{series('tunegate_experiment_decision', TASK)} == 1", "{{figure}}"),
+            (f"{series('tunegate_experiment_state', TASK)} == 1", "{{state}}"),
+        ],
+    ),
+    difference("First-try JSON valid, difference", "first_try_valid", "percentunit"),
+    difference("Cost per valid answer, difference", "cost_usd_per_valid_answer", "currencyUSD"),
+    panel(
+        "Experiment samples",
+        "Samples per variant in the shared figures (requests the router chose it for; "
+        "cache hits, forced variants and shadow calls excluded).",
+        "short",
+        [(series("tunegate_experiment_samples", TASK, VARIANT), "{{task}} / {{variant}}")],
     ),
 ]
 

@@ -12,6 +12,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI
 
 from tunegate import __version__
+from tunegate.adaptive import Watcher
 from tunegate.api.admin import Reloader, reload_config, watch_sighup
 from tunegate.api.chat import chat_completions
 from tunegate.api.errors import install_error_handlers
@@ -70,9 +71,13 @@ def create_app(settings: Settings) -> FastAPI:
             stack.push_async_callback(experiments.drain)  # before the store closes
             app.state.experiments = experiments
             cache = Cache(store)
+            watcher = Watcher(experiments, metrics.publish_experiment)
+            app.state.watcher = watcher
 
             def build(config: GatewayConfig, upstreams: Upstreams) -> Runtime:
-                return build_runtime(config, upstreams, cache, metrics, limits, experiments)
+                return build_runtime(
+                    config, upstreams, cache, metrics, limits, experiments, watcher
+                )
 
             upstreams = Upstreams(config.upstreams, settings.environ)
             app.state.runtime = build(config, upstreams)
@@ -80,6 +85,8 @@ def create_app(settings: Settings) -> FastAPI:
             stack.push_async_callback(reloader.aclose)  # closes the upstreams in use
             # First of all: shadow calls finish while upstreams and store are open.
             stack.push_async_callback(lambda: app.state.runtime.gateway.aclose())
+            watcher.start(lambda: app.state.runtime.config)
+            stack.push_async_callback(watcher.aclose)
             app.state.reloader = reloader
             stack.callback(watch_sighup(reloader))
             if config.open_mode:
@@ -125,6 +132,7 @@ def build_runtime(
     metrics: Metrics,
     limits: Limits | None = None,
     experiments: Experiments | None = None,
+    watcher: Watcher | None = None,
 ) -> Runtime:
     prices = PriceTable({m: Price(i, o) for m, (i, o) in config.pricing.items()})
     # The first lookup of a model costs tens of ms: pay it at start-up, not on a request.
@@ -135,7 +143,14 @@ def build_runtime(
         recorders.append(experiments.record)
         shadow_recorders.append(experiments.record_shadow)
     shadows = Shadows(upstreams, prices, shadow_recorders)
-    gateway = Gateway(upstreams, prices, cache=cache, recorders=recorders, shadows=shadows)
+    gateway = Gateway(
+        upstreams,
+        prices,
+        cache=cache,
+        recorders=recorders,
+        shadows=shadows,
+        weights=watcher.cumulative if watcher else None,
+    )
     return Runtime(
         config=config, gateway=gateway, keys=keys_by_hash(config), started_at=time.time()
     )

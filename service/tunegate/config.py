@@ -88,6 +88,17 @@ class Shadow:
 
 
 @dataclass(frozen=True)
+class Adaptive:
+    """`routing.adaptive`: move traffic toward the better variant as evidence grows
+    (`adaptive.py`); `floor` is the least share either keeps while exploring."""
+
+    metric: str
+    min_samples: int
+    stop: bool
+    floor: float
+
+
+@dataclass(frozen=True)
 class Routing:
     weights: Mapping[str, float]
     # (upper bound in [0, 1], variant) in config order; a point p picks the first bound > p.
@@ -98,6 +109,7 @@ class Routing:
     retries: int
     json_retries: int
     shadow: Shadow | None
+    adaptive: Adaptive | None = None
 
 
 @dataclass(frozen=True)
@@ -406,28 +418,50 @@ def _compile_routing(
     if routing.shadow is not None and routing.shadow.variant not in task.variants:
         problems.append(_missing_variant(f"{at}.shadow.variant", routing.shadow.variant, names))
         ok = False
+    adaptive = routing.adaptive
+    if adaptive is not None and sum(1 for w in weights.values() if w > 0) != 2:
+        problems.append(
+            f"{at}.adaptive: an adaptive split needs exactly two variants with a weight "
+            "above 0 (the pair the report compares)."
+        )
+        ok = False
     if not ok:
         return None
-    total = sum(weights.values())
-    cumulative: list[tuple[float, str]] = []
-    running = 0.0
-    for vname in names:
-        weight = weights.get(vname, 0.0)
-        if weight > 0:
-            running += weight / total
-            cumulative.append((running, vname))
-    # Guard against float rounding: the last bound must cover every point in [0, 1).
-    cumulative[-1] = (1.0, cumulative[-1][1])
     return Routing(
         weights=MappingProxyType({n: float(weights.get(n, 0.0)) for n in names}),
-        cumulative=tuple(cumulative),
+        cumulative=cumulative_weights(names, weights),
         fallback=tuple(dict.fromkeys(routing.fallback)),
         sticky=routing.sticky,
         salt=routing.salt or task_name,
         retries=routing.retries,
         json_retries=routing.json_retries,
         shadow=Shadow(routing.shadow.variant, routing.shadow.rate) if routing.shadow else None,
+        adaptive=(
+            Adaptive(adaptive.metric, adaptive.min_samples, adaptive.stop, adaptive.floor)
+            if adaptive
+            else None
+        ),
     )
+
+
+def cumulative_weights(
+    names: Sequence[str], weights: Mapping[str, float]
+) -> tuple[tuple[float, str], ...]:
+    """(upper bound, variant) for the variants with a weight above 0, in `names` order;
+    the last bound is exactly 1.0. Raises `ValueError` when every weight is 0."""
+    total = sum(weights.get(name, 0.0) for name in names)
+    if total <= 0:
+        raise ValueError("every weight is 0")
+    cumulative: list[tuple[float, str]] = []
+    running = 0.0
+    for name in names:
+        weight = weights.get(name, 0.0)
+        if weight > 0:
+            running += weight / total
+            cumulative.append((running, name))
+    # Guard against float rounding: the last bound must cover every point in [0, 1).
+    cumulative[-1] = (1.0, cumulative[-1][1])
+    return tuple(cumulative)
 
 
 def _missing_variant(at: str, name: str, names: Sequence[str]) -> str:

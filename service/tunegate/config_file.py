@@ -68,9 +68,27 @@ class ShadowFile(FileModel):
     rate: float = Field(ge=0, le=1)
 
 
+AdaptiveMetric = Literal[
+    "decision",
+    "success_rate",
+    "first_try_valid",
+    "feedback_score",
+    "cost_usd_per_valid_answer",
+    "latency_s",
+]
+
+
+class AdaptiveFile(FileModel):
+    metric: AdaptiveMetric = "decision"
+    min_samples: int = Field(default=100, ge=1)
+    stop: bool = True
+    floor: float = Field(default=0.1, ge=0, le=0.5)
+
+
 class RoutingFile(FileModel):
     weights: dict[str, float] | None = None
     shadow: ShadowFile | None = None
+    adaptive: AdaptiveFile | None = None
     fallback: list[str] = []
     sticky: Literal["user", "header", "none"] = "none"
     salt: str | None = None

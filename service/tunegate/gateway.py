@@ -33,6 +33,7 @@ from tunegate.errors import (
 )
 from tunegate.pricing import PriceTable, format_usd
 from tunegate.retry import Backoff, next_wait
+from tunegate.router import Cumulative
 from tunegate.shadow import Primary, Shadows
 from tunegate.upstream import Completion, Delta, Upstreams
 
@@ -219,6 +220,7 @@ class Gateway:
         cache: Cache | None = None,
         recorders: Sequence[Recorder] = (),
         shadows: Shadows | None = None,
+        weights: Callable[[str], Cumulative | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         backoff: Backoff = DEFAULT_BACKOFF,
@@ -229,6 +231,7 @@ class Gateway:
         self._cache = cache
         self._recorders = tuple(recorders)
         self._shadows = shadows
+        self._weights = weights
         self._clock = clock
         self._random = (rng or random.Random()).random
         self._backoff = backoff
@@ -414,7 +417,8 @@ class Gateway:
 
     def _start(self, call: Call) -> tuple[_Trail, tuple[str, ...]]:
         now = self._clock()
-        chosen = call.forced or router.choose_variant(call.task, call.unit, self._random)
+        split = self._weights(call.task.name) if self._weights is not None else None
+        chosen = call.forced or router.choose_variant(call.task, call.unit, self._random, split)
         trail = _Trail(started=now, deadline=now + call.task.deadline_s, chosen=chosen)
         if call.cache_read and self._cache is not None and call.task.cache.enabled:
             trail.cache_state = "miss"

@@ -29,14 +29,15 @@ worker exits (so the in-flight gauge forgets it).
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from itertools import accumulate
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_PLAIN_0_0_4,
@@ -59,6 +60,7 @@ from prometheus_client.utils import floatToGoString
 from tunegate.errors import ConfigError
 
 if TYPE_CHECKING:  # the gateway imports the whole request flow; records need none of it
+    from tunegate.adaptive import Split
     from tunegate.gateway import Outcome
     from tunegate.shadow import ShadowOutcome
 
@@ -177,6 +179,36 @@ SHADOW_COST = Family(
 )
 IN_FLIGHT = Family("tunegate_in_flight_requests", "Task requests being served now.", ())
 
+# Experiment gauges, read from the shared store (the same in every worker), so exported
+# by whichever worker answers the scrape and never through the multiprocess files.
+EXPERIMENT_WEIGHT = Family(
+    "tunegate_experiment_weight",
+    "Share of traffic each variant gets now (adaptive splits move it; else configured).",
+    ("task", "variant"),
+)
+EXPERIMENT_STATE = Family(
+    "tunegate_experiment_state",
+    "1 for the split's current state (configured, warming, exploring, stopped), else 0.",
+    ("task", "state"),
+)
+EXPERIMENT_DIFFERENCE = Family(
+    "tunegate_experiment_difference",
+    "Compared figure, a - b (tuned minus the other): estimate, fixed-horizon 95% interval "
+    "(ci_low, ci_high) and anytime-valid 95% confidence sequence (cs_low, cs_high).",
+    ("task", "figure", "bound"),
+)
+EXPERIMENT_DECISION = Family(
+    "tunegate_experiment_decision",
+    "1 for each figure's current decision (a variant's name, equivalent or undecided); "
+    "figure overall is the policy's recommendation.",
+    ("task", "figure", "decision"),
+)
+EXPERIMENT_SAMPLES = Family(
+    "tunegate_experiment_samples",
+    "Experiment samples per variant (requests the router chose it for), from the store.",
+    ("task", "variant"),
+)
+
 FAMILIES = (
     REQUESTS,
     REQUEST_DURATION,
@@ -193,6 +225,13 @@ FAMILIES = (
     FEEDBACK_SCORE,
     SHADOW_REQUESTS,
     SHADOW_COST,
+)
+EXPERIMENT_FAMILIES = (
+    EXPERIMENT_WEIGHT,
+    EXPERIMENT_STATE,
+    EXPERIMENT_SAMPLES,
+    EXPERIMENT_DIFFERENCE,
+    EXPERIMENT_DECISION,
 )
 
 
@@ -253,7 +292,9 @@ class Metrics:
         self._tasks_seen: set[str] = set()
         self._flush_pending = False
         self._files: _Files | None = None
+        self._experiments: dict[str, dict[Family, dict[Labels, float]]] = {}
         self._registry = CollectorRegistry()
+        self._registry.register(_ExperimentGauges(self._experiments))
         if multiprocess_dir is None:
             self._registry.register(self)
         else:
@@ -313,6 +354,36 @@ class Metrics:
         if self._files is not None and not self._flush_pending:
             self._schedule_flush()
 
+    def publish_experiment(self, task: str, document: Mapping[str, Any], split: Split) -> None:
+        """Replace `task`'s experiment gauges with those of its current document."""
+        from tunegate.adaptive import SPLIT_STATES  # the experiments need not load with this
+
+        gauges: dict[Family, dict[Labels, float]] = {
+            EXPERIMENT_WEIGHT: {(task, v): w for v, w in split.weights.items()},
+            EXPERIMENT_STATE: {(task, s): float(s == split.state) for s in SPLIT_STATES},
+            EXPERIMENT_SAMPLES: {
+                (task, v): float(f["requests"]) for v, f in document["variants"].items()
+            },
+            EXPERIMENT_DIFFERENCE: {},
+            EXPERIMENT_DECISION: {},
+        }
+        comparison = document.get("comparison")
+        if comparison:
+            a, b = comparison["a"], comparison["b"]
+            for figure, c in comparison["figures"].items():
+                bounds = {"estimate": c["difference"]}
+                for kind, key in (("ci", "ci95"), ("cs", "anytime_ci95")):
+                    if c.get(key):
+                        bounds[f"{kind}_low"], bounds[f"{kind}_high"] = c[key]
+                for bound, number in bounds.items():
+                    if number is not None and math.isfinite(number):
+                        gauges[EXPERIMENT_DIFFERENCE][(task, figure, bound)] = number
+                named = {"a_better": a, "b_better": b}.get(c.get("verdict", ""), c.get("verdict"))
+                gauges[EXPERIMENT_DECISION][(task, figure, str(named or "undecided"))] = 1.0
+        overall = document["decision"].get("recommendation") or "undecided"
+        gauges[EXPERIMENT_DECISION][(task, "overall", overall)] = 1.0
+        self._experiments[task] = gauges
+
     def record_feedback(self, task: str, variant: str, score: float) -> None:
         """Record a feedback score (0..1; true/false as 1/0) for the serving variant."""
         self._feedback.observe((task, variant), score)
@@ -369,6 +440,21 @@ class Metrics:
             self._cache_lookups.add((task, result), 0.0)
         self._cache_saved.add((task,), 0.0)
         self._tasks_seen.add(task)
+
+
+class _ExperimentGauges:
+    """The experiment gauges (`Metrics.publish_experiment`), as a collector."""
+
+    def __init__(self, by_task: dict[str, dict[Family, dict[Labels, float]]]) -> None:
+        self._by_task = by_task
+
+    def collect(self) -> Iterable[Metric]:
+        for family in EXPERIMENT_FAMILIES:
+            gauge = GaugeMetricFamily(family.name, family.doc, labels=family.labels)
+            for gauges in list(self._by_task.values()):
+                for labels, number in gauges.get(family, {}).items():
+                    gauge.add_metric(labels, number)
+            yield gauge
 
 
 class _InFlight(AbstractContextManager[None]):

@@ -227,6 +227,7 @@ def _comparison_json(c: Comparison, a: Sums, b: Sums) -> dict[str, Any]:
         "p_value": c.p_value,
         "anytime_ci95": _pair_json(c.anytime),
         "decision": c.decision,
+        "verdict": c.verdict,
         "samples_needed_per_variant": c.samples_needed,
         "more_samples_needed": max(0, c.samples_needed - have) if c.samples_needed else None,
     }

@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 
-from tunegate.config import Routing, Task
+from tunegate.config import Task
 
+Cumulative = tuple[tuple[float, str], ...]
 _SCALE = float(1 << 64)
 
 
@@ -22,23 +23,30 @@ def unit_point(salt: str, task: str, unit: str) -> float:
     return int.from_bytes(digest, "big") / _SCALE
 
 
-def variant_at(routing: Routing, point: float) -> str:
+def variant_at(cumulative: Cumulative, point: float) -> str:
     """The variant whose cumulative-weight interval holds `point`."""
-    for bound, name in routing.cumulative:
+    for bound, name in cumulative:
         if point < bound:
             return name
-    return routing.cumulative[-1][1]
+    return cumulative[-1][1]
 
 
-def choose_variant(task: Task, unit: str | None, random: Callable[[], float]) -> str:
+def choose_variant(
+    task: Task,
+    unit: str | None,
+    random: Callable[[], float],
+    cumulative: Cumulative | None = None,
+) -> str:
     """Pick the variant for one request: by the unit's point when the task is sticky and
-    the request carries a unit, else by a fresh draw from `random`."""
+    the request carries a unit, else by a fresh draw from `random`. `cumulative` replaces
+    the configured weights (an adaptive split's current ones)."""
     routing = task.routing
-    if len(routing.cumulative) == 1:
-        return routing.cumulative[0][1]
+    bounds = cumulative or routing.cumulative
+    if len(bounds) == 1:
+        return bounds[0][1]
     if unit is not None and routing.sticky != "none":
-        return variant_at(routing, unit_point(routing.salt, task.name, unit))
-    return variant_at(routing, random())
+        return variant_at(bounds, unit_point(routing.salt, task.name, unit))
+    return variant_at(bounds, random())
 
 
 def attempt_order(task: Task, first: str) -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""Endpoints about the service itself: the task list, liveness and readiness."""
+"""Endpoints about the service itself: the task list, liveness, readiness, metrics."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tunegate.adaptive import FRESH_S, Watcher
 from tunegate.api.incoming import Runtime, caller
 
 
@@ -52,5 +53,10 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics_endpoint(request: Request) -> Response:
+    watcher: Watcher | None = getattr(request.app.state, "watcher", None)
+    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+    if watcher is not None and runtime is not None:
+        # The experiment gauges as of now (a store that fails leaves the last ones).
+        await watcher.refresh(runtime.config, max_age_s=FRESH_S)
     body, content_type = request.app.state.metrics.render()
     return Response(body, media_type=content_type)
