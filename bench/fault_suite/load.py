@@ -179,7 +179,13 @@ async def chat(
             body=exc.response.text[:1000],
         )
     except (openai.APIConnectionError, httpx.HTTPError) as exc:
-        return Outcome(None, time.monotonic() - started, note=type(exc).__name__)
+        return Outcome(None, time.monotonic() - started, note=_cause(exc))
+
+
+def _cause(exc: BaseException) -> str:
+    """The exception's type, and its cause's (the transport's error under the SDK's)."""
+    cause = exc.__cause__
+    return type(exc).__name__ + (f"/{type(cause).__name__}" if cause is not None else "")
 
 
 async def _read_stream(
