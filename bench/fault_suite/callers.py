@@ -27,7 +27,7 @@ from bench.fault_suite.load import (
     sdk_client,
     ticket,
 )
-from bench.fault_suite.stack import TUNED, tuned
+from bench.fault_suite.stack import TUNED, WRONG_KEY, tuned
 
 CONCURRENCY = 30
 
@@ -86,7 +86,7 @@ async def cross_tenant(suite: Suite) -> Verdict:
 async def keys(suite: Suite) -> Verdict:
     """Missing, wrong, valid and (from 3 s on) revoked keys, under load."""
     main = suite.client(suite.keys.main.key)
-    wrong = sdk_client(suite.main.url, "tg-fault-" + "0" * 32)
+    wrong = sdk_client(suite.main.url, WRONG_KEY)
     revoked = suite.client(suite.keys.revoked.key)
     raw = httpx.AsyncClient(timeout=30)
     reloaded_at = time.monotonic() + 3600

@@ -8,7 +8,7 @@ import sys
 import time
 import traceback
 
-from bench.fault_suite import callers, process, store, upstream
+from bench.fault_suite import callers, process, secrets, store, upstream
 from bench.fault_suite.core import Scenario, Suite
 from bench.fault_suite.report import Row
 
@@ -18,7 +18,13 @@ SCENARIO_TIMEOUT_S = 120.0
 
 def all_scenarios() -> list[Scenario]:
     """Every scenario, in the order they run (the secrets checks last)."""
-    return [*upstream.SCENARIOS, *store.SCENARIOS, *callers.SCENARIOS, *process.SCENARIOS]
+    return [
+        *upstream.SCENARIOS,
+        *store.SCENARIOS,
+        *callers.SCENARIOS,
+        *process.SCENARIOS,
+        *secrets.SCENARIOS,
+    ]
 
 
 def choose(names: list[str] | None) -> list[Scenario]:

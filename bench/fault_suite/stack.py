@@ -25,6 +25,8 @@ TUNED = "ft:gpt-3.5-turbo-0613:acme::7qTVM5AR"
 BASE = "gpt-3.5-turbo"
 # The upstream key the gateway sends; the simulator refuses any other (401).
 UPSTREAM_KEY = "sk-sim-" + os.urandom(12).hex()
+# A well-formed caller key that the gateway does not know.
+WRONG_KEY = "tg-fault-" + os.urandom(16).hex()
 TRIAGE_SCHEMA = {
     "type": "object",
     "required": ["category", "priority"],
