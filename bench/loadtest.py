@@ -26,6 +26,7 @@ import os
 import platform
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -509,7 +510,12 @@ def _env(**extra: str) -> dict[str, str]:
     return environ
 
 
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds, so every server started is stopped
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     args = parse_args(argv)
     if "litellm" in args.targets and not litellm_binary().exists():
         print(

@@ -19,7 +19,7 @@ import hashlib
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
@@ -76,7 +76,7 @@ class Entry:
     json_status: str | None
 
     def encode(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        return orjson.dumps(self)  # orjson writes dataclasses natively (asdict: 10x slower)
 
     @classmethod
     def decode(cls, raw: bytes) -> Entry | None:
