@@ -294,6 +294,9 @@ async def run_load(
             return
         try:
             await during
+        except BaseException:
+            done.set()  # the workers stop at their next request
+            raise
         finally:
             if duration_s is None and total is None:
                 done.set()

@@ -146,9 +146,11 @@ async def garbage(suite: Suite) -> Verdict:
                         continue
                     if random.random() < 0.15:
                         # A key of the wrong type: every GET on it is an error.
-                        await store.delete(key)
-                        await store.rpush(key, b"x")
-                        await store.expire(key, 60)
+                        async with store.pipeline(transaction=True) as replace:
+                            replace.delete(key)
+                            replace.rpush(key, b"x")
+                            replace.expire(key, 60)
+                            await replace.execute()
                     else:
                         await store.set(key, _garbage(value), keepttl=True)
                     corrupted += 1
