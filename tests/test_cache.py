@@ -42,6 +42,7 @@ SLOW = "gpt-4o-mini"
 SLOW_MS = 300
 TTL_S = 600
 REPLY_TTL_S = 120
+LOCAL_TTL_S = 1.0
 # Headers that may differ between a miss and its hit; `date` is the server's clock.
 FRESH_HEADERS = {"x-tunegate-cache", "x-request-id", "x-tunegate-cost-usd", "date"}
 
@@ -54,6 +55,8 @@ def tasks() -> dict[str, Any]:
         "sticky": task_config(routing={"sticky": "user"}, cache={"ttl_s": TTL_S}),
         "reply": task_config(output={"type": "text"}, cache={"ttl_s": REPLY_TTL_S}),
         "crowd": crowd,
+        # The one task with the in-process tier on; the module's default turns it off.
+        "hot": task_config(cache={"ttl_s": TTL_S, "local_ttl_s": LOCAL_TTL_S}),
     }
 
 
@@ -74,7 +77,9 @@ def server() -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="module")
 def config(sim: Simulator) -> dict[str, Any]:
-    return gateway_config(sim.url, tasks(), defaults={"cache": {"ttl_s": 86400}})
+    # These tests are about Redis: the in-process tier is off but for the `hot` task.
+    defaults = {"cache": {"ttl_s": 86400, "local_ttl_s": 0}}
+    return gateway_config(sim.url, tasks(), defaults=defaults)
 
 
 @pytest.fixture(scope="module")
@@ -561,10 +566,10 @@ async def test_concurrent_identical_misses_share_one_upstream_call(
     assert elapsed < 10 * SLOW_MS / 1000
 
 
-def lookups(gw: Gateway, result: str) -> float:
-    """The gateway's `tunegate_cache_lookups_total` for the crowd task and `result`."""
+def lookups(gw: Gateway, result: str, task: str = "crowd") -> float:
+    """The gateway's `tunegate_cache_lookups_total` for `task` and `result`."""
     text = httpx.get(f"{gw.url}/metrics").text
-    line = f'tunegate_cache_lookups_total{{result="{result}",task="crowd"}} '
+    line = f'tunegate_cache_lookups_total{{result="{result}",task="{task}"}} '
     found = [float(row.removeprefix(line)) for row in text.splitlines() if row.startswith(line)]
     return found[0] if found else 0.0
 
@@ -606,6 +611,28 @@ async def test_instances_on_one_redis_share_one_upstream_call(
     assert all(r.status_code == 200 for r in responses)
     assert len({r.json()["choices"][0]["message"]["content"] for r in responses}) == 1
     assert sorted(cache_of(r) for r in responses) == ["hit"] * 19 + ["miss"]
+
+
+def test_a_hot_entry_is_served_from_memory_for_its_local_ttl_then_from_redis(
+    client: openai.OpenAI, sim: Simulator, raw: redis.Redis, gw: Gateway
+) -> None:
+    text = ticket()
+    first = ask(client, "hot", text)
+    assert cache_of(first) == "miss"
+    [name] = keys(raw, KEY_PREFIX + "*")
+    raw.set(name, b"garbage", ex=TTL_S)  # only Redis is spoiled
+    started = time.monotonic()
+    held = ask(client, "hot", text)
+    assert cache_of(held) == "hit"
+    assert content_of(held) == content_of(first)
+    assert time.monotonic() - started < LOCAL_TTL_S
+    before = lookups(gw, "hit", "hot")
+    time.sleep(LOCAL_TTL_S + 0.1)
+    spoiled = ask(client, "hot", text)  # past the local TTL: Redis's garbage is a miss
+    assert cache_of(spoiled) == "miss"
+    assert len(sim.requests()) == 2
+    assert lookups(gw, "hit", "hot") == before
+    assert json.loads(raw.get(name) or b"null")["content"] == content_of(first)
 
 
 # -- failing open ------------------------------------------------------------------------

@@ -6,6 +6,12 @@ fingerprint (model, prompt, examples, parameters, schema) and the caller's messa
 applied parameters. `user`, `metadata` and `stream` are not part of it. Lookups happen
 after the variant is chosen, so variants never share entries.
 
+Hot entries are also kept in each process's memory for the task's `local_ttl_s` (1 s by
+default; at most `LOCAL_ENTRIES`, least recently used first out): a repeated request then
+costs no round trip, and Redis sees one read per hot key per second per process. An entry
+never changes under its key (the key covers everything that decides the answer), so the
+only staleness is an entry outliving its Redis TTL, or a Redis fault, by that second.
+
 The cache fails open through the store: an unreachable, frozen or garbled Redis is a miss.
 Concurrent identical misses share one upstream call: in one process through a future the
 followers await; across instances through a short lock whose followers poll for the
@@ -18,6 +24,7 @@ import asyncio
 import hashlib
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -29,6 +36,7 @@ from tunegate.store import Store
 KEY_PREFIX = "tunegate:cache:"
 LOCK_PREFIX = "tunegate:lock:"
 KEY_VERSION = 1
+LOCAL_ENTRIES = 4096
 
 Lookup = Literal["hit", "miss", "error"]
 
@@ -169,20 +177,29 @@ class Cache:
         self._clock = clock
         # Keys being looked up or computed here, and what their leader found or made.
         self._leaders: dict[str, asyncio.Future[tuple[Entry | None, Lookup]]] = {}
+        self._recent = _Recent(LOCAL_ENTRIES, clock)
         self._lookup_or_claim = store.register(_LOOKUP_OR_CLAIM)
         self._save_and_release = store.register(_SAVE_AND_RELEASE)
         self._release = store.register(_RELEASE)
 
-    async def lookup(self, key: str) -> tuple[Entry | None, Lookup, float]:
+    async def lookup(
+        self, key: str, local_ttl_s: float = 0.0
+    ) -> tuple[Entry | None, Lookup, float]:
+        entry = self._recent.get(key)
+        if entry is not None:
+            return entry, "hit", 0.0
         started = self._clock()
         raw = await self._store.get(key)
         waited = self._clock() - started
         if raw is None:
             return None, self._miss(), waited
         entry = Entry.decode(raw)
+        if entry is not None:
+            self._recent.put(key, entry, local_ttl_s)
         return entry, "hit" if entry else "error", waited
 
-    async def save(self, write: Write) -> float:
+    async def save(self, write: Write, local_ttl_s: float = 0.0) -> float:
+        self._recent.put(write.key, write.entry, local_ttl_s)
         started = self._clock()
         await self._store.set(write.key, write.entry.encode(), write.ttl_s)
         return self._clock() - started
@@ -192,6 +209,7 @@ class Cache:
         key: str,
         lock_ttl_s: float,
         compute: Callable[[], Awaitable[Write | None]],
+        local_ttl_s: float = 0.0,
     ) -> Read:
         """The entry at `key`, or else `compute`'s, run once for concurrent callers of
         `key`: in this process, followers await the leader's future (and count its
@@ -199,12 +217,15 @@ class Cache:
         the leader holds a lock and others poll for its entry, for a bounded time. A
         leader that fails or stores nothing gives its followers None, and they compute
         on their own. `compute` raising propagates to its caller only."""
+        entry = self._recent.get(key)
+        if entry is not None:
+            return Read(entry, "hit", computed=False, waited=0.0)
         leader = self._leaders.get(key)
         if leader is not None:
             entry, lookup = await asyncio.shield(leader)
             if entry is not None:
                 return Read(entry, lookup, computed=False, waited=0.0)
-            return await self._compute_alone(compute, "miss", 0.0)
+            return await self._compute_alone(compute, "miss", 0.0, local_ttl_s)
         future: asyncio.Future[tuple[Entry | None, Lookup]] = (
             asyncio.get_running_loop().create_future()
         )
@@ -225,20 +246,22 @@ class Cache:
             if found is not None:
                 entry = Entry.decode(found)
                 if entry is not None:
+                    self._recent.put(key, entry, local_ttl_s)
                     future.set_result((entry, "hit"))
                     return Read(entry, "hit", computed=False, waited=waited)
-                return await self._compute_alone(compute, "error", waited)
+                return await self._compute_alone(compute, "error", waited, local_ttl_s)
             if reply is None:
-                return await self._compute_alone(compute, self._miss(), waited)
+                return await self._compute_alone(compute, self._miss(), waited, local_ttl_s)
             if not claimed:
                 entry = await self._wait_for_other_instance(key)
                 if entry is not None:
                     future.set_result((entry, "miss"))
                     return Read(entry, "miss", computed=False, waited=waited)
-                return await self._compute_alone(compute, "miss", waited)
+                return await self._compute_alone(compute, "miss", waited, local_ttl_s)
             write = await compute()
             started = self._clock()
             if write is not None:
+                self._recent.put(write.key, write.entry, local_ttl_s)
                 await self._store.run(
                     self._save_and_release,
                     keys=(write.key, lock),
@@ -257,12 +280,16 @@ class Cache:
                 await self._store.run(self._release, keys=(lock,), args=(token,))
 
     async def _compute_alone(
-        self, compute: Callable[[], Awaitable[Write | None]], lookup: Lookup, waited: float
+        self,
+        compute: Callable[[], Awaitable[Write | None]],
+        lookup: Lookup,
+        waited: float,
+        local_ttl_s: float,
     ) -> Read:
         write = await compute()
         if write is None:
             return Read(None, lookup, computed=True, waited=waited)
-        waited += await self.save(write)
+        waited += await self.save(write, local_ttl_s)
         return Read(write.entry, lookup, computed=True, waited=waited)
 
     def _miss(self) -> Lookup:
@@ -277,6 +304,34 @@ class Cache:
             if raw is not None:
                 return Entry.decode(raw)
         return None
+
+
+class _Recent:
+    """Entries seen lately, each until its own expiry; the least recently used goes first
+    when `size` are held."""
+
+    def __init__(self, size: int, clock: Callable[[], float]) -> None:
+        self._size = size
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[float, Entry]] = OrderedDict()
+
+    def get(self, key: str) -> Entry | None:
+        held = self._entries.get(key)
+        if held is None:
+            return None
+        if held[0] <= self._clock():
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return held[1]
+
+    def put(self, key: str, entry: Entry, ttl_s: float) -> None:
+        if ttl_s <= 0:
+            return
+        self._entries[key] = (self._clock() + ttl_s, entry)
+        self._entries.move_to_end(key)
+        if len(self._entries) > self._size:
+            self._entries.popitem(last=False)
 
 
 def _parse_claim(reply: object) -> tuple[bytes | None, bool]:

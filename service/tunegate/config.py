@@ -117,6 +117,7 @@ class CachePolicy:
     enabled: bool
     ttl_s: int
     scope: Literal["tenant", "shared"]
+    local_ttl_s: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -316,6 +317,9 @@ def _compile_task(
         enabled=cache_file.enabled and default_cache.enabled,
         ttl_s=cache_file.ttl_s or default_cache.ttl_s or 86400,
         scope=cache_file.scope or default_cache.scope or "tenant",
+        local_ttl_s=next(
+            t for t in (cache_file.local_ttl_s, default_cache.local_ttl_s, 1.0) if t is not None
+        ),
     )
     return Task(
         name=name,

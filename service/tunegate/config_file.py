@@ -36,10 +36,12 @@ class CacheFile(FileModel):
     enabled: bool = True
     ttl_s: int | None = Field(default=None, ge=1)
     scope: Literal["tenant", "shared"] | None = None
+    # Seconds a hot entry is also kept in each process's memory; 0 turns that tier off.
+    local_ttl_s: float | None = Field(default=None, ge=0, le=60)
 
 
 class DefaultsFile(FileModel):
-    cache: CacheFile = CacheFile(ttl_s=86400, scope="tenant")
+    cache: CacheFile = CacheFile(ttl_s=86400, scope="tenant", local_ttl_s=1.0)
     deadline_s: float = Field(default=60.0, gt=0)
 
 

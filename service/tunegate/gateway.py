@@ -253,7 +253,8 @@ class Gateway:
             produced.append(answer)
             return self._write_of(call, answer)
 
-        read = await self._cache.read_through(key, call.task.deadline_s, compute)
+        local_ttl_s = call.task.cache.local_ttl_s
+        read = await self._cache.read_through(key, call.task.deadline_s, compute, local_ttl_s)
         trail.store_seconds += read.waited
         trail.cache_lookup = read.lookup
         if produced:
@@ -356,7 +357,7 @@ class Gateway:
 
     async def _lookup(self, call: Call, trail: _Trail, key: str) -> Entry | None:
         assert self._cache is not None
-        entry, result, waited = await self._cache.lookup(key)
+        entry, result, waited = await self._cache.lookup(key, call.task.cache.local_ttl_s)
         trail.store_seconds += waited
         trail.cache_lookup = result
         if entry is not None and entry.variant not in call.task.variants:
@@ -366,7 +367,7 @@ class Gateway:
     async def _save(self, call: Call, trail: _Trail, answer: Answer) -> None:
         write = self._write_of(call, answer)
         if write is not None and self._cache is not None:
-            trail.store_seconds += await self._cache.save(write)
+            trail.store_seconds += await self._cache.save(write, call.task.cache.local_ttl_s)
 
     def _write_of(self, call: Call, answer: Answer) -> Write | None:
         """What to store for a valid answer: under its serving variant's key (so a
