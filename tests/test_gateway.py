@@ -161,6 +161,31 @@ def test_insufficient_quota_is_not_retried_and_falls_back(
     assert len(sim.requests(BASE)) == 1
 
 
+def test_an_answer_beyond_max_tokens_is_a_failed_attempt_never_parsed(
+    client: openai.OpenAI, sim: Simulator
+) -> None:
+    sim.script(TUNED, "huge", "huge")  # 4 MiB answers, whatever max_tokens says
+    started = time.monotonic()
+    completion = ask(client, "triage")
+    headers = last_headers()
+    assert headers["x-tunegate-variant"] == "few_shot"
+    assert headers["x-tunegate-fallback"] == "tuned"
+    assert json.loads(completion.choices[0].message.content or "")["category"]
+    assert len(completion.choices[0].message.content or "") < 1000
+    assert len(sim.requests(TUNED)) == 2  # the attempt and its retry
+    assert time.monotonic() - started < 2.0  # no repair of megabytes
+
+
+def test_a_stream_beyond_max_tokens_falls_back(client: openai.OpenAI, sim: Simulator) -> None:
+    sim.script(TUNED, "huge", "huge")
+    raw = client.chat.completions.with_raw_response.create(
+        model="reply", messages=[{"role": "user", "content": "Hallo"}], stream=True
+    )
+    assert raw.headers["x-tunegate-variant"] == "few_shot"
+    text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    assert 0 < len(text) < 10_000
+
+
 def test_retry_after_is_waited_when_it_fits(client: openai.OpenAI, sim: Simulator) -> None:
     sim.script(TUNED, "429:1")
     started = time.monotonic()

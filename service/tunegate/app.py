@@ -15,6 +15,7 @@ from tunegate import __version__
 from tunegate.adaptive import Watcher
 from tunegate.api.admin import Reloader, reload_config, watch_sighup
 from tunegate.api.chat import chat_completions
+from tunegate.api.drain import drain_on_sigterm
 from tunegate.api.errors import install_error_handlers
 from tunegate.api.experiments import get_experiments, post_feedback
 from tunegate.api.incoming import Load, Runtime
@@ -89,6 +90,7 @@ def create_app(settings: Settings) -> FastAPI:
             stack.push_async_callback(watcher.aclose)
             app.state.reloader = reloader
             stack.callback(watch_sighup(reloader))
+            stack.callback(drain_on_sigterm(app.state))
             if config.open_mode:
                 log.warning(
                     "auth: no keys configured, running in OPEN MODE: any caller may use "

@@ -59,6 +59,7 @@ class Upstream:
     api_key_env: str | None
     timeout_s: float
     max_connections: int
+    max_response_bytes: int = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -252,6 +253,7 @@ def _compile(path: Path, parsed: GatewayFile, tasks: Mapping[str, TaskFile]) -> 
             u.api_key_env,
             u.timeout_s,
             u.max_connections,
+            u.max_response_bytes,
         )
         for name, u in parsed.upstreams.items()
     }

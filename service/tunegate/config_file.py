@@ -23,6 +23,8 @@ class UpstreamFile(FileModel):
     api_key_env: str | None = None
     timeout_s: float = Field(default=30.0, gt=0)
     max_connections: int = Field(default=256, ge=1)
+    # The largest answer body accepted; a larger one is a failed attempt (server_error).
+    max_response_bytes: int = Field(default=1024 * 1024, ge=1024)
 
 
 class PriceFile(FileModel):

@@ -75,6 +75,16 @@ class Upstreams:
     def timeout_for(self, variant: Variant) -> float:
         return self._upstreams[variant.upstream].timeout_s
 
+    def _response_limit(self, variant: Variant, request: Mapping[str, Any]) -> int:
+        """The largest answer accepted: the upstream's `max_response_bytes`, and with a
+        token limit, what that many tokens can take (generously: 64 bytes a token, plus
+        room for the envelope)."""
+        limit = self._upstreams[variant.upstream].max_response_bytes
+        tokens = request.get("max_tokens") or request.get("max_completion_tokens")
+        if isinstance(tokens, int) and tokens > 0:
+            limit = min(limit, 16 * 1024 + 64 * tokens)
+        return limit
+
     async def complete(
         self,
         variant: Variant,
@@ -84,21 +94,27 @@ class Upstreams:
     ) -> Completion:
         """One non-streamed attempt; raises an `UpstreamError` on any failure."""
         client = self._clients[variant.upstream]
+        request = _request_params(variant, params)
+        limit = self._response_limit(variant, request)
         try:
             # The client's own `post`: the SDK's auth, base URL and error mapping, without
             # `chat.completions.create`'s recursive re-typing of every message (measured:
             # about a third of the SDK's per-call cost here).
             raw = await client.post(
                 "/chat/completions",
-                body={
-                    "model": variant.model,
-                    "messages": messages,
-                    **_request_params(variant, params),
-                },
+                body={"model": variant.model, "messages": messages, **request},
                 cast_to=httpx2.Response,
                 options={"timeout": timeout_s},
             )
-            body = orjson.loads(raw.content)
+            content = raw.content
+            if len(content) > limit:
+                # Beyond what `max_tokens` allows: a broken upstream. Nothing of it is
+                # parsed (a JSON repair of megabytes would hold the event loop for seconds).
+                raise UpstreamServerError(
+                    f"{variant.model}: answered {len(content):,} bytes, over the "
+                    f"{limit:,} its max_tokens allow"
+                )
+            body = orjson.loads(content)
         except openai.OpenAIError as exc:
             _translate(exc, variant)
         except orjson.JSONDecodeError:
@@ -117,6 +133,9 @@ class Upstreams:
         """A streamed attempt: yields text deltas, then one `Delta` carrying the finish
         reason and usage. Raises an `UpstreamError` on any failure, before or mid-stream."""
         client = self._clients[variant.upstream]
+        request = _request_params(variant, params)
+        limit = self._response_limit(variant, request)
+        received = 0
         try:
             chunks = await client.chat.completions.create(  # type: ignore[call-overload]  # plain dicts of the SDK's shape
                 model=variant.model,
@@ -124,7 +143,7 @@ class Upstreams:
                 timeout=timeout_s,
                 stream=True,
                 stream_options={"include_usage": True},
-                **_request_params(variant, params),
+                **request,
             )
             finish_reason = "stop"
             prompt_tokens = completion_tokens = 0
@@ -139,6 +158,12 @@ class Upstreams:
                     if choice.finish_reason:
                         finish_reason = choice.finish_reason
                     if choice.delta.content:
+                        received += len(choice.delta.content)
+                        if received > limit:
+                            raise UpstreamServerError(
+                                f"{variant.model}: streamed more than the {limit:,} characters "
+                                "its max_tokens allow"
+                            )
                         yield Delta(content=choice.delta.content)
         except openai.OpenAIError as exc:
             _translate(exc, variant)

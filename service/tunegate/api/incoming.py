@@ -70,6 +70,11 @@ def task_endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         load: Load = request.app.state.load
         with request.app.state.metrics.track_in_flight(), load:
             try:
+                if request.app.state.draining:
+                    raise Unavailable(
+                        "The gateway is shutting down; retry (another instance answers).",
+                        retry_after_s=1,
+                    )
                 if load.in_flight > request.app.state.runtime.config.max_in_flight:
                     raise Unavailable(
                         "The gateway is at its in-flight limit; retry shortly.",
