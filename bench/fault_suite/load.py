@@ -27,7 +27,9 @@ ERROR_BODIES: list[str] = []
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """One request's fate. `status` None: no answer at all (lost)."""
+    """One request's fate. `status` None: no answer at all (lost), unless `refused`: the
+    connection was refused because no process listened any more (a client learns that at
+    once and tries another instance; only scenarios that stop the gateway set it)."""
 
     status: int | None
     latency_s: float
@@ -42,6 +44,7 @@ class Outcome:
     body: str = ""
     # When the outcome was known (time.monotonic()).
     at: float = field(default_factory=time.monotonic)
+    refused: bool = False
 
 
 @dataclass
@@ -63,7 +66,9 @@ class Tally:
     @property
     def statuses(self) -> Counter[str]:
         return Counter(
-            "lost" if o.status is None else f"{o.status}" + (" (in-band error)" * o.stream_error)
+            ("refused" if o.refused else "lost")
+            if o.status is None
+            else f"{o.status}" + (" (in-band error)" * o.stream_error)
             for o in self.outcomes
         )
 
@@ -79,7 +84,7 @@ class Tally:
 
     @property
     def lost(self) -> int:
-        return sum(1 for o in self.outcomes if o.status is None)
+        return sum(1 for o in self.outcomes if o.status is None and not o.refused)
 
     def latency(self, quantile: float, status: int | None = None) -> float:
         values = sorted(
