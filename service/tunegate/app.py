@@ -159,7 +159,11 @@ def build_runtime(
 
 
 def app_from_env() -> FastAPI:
-    """The factory `uvicorn --factory` calls in each worker."""
+    """The factory `uvicorn --factory` calls in each worker (a spawned worker process
+    starts with Python's default logging: it gets the JSON lines here)."""
+    from tunegate.logs import configure_logging
     from tunegate.settings import settings_from_env
 
-    return create_app(settings_from_env())
+    settings = settings_from_env()
+    configure_logging(settings.log_level)
+    return create_app(settings)
