@@ -1,11 +1,13 @@
 """Shared fixtures: async tests run on asyncio through anyio's pytest plugin; one
-simulated upstream per test module that asks for `sim`."""
+simulated upstream and one real Redis-protocol server per test module that asks for `sim`
+or `server` (a module may define its own, e.g. a simulator with a scenario)."""
 
 from collections.abc import Iterator
 
 import pytest
 
 from tests.harness import Simulator
+from tests.redis_server import RedisServer, redis_server
 
 
 @pytest.fixture
@@ -18,3 +20,9 @@ def sim() -> Iterator[Simulator]:
     simulator = Simulator()
     yield simulator
     simulator.stop()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    with redis_server() as running:
+        yield running

@@ -87,6 +87,18 @@ class Simulator:
         return received
 
 
+@contextlib.contextmanager
+def simulator_with(scenario: Mapping[str, Any], directory: Path) -> Iterator[Simulator]:
+    """A simulator running `scenario` (written to `directory`), stopped on exit."""
+    path = directory / "scenario.yaml"
+    path.write_text(yaml.safe_dump(dict(scenario)))
+    simulator = Simulator(path)
+    try:
+        yield simulator
+    finally:
+        simulator.stop()
+
+
 def task_config(
     *,
     output: Mapping[str, Any] | None = None,

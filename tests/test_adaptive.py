@@ -18,9 +18,10 @@ from tests.harness import (
     Simulator,
     gateway_config,
     running_gateway,
+    simulator_with,
     task_config,
 )
-from tests.redis_server import RedisServer, redis_server
+from tests.redis_server import RedisServer
 from tunegate.adaptive import probability_a_better, split_for
 from tunegate.config import Task, load_config
 from tunegate.errors import ConfigError
@@ -110,17 +111,8 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
             "*": {},
         },
     }
-    path = tmp_path_factory.mktemp("scenario") / "scenario.yaml"
-    path.write_text(yaml.safe_dump(scenario))
-    simulator = Simulator(path)
-    yield simulator
-    simulator.stop()
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    with redis_server() as handle:
-        yield handle
+    with simulator_with(scenario, tmp_path_factory.mktemp("scenario")) as simulator:
+        yield simulator
 
 
 def gauge(metrics: str, name: str, **labels: str) -> float | None:

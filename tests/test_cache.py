@@ -30,6 +30,7 @@ from tests.harness import (
     Simulator,
     gateway_config,
     running_gateway,
+    simulator_with,
     task_config,
 )
 from tests.redis_server import RedisServer, redis_server
@@ -62,17 +63,9 @@ def tasks() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
-    scenario = tmp_path_factory.mktemp("scenario") / "scenario.yaml"
-    scenario.write_text(yaml.safe_dump({"models": {SLOW: {"latency_ms": SLOW_MS}, "*": {}}}))
-    simulator = Simulator(scenario=scenario)
-    yield simulator
-    simulator.stop()
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    with redis_server() as running:
-        yield running
+    scenario = {"models": {SLOW: {"latency_ms": SLOW_MS}, "*": {}}}
+    with simulator_with(scenario, tmp_path_factory.mktemp("scenario")) as simulator:
+        yield simulator
 
 
 @pytest.fixture(scope="module")

@@ -26,9 +26,10 @@ from tests.harness import (
     Simulator,
     gateway_config,
     running_gateway,
+    simulator_with,
     task_config,
 )
-from tests.redis_server import RedisServer, redis_server
+from tests.redis_server import RedisServer
 from tunegate import cli
 from tunegate.auth import hash_key
 from tunegate.experiments import AGGREGATE_TTL_S, REQUEST_TTL_S
@@ -54,17 +55,8 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
             "*": {},
         },
     }
-    path = tmp_path_factory.mktemp("scenario") / "scenario.yaml"
-    path.write_text(yaml.safe_dump(scenario))
-    simulator = Simulator(path)
-    yield simulator
-    simulator.stop()
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    with redis_server() as handle:
-        yield handle
+    with simulator_with(scenario, tmp_path_factory.mktemp("scenario")) as simulator:
+        yield simulator
 
 
 def perfect_task(**kw: Any) -> dict[str, Any]:

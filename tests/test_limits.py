@@ -131,12 +131,6 @@ def test_script_replies_other_than_a_verdict_count_as_a_failed_store(
 # -- the scripts against a real server ---------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    with redis_server() as running:
-        yield running
-
-
 @pytest.fixture
 def raw(server: RedisServer) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(server.url)

@@ -22,9 +22,10 @@ from tests.harness import (
     Simulator,
     gateway_config,
     running_gateway,
+    simulator_with,
     task_config,
 )
-from tests.redis_server import RedisServer, redis_server
+from tests.redis_server import RedisServer
 from tunegate import cli
 from tunegate.config import load_config
 from tunegate.report import build_document, render_table
@@ -48,17 +49,8 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
             "*": {},
         },
     }
-    path = tmp_path_factory.mktemp("scenario") / "scenario.yaml"
-    path.write_text(yaml.safe_dump(scenario))
-    simulator = Simulator(path)
-    yield simulator
-    simulator.stop()
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    with redis_server() as handle:
-        yield handle
+    with simulator_with(scenario, tmp_path_factory.mktemp("scenario")) as simulator:
+        yield simulator
 
 
 def slow_task(**routing: Any) -> dict[str, Any]:

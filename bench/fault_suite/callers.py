@@ -151,9 +151,9 @@ async def keys(suite: Suite) -> Verdict:
     return verdict
 
 
-async def limits(suite: Suite) -> Verdict:
-    """rpm and daily budget of two keys, enforced across two gateway instances; requests
-    refused before the limits (bad bodies, unknown tasks) consume neither."""
+async def rate_limit(suite: Suite) -> Verdict:
+    """A key's rpm, enforced across two gateway instances; requests refused before the
+    limit (bad bodies, unknown tasks) consume none of it."""
     gateways = [suite.main, await asyncio.to_thread(lambda: suite.second)]
     limited = [suite.client(suite.keys.limited.key, g) for g in gateways]
     raw = httpx.AsyncClient(timeout=30)
@@ -178,14 +178,8 @@ async def limits(suite: Suite) -> Verdict:
         concurrency=CONCURRENCY,
         duration_s=6,
     )
-    budget_clients = [suite.client(suite.keys.budget.key, g) for g in gateways]
-    budget = await run_load(
-        lambda i: chat(budget_clients[i % 2], "triage", ticket(i)),
-        concurrency=CONCURRENCY,
-        duration_s=6,
-    )
     tally = Tally()
-    for part in (before, rpm, budget):
+    for part in (before, rpm):
         tally.extend(part)
     verdict = Verdict(tally)
     verdict.standard(allowed={200, 400, 404, 429})
@@ -204,8 +198,23 @@ async def limits(suite: Suite) -> Verdict:
             for o in rpm.with_status(429)
         ),
     )
-    spent = sum(float(o.headers.get("x-tunegate-cost-usd", 0)) for o in budget.with_status(200))
-    most = max((float(o.headers.get("x-tunegate-cost-usd", 0)) for o in budget.outcomes), default=0)
+    verdict.note(f"rpm: {rpm.count(200)} admitted of {rpm.sent}")
+    return verdict
+
+
+async def budget(suite: Suite) -> Verdict:
+    """A key's daily budget, spent across two gateway instances."""
+    gateways = [suite.main, await asyncio.to_thread(lambda: suite.second)]
+    clients = [suite.client(suite.keys.budget.key, g) for g in gateways]
+    tally = await run_load(
+        lambda i: chat(clients[i % 2], "triage", ticket(i)),
+        concurrency=CONCURRENCY,
+        duration_s=6,
+    )
+    verdict = Verdict(tally)
+    verdict.standard(allowed={200, 429})
+    spent = sum(float(o.headers.get("x-tunegate-cost-usd", 0)) for o in tally.with_status(200))
+    most = max((float(o.headers.get("x-tunegate-cost-usd", 0)) for o in tally.outcomes), default=0)
     limit = suite.keys.budget.daily_budget_usd or 0
     verdict.check(
         f"budget ${limit}: spend <= budget + {CONCURRENCY} in-flight requests",
@@ -213,16 +222,13 @@ async def limits(suite: Suite) -> Verdict:
     )
     verdict.check(
         "budget_exceeded 429s: x-should-retry: false",
-        bool(budget.with_status(429))
+        bool(tally.with_status(429))
         and all(
             o.code == "budget_exceeded" and o.headers.get("x-should-retry") == "false"
-            for o in budget.with_status(429)
+            for o in tally.with_status(429)
         ),
     )
-    verdict.note(
-        f"rpm: {rpm.count(200)} admitted of {rpm.sent}; budget: ${spent:.4f} spent by "
-        f"{budget.count(200)} answers, {budget.count(429)} refused"
-    )
+    verdict.note(f"${spent:.4f} spent by {tally.count(200)} answers, {tally.count(429)} refused")
     return verdict
 
 
@@ -476,7 +482,8 @@ GROUP = "callers"
 SCENARIOS = [
     Scenario("callers-cross-tenant", GROUP, "tenant A probes B's tasks and cache", cross_tenant),
     Scenario("callers-keys", GROUP, "missing, wrong, revoked-mid-load keys", keys),
-    Scenario("callers-limits", GROUP, "rpm and budget over two instances", limits),
+    Scenario("callers-rate-limit", GROUP, "rpm over two instances", rate_limit),
+    Scenario("callers-budget", GROUP, "daily budget over two instances", budget),
     Scenario("callers-413", GROUP, "2 MiB bodies, with and without content-length", too_large),
     Scenario("callers-owned-params", GROUP, "parameters the task owns", owned_parameters),
     Scenario("callers-malformed", GROUP, "malformed JSON bodies", malformed),

@@ -15,10 +15,10 @@ from bench.fault_suite.load import Tally, sdk_client
 from bench.fault_suite.stack import (
     Gateway,
     Keys,
-    Valkey,
     gateway_config,
     start_gateway,
     start_simulator,
+    start_valkey,
 )
 from bench.processes import Server, free_port
 
@@ -71,7 +71,7 @@ class Suite:
         self.keys = Keys()
         self.dead_url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
         self.simulator: Server = start_simulator(self.workdir)
-        self.valkey = Valkey()
+        self.valkey = start_valkey()
         self.gateways: list[Gateway] = []
         self.stopped_logs: list[Path] = []
         self._second: Gateway | None = None

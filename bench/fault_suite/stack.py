@@ -6,7 +6,6 @@ captured in a log file the secrets scenarios read at the end."""
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 from collections.abc import Mapping
@@ -18,6 +17,7 @@ import httpx
 import yaml
 
 from bench.processes import Server, free_port, start_server
+from tests.redis_server import RedisServer
 from tunegate.auth import hash_key
 from tunegate.embedded import EmbeddedServer
 
@@ -235,46 +235,10 @@ def gateway_config(sim_url: str, keys: Keys, dead_url: str, **server: Any) -> di
     }
 
 
-class Valkey:
-    """One Valkey server with the faults store scenarios inject; its port survives
-    kill and restart, so gateways reconnect to the same URL."""
-
-    def __init__(self) -> None:
-        self._server = EmbeddedServer().start()
-        self._frozen = False
-
-    @property
-    def url(self) -> str:
-        return self._server.url
-
-    @property
-    def port(self) -> int:
-        return self._server.port
-
-    def kill(self) -> None:
-        """SIGKILL; stays down until `restart()`."""
-        os.kill(self._server.pid, signal.SIGKILL)
-        self._frozen = False
-        self._server.stop()
-
-    def freeze(self) -> None:
-        os.kill(self._server.pid, signal.SIGSTOP)
-        self._frozen = True
-
-    def thaw(self) -> None:
-        os.kill(self._server.pid, signal.SIGCONT)
-        self._frozen = False
-
-    def restart(self) -> None:
-        """A fresh, empty server on the same port."""
-        if self._frozen:
-            self.thaw()
-        self._server.restart()
-
-    def stop(self) -> None:
-        if self._frozen:
-            self.thaw()
-        self._server.stop()
+def start_valkey() -> RedisServer:
+    """One Valkey server with the faults store scenarios inject (the tests' own wrapper):
+    its port survives kill and restart, so gateways reconnect to the same URL."""
+    return RedisServer(EmbeddedServer().start())
 
 
 @dataclass
