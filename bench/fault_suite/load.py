@@ -28,8 +28,8 @@ ERROR_BODIES: list[str] = []
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """One request's fate. `status` None: no answer at all (lost), unless `refused`: the
-    connection was refused because no process listened any more (a client learns that at
-    once and tries another instance; only scenarios that stop the gateway set it)."""
+    connection was refused or reset because the process stopped listening (a client learns
+    that at once and tries another instance; only scenarios that stop the gateway set it)."""
 
     status: int | None
     latency_s: float

@@ -47,11 +47,15 @@ async def sigterm(suite: Suite) -> Verdict:
         await client.close()
         await asyncio.to_thread(gateway.server.stop)
     # After the drain (at least MIN_DRAIN_S), uvicorn closes its socket and the process
-    # exits: a connection refused from then on is no lost request.
+    # exits: a connection refused from then on, or one reset as the socket closes with it
+    # still in the accept queue, fails at once and tells the client; it is no lost request.
     drained = signalled + MIN_DRAIN_S
+    at_close = ("ConnectError", "ReadError", "RemoteProtocolError")
     tally.outcomes = [
         replace(o, refused=True)
-        if o.status is None and "ConnectError" in o.note and o.at - o.latency_s >= drained
+        if o.status is None
+        and any(kind in o.note for kind in at_close)
+        and o.at - o.latency_s >= drained
         else o
         for o in tally.outcomes
     ]
@@ -68,7 +72,7 @@ async def sigterm(suite: Suite) -> Verdict:
     )
     answered = [o for o in started_after if o.status is not None]
     verdict.check(
-        "sent after SIGTERM: 503 with Retry-After while draining, refused only after it",
+        "sent after SIGTERM: 503 with Retry-After while draining, refused or reset only after",
         any(o.status == 503 for o in started_after)
         and all(
             o.refused or (o.status == 503 and "retry-after" in o.headers) for o in started_after
