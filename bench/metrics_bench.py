@@ -33,8 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 TUNED = "ft:gpt-3.5-turbo-0613:acme::7qTVM5AR"
 BASE = "gpt-3.5-turbo"
 TASK = "ticket-triage"
-# The gateway's own time per request (cache miss, one worker), measured by `bench/run`.
-OVERHEAD_MS = 1.7
+# The gateway's overhead per request: a cache miss's p50 minus the direct call's, c=1,
+# one worker (`bench/run`, bench/results/2026-11-25T1022Z.md).
+OVERHEAD_MS = 3.34
 # Requests per second for spreading a flush's cost: light traffic, and one worker's most.
 RATES = (100, 500)
 
