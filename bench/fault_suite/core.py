@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,11 @@ class Verdict:
         """The checks every scenario makes: nothing lost, no wrong 200, and only the
         statuses the scenario allows."""
         self.check(f"lost <= {max_lost}", self.tally.lost <= max_lost)
+        if self.tally.lost:
+            causes = Counter(
+                o.note or "?" for o in self.tally.outcomes if o.status is None and not o.refused
+            )
+            self.note(f"lost: {dict(causes)}")
         self.check("0 wrong answers", self.tally.wrong == 0)
         if allowed is not None:
             seen = {o.status for o in self.tally.outcomes if o.status is not None}
