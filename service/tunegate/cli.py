@@ -127,6 +127,10 @@ def _run_uvicorn(host: str, port: int, workers: int) -> None:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
+        # Longer than clients keep idle connections (httpx, the SDKs: 5 s), so the client
+        # drops an idle connection first, never the server while a request is being sent
+        # on it (uvicorn's default, 5 s, races httpx's).
+        timeout_keep_alive=75,
     )
 
 
