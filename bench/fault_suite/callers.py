@@ -27,7 +27,8 @@ from bench.fault_suite.load import (
     sdk_client,
     ticket,
 )
-from bench.fault_suite.stack import TUNED, WRONG_KEY, tuned
+from bench.fault_suite.stack import WRONG_KEY, tuned
+from tests.harness import TUNED
 
 CONCURRENCY = 30
 

@@ -17,26 +17,15 @@ import httpx
 import yaml
 
 from bench.processes import Server, free_port, start_server
+from tests.harness import BASE, TUNED, task_config
 from tests.redis_server import RedisServer
 from tunegate.auth import hash_key
 from tunegate.embedded import EmbeddedServer
 
-TUNED = "ft:gpt-3.5-turbo-0613:acme::7qTVM5AR"
-BASE = "gpt-3.5-turbo"
 # The upstream key the gateway sends; the simulator refuses any other (401).
 UPSTREAM_KEY = "sk-sim-" + os.urandom(12).hex()
 # A well-formed caller key that the gateway does not know.
 WRONG_KEY = "tg-fault-" + os.urandom(16).hex()
-TRIAGE_SCHEMA = {
-    "type": "object",
-    "required": ["category", "priority"],
-    "additionalProperties": False,
-    "properties": {
-        "category": {"enum": ["billing", "bug", "account", "other"]},
-        "priority": {"enum": ["low", "medium", "high"]},
-    },
-}
-TRIAGE_SYSTEM = "Classify the support ticket as JSON."
 REPLY_SYSTEM = "Antworte dem Kunden auf Deutsch."
 
 
@@ -143,37 +132,11 @@ class Keys:
 
 
 def json_task(model: str, upstream: str = "sim", **routing: Any) -> dict[str, Any]:
-    """A triage task whose tuned variant calls `model`, with a healthy few-shot fallback."""
-    return {
-        "output": {"type": "json", "schema": TRIAGE_SCHEMA},
-        "variants": {
-            "tuned": {
-                "upstream": upstream,
-                "model": model,
-                "system": TRIAGE_SYSTEM,
-                "params": {"temperature": 0, "max_tokens": 64},
-            },
-            "few_shot": {
-                "upstream": "sim",
-                "model": BASE,
-                "system": "You classify support tickets. Answer only with JSON.",
-                "examples": [
-                    {
-                        "user": "I was charged twice.",
-                        "assistant": '{"category": "billing", "priority": "high"}',
-                    }
-                ],
-                "params": {"temperature": 0, "max_tokens": 64},
-            },
-        },
-        "routing": {
-            "weights": {"tuned": 100, "few_shot": 0},
-            "fallback": ["few_shot"],
-            "retries": 1,
-            "json_retries": 1,
-            **routing,
-        },
-    }
+    """A triage task whose tuned variant calls `model`, with a healthy few-shot fallback
+    (the tests' task, `tests.harness.task_config`)."""
+    task = task_config(routing={"fallback": ["few_shot"], **routing})
+    task["variants"]["tuned"].update(model=model, upstream=upstream)
+    return task
 
 
 def text_task(model: str, upstream: str = "sim", **routing: Any) -> dict[str, Any]:
