@@ -322,8 +322,9 @@ class Gateway:
     def _served(self, call: Call, trail: _Trail, answer: Answer) -> Answer:
         """Record an answer served by an upstream call, and start its shadow if sampled."""
         self.record(self._outcome(call, trail, answer.variant.name, "ok"))
-        if self._shadows is not None and call.forced is None and not answer.fallback_from:
-            shadow = self._shadows.wanted(call.task, answer.variant.name, self._random())
+        shadows = self._shadows if call.task.routing.shadow is not None else None
+        if shadows is not None and call.forced is None and not answer.fallback_from:
+            shadow = shadows.wanted(call.task, answer.variant.name, self._random())
             if shadow is not None:
                 own = [c for c in trail.calls if c.variant == answer.variant.name]
                 primary = Primary(
@@ -336,7 +337,7 @@ class Gateway:
                     seconds=sum(c.seconds for c in own),
                     cost_usd=trail.cost_usd,
                 )
-                self._shadows.send(shadow, primary)
+                shadows.send(shadow, primary)
         return answer
 
     # -- the cache ----------------------------------------------------------------------
