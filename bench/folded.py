@@ -77,7 +77,7 @@ def _is_own(frame: str) -> bool:
     return (
         package_of(frame) == "tunegate"
         and not frame.startswith("<module>")
-        and "(tunegate/cli.py" not in frame
+        and "(tunegate/commands/cli.py" not in frame
     )
 
 

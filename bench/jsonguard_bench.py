@@ -11,7 +11,7 @@ from unittest import mock
 
 from jsonschema import Draft202012Validator
 
-from tunegate.jsonguard import _verdict, check, compile_schema
+from tunegate.quality.jsonguard import _verdict, check, compile_schema
 
 SCHEMA = {
     "type": "object",

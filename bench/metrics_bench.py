@@ -26,8 +26,8 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from tunegate.gateway import Outcome, UpstreamCall, rejected
-from tunegate.metrics import FLUSH_DELAY_S, Metrics
+from tunegate.observability.metrics import FLUSH_DELAY_S, Metrics
+from tunegate.records import Outcome, UpstreamCall, rejected
 
 ROOT = Path(__file__).resolve().parent.parent
 TUNED = "ft:gpt-3.5-turbo-0613:acme::7qTVM5AR"

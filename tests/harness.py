@@ -19,7 +19,7 @@ import uvicorn
 import yaml
 
 from tunegate.app import create_app
-from tunegate.settings import Settings
+from tunegate.config.settings import Settings
 
 TUNED = "ft:gpt-3.5-turbo-0613:acme::7qTVM5AR"
 BASE = "gpt-3.5-turbo"

@@ -15,7 +15,7 @@ import os
 import signal
 from collections.abc import Iterator
 
-from tunegate.embedded import EmbeddedServer
+from tunegate.state.embedded import EmbeddedServer
 
 
 class RedisServer:

@@ -22,9 +22,9 @@ from tests.harness import (
     task_config,
 )
 from tests.redis_server import RedisServer
-from tunegate.adaptive import probability_a_better, split_for
-from tunegate.config import Task, load_config
+from tunegate.config.compiled import Task, load_config
 from tunegate.errors import ConfigError
+from tunegate.experiments.adaptive import probability_a_better, split_for
 
 
 def task_with(tmp_path: Path, **adaptive: Any) -> Task:

@@ -28,9 +28,9 @@ from tests.harness import (
     task_config,
 )
 from tunegate.auth import OPEN, authenticate, hash_key, keys_by_hash, require_admin, task_for
-from tunegate.config import ApiKey, GatewayConfig, load_config
+from tunegate.config.compiled import ApiKey, GatewayConfig, load_config
 from tunegate.errors import AuthenticationFailed, NotFound, PermissionDenied
-from tunegate.logs import JsonLines
+from tunegate.observability.logs import JsonLines
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 
@@ -118,7 +118,7 @@ def test_admin_only_actions_refuse_other_keys(config: GatewayConfig) -> None:
 
 def tunegate(*argv: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tunegate.cli", *argv],
+        [sys.executable, "-m", "tunegate.commands.cli", *argv],
         input=stdin,
         capture_output=True,
         text=True,

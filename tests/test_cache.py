@@ -35,8 +35,8 @@ from tests.harness import (
 )
 from tests.redis_server import RedisServer, redis_server
 from tunegate.auth import hash_key
-from tunegate.cache import KEY_PREFIX, LOCK_PREFIX, cache_key_for
-from tunegate.config import load_config
+from tunegate.config.compiled import load_config
+from tunegate.state.cache import KEY_PREFIX, LOCK_PREFIX, cache_key_for
 
 # The model of the `crowd` task: slow enough that 50 concurrent requests overlap.
 SLOW = "gpt-4o-mini"

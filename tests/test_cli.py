@@ -16,9 +16,9 @@ import httpx
 import yaml
 
 from tests.harness import TUNED, Simulator, free_port, gateway_config, task_config, wait_for_http
-from tunegate.embedded import answers_ping
+from tunegate.state.embedded import answers_ping
 
-SERVE = [sys.executable, "-m", "tunegate.cli", "serve"]
+SERVE = [sys.executable, "-m", "tunegate.commands.cli", "serve"]
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "gateway.yaml"
 
 

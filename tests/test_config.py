@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from tests.harness import gateway_config, task_config
-from tunegate.cli import main
-from tunegate.config import load_config, missing_secrets
+from tunegate.commands.cli import main
+from tunegate.config.compiled import load_config, missing_secrets
 from tunegate.errors import ConfigError
 
 EXAMPLE = Path(__file__).parent.parent / "config" / "gateway.yaml"

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tunegate.cli import _parser
+from tunegate.commands.cli import _parser
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -30,9 +30,9 @@ from tests.harness import (
     task_config,
 )
 from tests.redis_server import RedisServer
-from tunegate import cli
 from tunegate.auth import hash_key
-from tunegate.experiments import AGGREGATE_TTL_S, REQUEST_TTL_S
+from tunegate.commands import cli
+from tunegate.experiments.recorder import AGGREGATE_TTL_S, REQUEST_TTL_S
 
 # Models the scenario's "*" entry answers, always with valid JSON.
 PERFECT_TUNED = "ft:perfect-model:acme::1"

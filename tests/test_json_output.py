@@ -21,7 +21,7 @@ from tests.harness import (
     running_gateway,
     task_config,
 )
-from tunegate.jsonguard import check, compile_schema
+from tunegate.quality.jsonguard import check, compile_schema
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.harness import TRIAGE_SCHEMA
-from tunegate.jsonguard import SchemaError, check, compile_schema, corrective_message
+from tunegate.quality.jsonguard import SchemaError, check, compile_schema, corrective_message
 
 SCHEMA = compile_schema(TRIAGE_SCHEMA)
 RIGHT = {"category": "billing", "priority": "high"}

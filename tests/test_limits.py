@@ -31,11 +31,11 @@ from tests.harness import (
 )
 from tests.redis_server import RedisServer, redis_server
 from tunegate.auth import hash_key
-from tunegate.config import ApiKey
-from tunegate.embedded import free_port
+from tunegate.config.compiled import ApiKey
 from tunegate.errors import LimitExceeded, Unavailable
-from tunegate.gateway import Outcome, UpstreamCall
-from tunegate.limits import (
+from tunegate.records import Outcome, UpstreamCall
+from tunegate.state.embedded import free_port
+from tunegate.state.limits import (
     BUDGET_GRACE_S,
     Limits,
     budget_day,
@@ -45,7 +45,7 @@ from tunegate.limits import (
     seconds_until_reset,
     window_key,
 )
-from tunegate.store import Store
+from tunegate.state.store import Store
 
 
 def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> float:

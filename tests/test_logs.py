@@ -10,7 +10,7 @@ from contextlib import redirect_stderr
 
 import pytest
 
-from tunegate.logs import configure_logging
+from tunegate.observability.logs import configure_logging
 
 
 @pytest.fixture

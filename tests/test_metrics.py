@@ -1,4 +1,4 @@
-"""`tunegate.metrics`: outcomes recorded into a fresh `Metrics`, read back from its
+"""`tunegate.observability.metrics`: outcomes recorded into a fresh `Metrics`, read back from its
 Prometheus text exposition as a scraper would; multiprocess mode across real processes."""
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tunegate.adaptive import Split
 from tunegate.errors import ConfigError
-from tunegate.gateway import Outcome, UpstreamCall, rejected
-from tunegate.metrics import FLUSH_DELAY_S, NO_VARIANT, Metrics, mark_process_dead
-from tunegate.shadow import ShadowOutcome
+from tunegate.experiments.adaptive import Split
+from tunegate.observability.metrics import FLUSH_DELAY_S, NO_VARIANT, Metrics, mark_process_dead
+from tunegate.records import Outcome, ShadowOutcome, UpstreamCall, rejected
 
 TUNED = "ft:gpt-3.5-turbo-0613:acme::7qTVM5AR"
 BASE = "gpt-3.5-turbo"
@@ -404,8 +403,8 @@ def test_a_multiprocess_directory_needs_the_environment_set_before_import(
 WORKER = textwrap.dedent(
     """
     import asyncio, os, sys
-    from tunegate.gateway import Outcome, UpstreamCall
-    from tunegate.metrics import Metrics
+    from tunegate.records import Outcome, UpstreamCall
+    from tunegate.observability.metrics import Metrics
     from tests.test_metrics import OUTCOMES
 
     metrics = Metrics(os.environ["PROMETHEUS_MULTIPROC_DIR"])

@@ -35,9 +35,9 @@ from tests.harness import (
     wait_for_http,
 )
 from tunegate.auth import hash_key
-from tunegate.metrics import FLUSH_DELAY_S
+from tunegate.observability.metrics import FLUSH_DELAY_S
 
-SERVE = [sys.executable, "-m", "tunegate.cli", "serve"]
+SERVE = [sys.executable, "-m", "tunegate.commands.cli", "serve"]
 TRIAGE = "triage"  # JSON
 NOTES = "notes"  # text
 INTAKE = "intake"  # JSON, the task whose answers get re-asked

@@ -34,7 +34,7 @@ from tests.harness import (
     task_config,
     wait_for_http,
 )
-from tunegate.metrics import EXPERIMENT_FAMILIES, FAMILIES, IN_FLIGHT
+from tunegate.observability.metrics import EXPERIMENT_FAMILIES, FAMILIES, IN_FLIGHT
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS_CONFIG = ROOT / "config" / "prometheus" / "prometheus.yml"

@@ -215,7 +215,16 @@ def test_sighup_reloads_a_serving_process_and_logs_a_refusal(
         "TUNEGATE_LOG_LEVEL": "info",
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "tunegate.cli", "serve", "--config", str(path), "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "tunegate.commands.cli",
+            "serve",
+            "--config",
+            str(path),
+            "--port",
+            str(port),
+        ],
         env=env,
         stderr=subprocess.PIPE,
         text=True,

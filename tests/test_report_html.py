@@ -9,10 +9,10 @@ from typing import Any
 import yaml
 
 from tests.harness import gateway_config, task_config
-from tunegate.config import load_config
-from tunegate.report import build_document
-from tunegate.report_html import render_html
-from tunegate.stats import bucket_of
+from tunegate.config.compiled import load_config
+from tunegate.experiments.report import build_document
+from tunegate.experiments.report_html import render_html
+from tunegate.experiments.stats import bucket_of
 
 
 class Page(HTMLParser):

@@ -7,7 +7,7 @@ import email.utils
 import pytest
 
 from tunegate import errors
-from tunegate.retry import Backoff, backoff_s, next_wait, parse_retry_after
+from tunegate.flow.retry import Backoff, backoff_s, next_wait, parse_retry_after
 
 
 def always(value: float) -> float:

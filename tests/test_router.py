@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from tests.harness import gateway_config, task_config
-from tunegate import router
-from tunegate.config import Task, load_config
+from tunegate.config.compiled import Task, load_config
+from tunegate.flow import router
 
 
 def make_task(tmp_path: Path, weights: dict[str, float], sticky: str = "user") -> Task:

@@ -26,9 +26,9 @@ from tests.harness import (
     task_config,
 )
 from tests.redis_server import RedisServer
-from tunegate import cli
-from tunegate.config import load_config
-from tunegate.report import build_document, render_table
+from tunegate.commands import cli
+from tunegate.config.compiled import load_config
+from tunegate.experiments.report import build_document, render_table
 
 SLOW_BASE = "slow-base-model"
 SLOW_MS = 300

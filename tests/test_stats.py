@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats  # type: ignore[import-untyped]  # no stubs
 
-from tunegate import stats
-from tunegate.stats import Interval, Moments, Policy, RatioSums
+from tunegate.experiments import stats
+from tunegate.experiments.stats import Interval, Moments, Policy, RatioSums
 
 POLICY = Policy()
 

@@ -15,8 +15,8 @@ from anyio.abc import SocketStream
 from redis.asyncio import Redis
 
 from tests.redis_server import RedisServer, redis_server
-from tunegate.embedded import EmbeddedServer, EmbeddedServerError, answers_ping, free_port
-from tunegate.store import Store
+from tunegate.state.embedded import EmbeddedServer, EmbeddedServerError, answers_ping, free_port
+from tunegate.state.store import Store
 
 pytestmark = pytest.mark.anyio
 

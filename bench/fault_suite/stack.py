@@ -20,7 +20,7 @@ from bench.processes import Server, free_port, start_server
 from tests.harness import BASE, TUNED, task_config
 from tests.redis_server import RedisServer
 from tunegate.auth import hash_key
-from tunegate.embedded import EmbeddedServer
+from tunegate.state.embedded import EmbeddedServer
 
 # The upstream key the gateway sends; the simulator refuses any other (401).
 UPSTREAM_KEY = "sk-sim-" + os.urandom(12).hex()
@@ -232,7 +232,7 @@ def start_gateway(name: str, config: Mapping[str, Any], redis_url: str, workdir:
         "REDIS_URL": redis_url,
         "TUNEGATE_LOG_LEVEL": "info",
     }
-    argv = [sys.executable, "-m", "tunegate.cli", "serve", "--config", str(config_path)]
+    argv = [sys.executable, "-m", "tunegate.commands.cli", "serve", "--config", str(config_path)]
     argv += ["--port", str(port)]
     server = start_server(
         name, argv, port=port, ready_path="/healthz", log_dir=workdir, environ=environ
@@ -250,7 +250,7 @@ def start_simulator(workdir: Path) -> Server:
     scenario_path = workdir / "simulator.yaml"
     scenario_path.write_text(yaml.safe_dump(simulator_scenario(), sort_keys=False))
     port = free_port()
-    argv = [sys.executable, "-m", "tunegate.cli", "simulate", "--port", str(port)]
+    argv = [sys.executable, "-m", "tunegate.commands.cli", "simulate", "--port", str(port)]
     argv += ["--scenario", str(scenario_path)]
     return start_server("simulator", argv, port=port, ready_path="/v1/models", log_dir=workdir)
 

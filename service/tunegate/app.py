@@ -12,7 +12,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI
 
 from tunegate import __version__
-from tunegate.adaptive import Watcher
 from tunegate.api.admin import Reloader, reload_config, watch_sighup
 from tunegate.api.chat import chat_completions
 from tunegate.api.drain import drain_on_sigterm
@@ -22,19 +21,20 @@ from tunegate.api.incoming import Load, Runtime
 from tunegate.api.service import healthz, list_models, metrics_endpoint, readyz
 from tunegate.api.tasks import run_task
 from tunegate.auth import keys_by_hash
-from tunegate.cache import Cache
-from tunegate.config import GatewayConfig, load_config, missing_secrets
-from tunegate.embedded import EmbeddedServer
+from tunegate.config.compiled import GatewayConfig, load_config, missing_secrets
+from tunegate.config.settings import Settings
 from tunegate.errors import ConfigError
-from tunegate.experiments import Experiments
-from tunegate.gateway import Gateway
-from tunegate.limits import Limits
-from tunegate.metrics import Metrics, mark_process_dead
+from tunegate.experiments.adaptive import Watcher
+from tunegate.experiments.recorder import Experiments
+from tunegate.flow.gateway import Gateway
+from tunegate.flow.shadow import Shadows
+from tunegate.flow.upstream import Upstreams
+from tunegate.observability.metrics import Metrics, mark_process_dead
 from tunegate.pricing import Price, PriceTable
-from tunegate.settings import Settings
-from tunegate.shadow import Shadows
-from tunegate.store import Store
-from tunegate.upstream import Upstreams
+from tunegate.state.cache import Cache
+from tunegate.state.embedded import EmbeddedServer
+from tunegate.state.limits import Limits
+from tunegate.state.store import Store
 
 log = logging.getLogger("tunegate.app")
 
@@ -161,8 +161,8 @@ def build_runtime(
 def app_from_env() -> FastAPI:
     """The factory `uvicorn --factory` calls in each worker (a spawned worker process
     starts with Python's default logging: it gets the JSON lines here)."""
-    from tunegate.logs import configure_logging
-    from tunegate.settings import settings_from_env
+    from tunegate.config.settings import settings_from_env
+    from tunegate.observability.logs import configure_logging
 
     settings = settings_from_env()
     configure_logging(settings.log_level)

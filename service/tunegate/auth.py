@@ -24,7 +24,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from tunegate.config import ApiKey, GatewayConfig, Task
+from tunegate.config.compiled import ApiKey, GatewayConfig, Task
 from tunegate.errors import AuthenticationFailed, NotFound, PermissionDenied
 
 

@@ -32,10 +32,10 @@ from starlette.responses import Response
 
 from tunegate.api.incoming import Runtime, caller
 from tunegate.auth import require_admin
-from tunegate.config import GatewayConfig, load_config, missing_secrets
+from tunegate.config.compiled import GatewayConfig, load_config, missing_secrets
+from tunegate.config.settings import Settings
 from tunegate.errors import ConfigError, InvalidRequest
-from tunegate.settings import Settings
-from tunegate.upstream import Upstreams
+from tunegate.flow.upstream import Upstreams
 
 log = logging.getLogger("tunegate.admin")
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tunegate.config import Task
+from tunegate.config.compiled import Task
 from tunegate.errors import InvalidRequest
 
 # Fields OpenAI defines that the task decides for the caller (SPEC §7).

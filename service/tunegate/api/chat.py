@@ -27,9 +27,9 @@ from tunegate.api.incoming import (
     task_endpoint,
 )
 from tunegate.errors import GatewayError
-from tunegate.gateway import Answer
+from tunegate.flow.upstream import Delta
 from tunegate.pricing import format_usd
-from tunegate.upstream import Delta
+from tunegate.records import Answer
 
 
 @task_endpoint

@@ -17,8 +17,8 @@ from tunegate.errors import (
     PermissionDenied,
     Unavailable,
 )
-from tunegate.experiments import Experiments
-from tunegate.report import build_document
+from tunegate.experiments.recorder import Experiments
+from tunegate.experiments.report import build_document
 
 MAX_COMMENT_CHARS = 2000
 FEEDBACK_BODY_LIMIT = 64 * 1024

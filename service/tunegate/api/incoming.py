@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tunegate.auth import Principal, authenticate, task_for
-from tunegate.config import ApiKey, GatewayConfig, Task
+from tunegate.config.compiled import ApiKey, GatewayConfig, Task
 from tunegate.errors import (
     GatewayError,
     InvalidRequest,
@@ -23,7 +23,8 @@ from tunegate.errors import (
     RequestTooLarge,
     Unavailable,
 )
-from tunegate.gateway import Call, Gateway, rejected
+from tunegate.flow.gateway import Gateway
+from tunegate.records import Call, rejected
 
 T = TypeVar("T")
 

@@ -6,8 +6,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tunegate.adaptive import FRESH_S, Watcher
 from tunegate.api.incoming import Runtime, caller
+from tunegate.experiments.adaptive import FRESH_S, Watcher
 
 
 def _json(data: object, status: int = 200) -> Response:

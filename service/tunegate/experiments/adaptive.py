@@ -27,10 +27,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tunegate.config import GatewayConfig, Task, cumulative_weights
-from tunegate.experiments import Experiments
-from tunegate.report import build_document
-from tunegate.router import Cumulative
+from tunegate.config.compiled import GatewayConfig, Task, cumulative_weights
+from tunegate.experiments.recorder import Experiments
+from tunegate.experiments.report import build_document
+from tunegate.flow.router import Cumulative
 
 log = logging.getLogger("tunegate.adaptive")
 

@@ -21,8 +21,7 @@ import orjson
 import yaml
 from pydantic import ValidationError
 
-from tunegate import jsonguard
-from tunegate.config_file import (
+from tunegate.config.shape import (
     AuthFile,
     CacheFile,
     GatewayFile,
@@ -30,6 +29,7 @@ from tunegate.config_file import (
     VariantFile,
 )
 from tunegate.errors import ConfigError
+from tunegate.quality import jsonguard
 
 Message = dict[str, str]
 

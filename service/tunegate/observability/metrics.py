@@ -60,9 +60,8 @@ from prometheus_client.utils import floatToGoString
 from tunegate.errors import ConfigError
 
 if TYPE_CHECKING:  # the gateway imports the whole request flow; records need none of it
-    from tunegate.adaptive import Split
-    from tunegate.gateway import Outcome
-    from tunegate.shadow import ShadowOutcome
+    from tunegate.experiments.adaptive import Split
+    from tunegate.records import Outcome, ShadowOutcome
 
 NO_VARIANT = "none"
 CACHE_RESULTS = ("hit", "miss", "bypass", "error")
@@ -356,7 +355,9 @@ class Metrics:
 
     def publish_experiment(self, task: str, document: Mapping[str, Any], split: Split) -> None:
         """Replace `task`'s experiment gauges with those of its current document."""
-        from tunegate.adaptive import SPLIT_STATES  # the experiments need not load with this
+        from tunegate.experiments.adaptive import (
+            SPLIT_STATES,  # the experiments need not load with this
+        )
 
         gauges: dict[Family, dict[Labels, float]] = {
             EXPERIMENT_WEIGHT: {(task, v): w for v, w in split.weights.items()},

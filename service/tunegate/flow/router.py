@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 
-from tunegate.config import Task
+from tunegate.config.compiled import Task
 
 Cumulative = tuple[tuple[float, str], ...]
 _SCALE = float(1 << 64)

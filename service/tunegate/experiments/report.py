@@ -11,9 +11,9 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tunegate import stats
-from tunegate.config import Task, Variant
-from tunegate.stats import Comparison, Interval, Moments, Policy, RatioSums
+from tunegate.config.compiled import Task, Variant
+from tunegate.experiments import stats
+from tunegate.experiments.stats import Comparison, Interval, Moments, Policy, RatioSums
 
 Sums = Mapping[str, float]
 # OpenAI's chat format adds about this many tokens per message around its content.

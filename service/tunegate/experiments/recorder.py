@@ -35,10 +35,9 @@ from dataclasses import dataclass
 
 import orjson
 
-from tunegate.gateway import Outcome
-from tunegate.shadow import ShadowOutcome
-from tunegate.stats import bucket_of
-from tunegate.store import Store
+from tunegate.experiments.stats import bucket_of
+from tunegate.records import Outcome, ShadowOutcome
+from tunegate.state.store import Store
 
 log = logging.getLogger("tunegate.experiments")
 

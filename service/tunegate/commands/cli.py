@@ -80,9 +80,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from tunegate.embedded import EmbeddedServer
-    from tunegate.logs import configure_logging
-    from tunegate.settings import settings_from_env
+    from tunegate.config.settings import settings_from_env
+    from tunegate.observability.logs import configure_logging
+    from tunegate.state.embedded import EmbeddedServer
 
     settings = settings_from_env(config_path=args.config, host=args.host, port=args.port)
     configure_logging(settings.log_level)
@@ -146,13 +146,13 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from tunegate.demo import run_demo
+    from tunegate.commands.demo import run_demo
 
     return run_demo(requests=args.requests)
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from tunegate.config import load_config, missing_secrets
+    from tunegate.config.compiled import load_config, missing_secrets
 
     config = load_config(args.file)
     for warning in missing_secrets(config, os.environ):
@@ -165,7 +165,7 @@ def _report(args: argparse.Namespace) -> int:
     import asyncio
     import json
 
-    from tunegate.report import render_table
+    from tunegate.experiments.report import render_table
 
     try:
         if args.url:
@@ -176,7 +176,7 @@ def _report(args: argparse.Namespace) -> int:
         print(f"tunegate report: {exc}", file=sys.stderr)
         return 1
     if args.html:
-        from tunegate.report_html import render_html
+        from tunegate.experiments.report_html import render_html
 
         try:
             args.html.write_text(render_html(document), encoding="utf-8")
@@ -204,11 +204,11 @@ def _report_over_http(url: str, task: str) -> dict[str, Any]:
 
 
 async def _report_from_store(task_name: str, config_path: Path | None) -> dict[str, Any]:
-    from tunegate.config import load_config
-    from tunegate.experiments import Experiments
-    from tunegate.report import build_document
-    from tunegate.settings import settings_from_env
-    from tunegate.store import Store
+    from tunegate.config.compiled import load_config
+    from tunegate.config.settings import settings_from_env
+    from tunegate.experiments.recorder import Experiments
+    from tunegate.experiments.report import build_document
+    from tunegate.state.store import Store
 
     settings = settings_from_env(config_path=config_path)
     if settings.redis_url is None:

@@ -34,10 +34,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from tunegate.config import ApiKey
+from tunegate.config.compiled import ApiKey
 from tunegate.errors import LimitExceeded, Unavailable
-from tunegate.gateway import Outcome
-from tunegate.store import ScriptHandle, Store
+from tunegate.records import Outcome
+from tunegate.state.store import ScriptHandle, Store
 
 log = logging.getLogger("tunegate.limits")
 

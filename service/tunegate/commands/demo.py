@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import yaml
 
-from tunegate.upstream import CallerError, caller_client
+from tunegate.flow.upstream import CallerError, caller_client
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = ROOT / "config" / "gateway.yaml"
@@ -99,7 +99,7 @@ def _simulator_argv(seed: int) -> list[str]:
 
 
 def _gateway_argv(config: Path) -> list[str]:
-    return [sys.executable, "-m", "tunegate.cli", "serve", "--config", str(config)]
+    return [sys.executable, "-m", "tunegate.commands.cli", "serve", "--config", str(config)]
 
 
 @contextmanager
@@ -174,8 +174,8 @@ async def _workload(
 def _experiment_report(gateway_url: str, task: str) -> str:
     """The `tunegate report TASK` table, read from the running gateway; its charts
     (`--html`) go to a file in the temporary directory, named at the end."""
-    from tunegate.report import render_table
-    from tunegate.report_html import render_html
+    from tunegate.experiments.report import render_table
+    from tunegate.experiments.report_html import render_html
 
     response = httpx.get(f"{gateway_url}/v1/experiments/{task}", timeout=10)
     if response.status_code != 200:

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import orjson
 
-from tunegate.store import Store
+from tunegate.state.store import Store
 
 KEY_PREFIX = "tunegate:cache:"
 LOCK_PREFIX = "tunegate:lock:"

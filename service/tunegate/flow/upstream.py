@@ -20,7 +20,7 @@ import httpx2
 import openai
 import orjson
 
-from tunegate.config import Upstream, Variant
+from tunegate.config.compiled import Upstream, Variant
 from tunegate.errors import (
     UpstreamAuthError,
     UpstreamBadRequest,
@@ -31,7 +31,7 @@ from tunegate.errors import (
     UpstreamServerError,
     UpstreamTimeout,
 )
-from tunegate.retry import parse_retry_after
+from tunegate.flow.retry import parse_retry_after
 
 Message = Mapping[str, Any]
 

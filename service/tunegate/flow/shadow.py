@@ -22,17 +22,17 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from tunegate import jsonguard
-from tunegate.config import Task, Variant
+from tunegate.config.compiled import Task, Variant
 from tunegate.errors import UpstreamError
+from tunegate.flow.upstream import Message, Upstreams
 from tunegate.pricing import PriceTable
-from tunegate.upstream import Message, Upstreams
+from tunegate.quality import jsonguard
+from tunegate.records import ShadowOutcome, ShadowStatus
 
 log = logging.getLogger("tunegate.shadow")
 
-ShadowStatus = Literal["ok", "invalid", "error", "skipped"]
 MAX_IN_FLIGHT = 16
 
 
@@ -49,23 +49,6 @@ class Primary:
     parsed: Any
     seconds: float
     cost_usd: float
-
-
-@dataclass(frozen=True, slots=True)
-class ShadowOutcome:
-    """One shadow call: `agree` None unless the shadow answered (`ok`)."""
-
-    request_id: str
-    task: str
-    primary: str
-    shadow: str
-    model: str
-    status: ShadowStatus
-    agree: bool | None
-    seconds: float
-    primary_seconds: float
-    cost_usd: float
-    primary_cost_usd: float
 
 
 ShadowRecorder = Callable[[ShadowOutcome], None]

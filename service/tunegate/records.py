@@ -1,0 +1,155 @@
+"""What one request was and how it ended: the records every recorder reads (metrics,
+experiments, limits) without importing the request flow that produces them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tunegate.config.compiled import Task, Variant
+from tunegate.pricing import format_usd
+
+Message = Mapping[str, Any]
+CacheState = Literal["hit", "miss", "bypass"]
+Status = Literal["ok", "fallback", "error", "invalid_output", "deadline", "rejected"]
+ShadowStatus = Literal["ok", "invalid", "error", "skipped"]
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One caller request, validated and resolved to a task (built by the API layer)."""
+
+    request_id: str
+    task: Task
+    messages: tuple[Message, ...]
+    params: Mapping[str, Any]
+    unit: str | None = None
+    forced: str | None = None
+    tenant: str = "default"
+    cache_read: bool = True
+    cache_write: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamCall:
+    """One upstream attempt, successful or not, for cost and metrics."""
+
+    variant: str
+    model: str
+    seconds: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one request ended; what metrics and experiments record.
+
+    `chosen` is the variant the router picked (the experiment sample when `sample`);
+    `served` the one that answered (None when none did). `task` is `_unknown` for
+    requests naming no known task. Labels derived from it come from the config only."""
+
+    request_id: str
+    task: str
+    tenant: str | None
+    chosen: str | None
+    served: str | None
+    served_model: str | None
+    sample: bool
+    status: Status
+    cache: CacheState
+    # hit | miss | bypass | error (the store failed and the lookup counted as a miss);
+    # None when the request never reached a lookup (rejected).
+    cache_lookup: Literal["hit", "miss", "bypass", "error"] | None
+    seconds: float
+    calls: tuple[UpstreamCall, ...] = ()
+    # (variant, valid | repaired | invalid) for each answer the JSON guard checked.
+    json_results: tuple[tuple[str, str], ...] = ()
+    fallbacks: tuple[tuple[str, str, str], ...] = ()
+    store_seconds: float = 0.0
+    ttft_seconds: float | None = None
+    saved_usd: float = 0.0
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(c.cost_usd for c in self.calls)
+
+    @property
+    def upstream_seconds(self) -> float:
+        return sum(c.seconds for c in self.calls)
+
+    @property
+    def overhead_seconds(self) -> float:
+        """Time spent in the gateway itself: not waiting on the upstream or the store."""
+        return max(0.0, self.seconds - self.upstream_seconds - self.store_seconds)
+
+
+def rejected(request_id: str, task: str | None, seconds: float) -> Outcome:
+    """The outcome of a request refused before any upstream call (4xx)."""
+    return Outcome(
+        request_id=request_id,
+        task=task or "_unknown",
+        tenant=None,
+        chosen=None,
+        served=None,
+        served_model=None,
+        sample=False,
+        status="rejected",
+        cache="bypass",
+        cache_lookup=None,
+        seconds=seconds,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A successful answer, ready for the API layer to shape."""
+
+    request_id: str
+    task: Task
+    variant: Variant
+    content: str
+    parsed: Any
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    cache: CacheState
+    json_status: str | None
+    fallback_from: str | None
+    created: int
+
+    def headers(self) -> dict[str, str]:
+        headers = {
+            "x-request-id": self.request_id,
+            "x-tunegate-task": self.task.name,
+            "x-tunegate-variant": self.variant.name,
+            "x-tunegate-model": self.variant.model,
+            "x-tunegate-cache": self.cache,
+            "x-tunegate-cost-usd": format_usd(self.cost_usd),
+        }
+        if self.fallback_from:
+            headers["x-tunegate-fallback"] = self.fallback_from
+        if self.json_status:
+            headers["x-tunegate-json"] = self.json_status
+        return headers
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowOutcome:
+    """One shadow call: `agree` None unless the shadow answered (`ok`)."""
+
+    request_id: str
+    task: str
+    primary: str
+    shadow: str
+    model: str
+    status: ShadowStatus
+    agree: bool | None
+    seconds: float
+    primary_seconds: float
+    cost_usd: float
+    primary_cost_usd: float
