@@ -5,6 +5,9 @@ The gateway talks to it with the `openai` SDK exactly as to OpenAI: `POST
 and errors carry OpenAI's status, `type`, `code` and headers, so the SDK raises its usual
 exception classes. What each model answers, how fast and how it fails is set by a
 scenario file (`scenario.py`); what the answers are is decided in `answers.py`.
+The files and fine-tuning jobs API (`/v1/files`, `/v1/fine_tuning/jobs`) and
+`DELETE /v1/models/{model}` live in `tuning.py`; the `ft:` models its jobs produce are
+served here with the scenario's `fine_tuning.model` behaviour.
 
 Faults: forced on one request with the header `x-sim-fault: KIND`, else the next one
 queued for its model with `POST /_sim/script {"model": M, "faults": [KIND, ...]}`, else

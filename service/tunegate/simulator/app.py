@@ -33,6 +33,7 @@ from tunegate.simulator.scenario import (
     Scenario,
     is_script_kind,
 )
+from tunegate.simulator.tuning import TuningService
 
 RECEIVED_LIMIT = 10_000
 # What the `huge` fault appends to an answer: an upstream that ignores max_tokens.
@@ -82,6 +83,7 @@ class Simulator:
         self._prefix_bytes = self._prefix.encode()
         self._count = 0
         self._hide_drops = _HideDrops()
+        self._tuning = TuningService(scenario)
         created = int(time.time())
         self._models_body = orjson.dumps(
             {
@@ -106,6 +108,8 @@ class Simulator:
             handler = self._routes.get((scope["method"], scope["path"]))
             if handler is not None:
                 await handler(scope, receive, send)
+                return
+            if self._tuning.handles(scope["path"]) and await self._tuned(scope, receive, send):
                 return
             message = f"Invalid URL ({scope['method']} {scope['path']})"
             await self._send_json(send, 404, _error(message, "invalid_request_error"))
@@ -138,7 +142,7 @@ class Simulator:
             self._record(request, authorization is not None, None)
             await self._send_json(send, 401, _invalid_key())
             return
-        behaviour = self._scenario.behaviour_for(model)
+        behaviour = self._tuning.behaviour_for(model)
         if behaviour is None:
             self._record(request, authorization is not None, None)
             await self._send_json(send, 404, _model_not_found(model))
@@ -161,6 +165,30 @@ class Simulator:
             await self._hang(receive, send)
         else:
             await self._answer(send, request, behaviour, fault, wait)
+
+    async def _tuned(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """The files, fine-tuning and model-deletion routes (`tuning.py`); False when
+        none matches."""
+        authorization, _, _ = _sim_headers(scope)
+        if self._bearer is not None and (
+            authorization is None or not hmac.compare_digest(authorization, self._bearer)
+        ):
+            await self._send_json(send, 401, _invalid_key())
+            return True
+        content_type = next(
+            (v.decode("latin-1") for k, v in scope["headers"] if k == b"content-type"), ""
+        )
+        reply = self._tuning.handle(
+            scope["method"],
+            scope["path"],
+            scope["query_string"].decode("latin-1"),
+            content_type,
+            await _read_body(receive),
+        )
+        if reply is None:
+            return False
+        await self._send_json(send, *reply)
+        return True
 
     def _next_fault(
         self, model: str, behaviour: ModelBehaviour, forced: str | None

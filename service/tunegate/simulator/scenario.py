@@ -19,6 +19,14 @@ A scenario file looks like this (every key is optional; unknown keys are errors)
           valid_with_examples: 0.92   # when the request carries few-shot examples
           breakages: {invalid_json: 1, prose: 1}  # relative weights of the wrong answers
       "*": {}                     # any other model; without it they get 404 model_not_found
+    fine_tuning:                  # the files and fine-tuning jobs API (`tuning.py`)
+      validating_s: 1             # seconds a job spends in each state before the next
+      queued_s: 1
+      running_s: 3
+      steps: 20                   # training steps reported as events while running
+      fail_suffixes: [doomed]     # jobs created with one of these suffixes fail while running
+      model: {quality: {valid: 0.97}}  # how every resulting `ft:` model answers (a model
+                                  # entry under `models` by its exact name wins)
 
 `faults` maps a fault kind to the probability that a request draws it; the rates of a
 model add up to at most 1. The kinds are listed in `FAULT_KINDS` (see the package
@@ -75,12 +83,26 @@ class ModelBehaviour:
 
 
 @dataclass(frozen=True, slots=True)
+class Tuning:
+    """How fine-tuning jobs behave: seconds per state, reported steps, which fail, and
+    how the models they produce answer."""
+
+    validating_s: float = 1.0
+    queued_s: float = 1.0
+    running_s: float = 3.0
+    steps: int = 20
+    fail_suffixes: frozenset[str] = frozenset()
+    model: ModelBehaviour = ModelBehaviour(quality=Quality(valid=0.97))
+
+
+@dataclass(frozen=True, slots=True)
 class Scenario:
     models: Mapping[str, ModelBehaviour] = field(
         default_factory=lambda: MappingProxyType({ANY_MODEL: ModelBehaviour()})
     )
     seed: int = 0
     api_key: str | None = None
+    tuning: Tuning = Tuning()
 
     def behaviour_for(self, model: str) -> ModelBehaviour | None:
         """The model's entry, else the `"*"` entry, else None (the model does not exist)."""
@@ -126,6 +148,18 @@ def load_scenario(path: Path | None) -> Scenario:
         models=MappingProxyType({name: _behaviour(m) for name, m in parsed.models.items()}),
         seed=parsed.seed,
         api_key=parsed.api_key,
+        tuning=_tuning(parsed.fine_tuning),
+    )
+
+
+def _tuning(t: _TuningFile) -> Tuning:
+    return Tuning(
+        validating_s=t.validating_s,
+        queued_s=t.queued_s,
+        running_s=t.running_s,
+        steps=t.steps,
+        fail_suffixes=frozenset(t.fail_suffixes),
+        model=_behaviour(t.model),
     )
 
 
@@ -209,7 +243,17 @@ class _ModelFile(_FileModel):
         return value
 
 
+class _TuningFile(_FileModel):
+    validating_s: float = Field(default=1.0, ge=0)
+    queued_s: float = Field(default=1.0, ge=0)
+    running_s: float = Field(default=3.0, ge=0)
+    steps: int = Field(default=20, ge=1)
+    fail_suffixes: list[str] = []
+    model: _ModelFile = _ModelFile(quality=_QualityFile(valid=0.97))
+
+
 class _ScenarioFile(_FileModel):
     seed: int = 0
     api_key: str | None = Field(default=None, min_length=1)
     models: dict[str, _ModelFile] = Field(default_factory=lambda: {ANY_MODEL: _ModelFile()})
+    fine_tuning: _TuningFile = _TuningFile()
