@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -164,3 +166,110 @@ def test_tasks_dir_holds_one_file_per_task(tmp_path: Path) -> None:
     data["tasks_dir"] = "tasks"
     config = load_config(write(tmp_path, data))
     assert list(config.tasks) == ["triage"]
+
+
+# -- strictness (SPEC §7): duplicate keys, wrong types, unknown keys, with their lines --
+
+DUPLICATED = """\
+upstreams:
+  sim: {base_url: "http://127.0.0.1:1/v1", timeout_s: 5}
+tasks:
+  triage:
+    deadline_s: 5
+    deadline_s: 6
+    variants:
+      tuned: {upstream: sim, model: m}
+auth:
+  keys:
+    - name: checkout
+      sha256: "%s"
+      tenant: alpha
+      tenant: beta
+tasks:
+  other:
+    variants:
+      tuned: {upstream: sim, model: m}
+""" % ("ab" * 32)
+
+
+def test_duplicate_keys_anywhere_are_refused_naming_path_and_both_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(DUPLICATED)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    lines = str(caught.value).splitlines()
+    assert lines == [
+        f"{path}:6: tasks.triage.deadline_s: duplicate key 'deadline_s' "
+        "(first at line 5, again at line 6); keep one.",
+        f"{path}:14: auth.keys.0.tenant: duplicate key 'tenant' "
+        "(first at line 13, again at line 14); keep one.",
+        f"{path}:15: tasks: duplicate key 'tasks' (first at line 3, again at line 15); keep one.",
+    ]
+    assert main(["check-config", str(path)]) == 1
+    assert "auth.keys.0.tenant: duplicate key" in capsys.readouterr().err
+
+
+def test_a_duplicate_key_in_a_tasks_dir_file_is_refused(tmp_path: Path) -> None:
+    data = good()
+    del data["tasks"]
+    data["tasks_dir"] = "tasks"
+    (tmp_path / "tasks").mkdir()
+    task = tmp_path / "tasks" / "triage.yaml"
+    task.write_text(yaml.safe_dump(task_config()) + "deadline_s: 5\ndeadline_s: 6\n")
+    with pytest.raises(ConfigError, match=rf"{task}:\d+: deadline_s: duplicate key"):
+        load_config(write(tmp_path, data))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "refused"),
+    [
+        ("tasks.triage.variants.tuned.json_mode", "yes", 'valid boolean (got "yes")'),
+        ("tasks.triage.cache", {"ttl_s": "3600"}, 'valid integer (got "3600")'),
+        ("tasks.triage.deadline_s", "30", 'valid number (got "30")'),
+        ("tasks.triage.routing.retries", 1.5, "valid integer (got 1.5)"),
+        ("tasks.triage.variants.tuned.system", 42, "valid string (got 42)"),
+        ("tasks.triage.variants.tuned.params", {"temperature": "0.2"}, 'a number (got "0.2")'),
+        ("tasks.triage.variants.tuned.params", {"max_tokens": 6.5}, "an integer (got 6.5)"),
+        ("tasks.triage.variants.tuned.params", {"seed": True}, "an integer (got true)"),
+    ],
+)
+def test_values_are_never_coerced(tmp_path: Path, key: str, value: Any, refused: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, broken(key, value)))
+    message = str(caught.value)
+    assert refused in message and key in message
+
+
+def test_numbers_may_be_integers_where_floats_are_expected(tmp_path: Path) -> None:
+    data = broken("tasks.triage.deadline_s", 30)
+    data["tasks"]["triage"]["routing"]["shadow"] = {"variant": "few_shot", "rate": 1}
+    config = load_config(write(tmp_path, data))
+    assert config.tasks["triage"].deadline_s == 30.0
+
+
+def test_unknown_keys_and_cross_check_errors_name_their_line(tmp_path: Path) -> None:
+    path = write(tmp_path, broken("tasks.triage.routing.colour", "blue"))
+    line = path.read_text().splitlines().index("      colour: blue") + 1
+    with pytest.raises(ConfigError, match=rf"^{path}:{line}: tasks.triage.routing.colour: unknown"):
+        load_config(path)
+    path = write(tmp_path, broken("tasks.triage.routing.fallback", ["few_shot", "ghost"]))
+    line = path.read_text().splitlines().index("      - ghost") + 1
+    expected = rf"^{path}:{line}: tasks.triage.routing.fallback.1: no variant named 'ghost'"
+    with pytest.raises(ConfigError, match=expected):
+        load_config(path)
+
+
+def test_invalid_utf8_is_a_clean_message(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_bytes(b"upstreams:\n  sim: {base_url: 'http://h\xff/v1'}\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "tunegate.commands.cli", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert f"{path}:2: not valid UTF-8 (byte 0xff" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -129,6 +129,9 @@ def test_a_reload_brings_new_tasks_keys_and_limits(
         ("tasks: {}\n", "upstreams"),
         ("weights", "tasks.triage.routing.weights.nope"),
         ("secret", "NEW_UPSTREAM_KEY"),
+        ("duplicate", "tasks: duplicate key 'tasks' (first at line"),
+        ("coerced", "tasks.triage.variants.tuned.json_mode: Input should be a valid boolean"),
+        ("utf8", "not valid UTF-8"),
     ],
 )
 def test_an_invalid_file_is_refused_with_its_problem_and_the_running_config_stays(
@@ -140,6 +143,15 @@ def test_an_invalid_file_is_refused_with_its_problem_and_the_running_config_stay
         config = config_with(sim, ADMIN)
         config["upstreams"]["sim"]["api_key_env"] = "NEW_UPSTREAM_KEY"
         write(gw, config)
+    elif broken == "duplicate":
+        text = yaml.safe_dump(config_with(sim, ADMIN), sort_keys=False)
+        write(gw, text + "tasks:\n  other: {}\n")
+    elif broken == "coerced":
+        task = task_config()
+        task["variants"]["tuned"]["json_mode"] = "yes"
+        write(gw, config_with(sim, ADMIN, triage=task))
+    elif broken == "utf8":
+        gw.config_path.write_bytes(b"upstreams: {sim: {base_url: '\xff'}}\n")
     else:
         write(gw, broken)
     refused = reload(http, gw)

@@ -1,11 +1,13 @@
 """Load and validate the gateway config (SPEC §1) into frozen records.
 
-The file is parsed with PyYAML, checked against `config_file.GatewayFile` (unknown keys
-are errors), then cross-checked (upstreams, variants named by weights and fallbacks, ...)
+The file is read by `source.read_yaml` (duplicate keys are errors, every key's line is
+kept), checked against `shape.GatewayFile` (unknown keys and wrong types are errors, with
+no coercion), then cross-checked (upstreams, variants named by weights and fallbacks, ...)
 and compiled: prompts are pre-rendered, weights made cumulative, schemas compiled and a
 fingerprint computed per variant, so the request path does none of that work.
 
-Every problem is reported at once, each line naming the file, the YAML path and the fix.
+Every problem is reported at once, each line naming the file and line, the YAML path and
+the fix: `gateway.yaml:12: tasks.triage.routing.weights.ghost: no variant named 'ghost'`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 import orjson
-import yaml
 from pydantic import ValidationError
 
 from tunegate.config.shape import (
@@ -28,25 +29,28 @@ from tunegate.config.shape import (
     TaskFile,
     VariantFile,
 )
+from tunegate.config.source import Lines, dotted, read_yaml
 from tunegate.errors import ConfigError
 from tunegate.quality import jsonguard
 
 Message = dict[str, str]
 
+_NUMBER = ((int, float), "a number")
+_INTEGER = ((int,), "an integer")
+# The type of each variant parameter (SPEC §7: no coercion, `"0.2"` is no number).
+PARAM_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "temperature": _NUMBER,
+    "top_p": _NUMBER,
+    "presence_penalty": _NUMBER,
+    "frequency_penalty": _NUMBER,
+    "max_tokens": _INTEGER,
+    "max_completion_tokens": _INTEGER,
+    "seed": _INTEGER,
+    "stop": ((str, list), "a string or a list of strings"),
+    "reasoning_effort": ((str,), "a string"),
+}
 # Sampling and output-shape parameters a variant may set; anything else is a typo.
-VARIANT_PARAMS = frozenset(
-    {
-        "temperature",
-        "top_p",
-        "max_tokens",
-        "max_completion_tokens",
-        "presence_penalty",
-        "frequency_penalty",
-        "stop",
-        "seed",
-        "reasoning_effort",
-    }
-)
+VARIANT_PARAMS = frozenset(PARAM_TYPES)
 # Parameters a task may let callers set (`allow_params`).
 CALLER_PARAMS = frozenset({"temperature", "top_p", "presence_penalty", "frequency_penalty", "stop"})
 
@@ -172,21 +176,26 @@ class GatewayConfig:
 def load_config(path: Path) -> GatewayConfig:
     """Read, validate and compile the config at `path`; raise `ConfigError` listing
     every problem found."""
-    raw = _read_yaml(path, path)
+    raw, lines = read_yaml(path)
     try:
         parsed = GatewayFile.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_describe(path, exc)) from None
+        raise ConfigError(_describe(lines, exc)) from None
     tasks = dict(parsed.tasks)
     problems: list[str] = []
+    sources = [lines]
     if parsed.tasks_dir is not None:
         tasks_dir = (path.parent / parsed.tasks_dir).resolve()
-        _load_tasks_dir(tasks_dir, tasks, problems)
+        _load_tasks_dir(tasks_dir, tasks, problems, sources)
     if problems:
         raise ConfigError("\n".join(problems))
     if not tasks:
         raise ConfigError(f"{path}: tasks: no task is defined; add one under `tasks:`.")
-    return _compile(path, parsed, tasks)
+    try:
+        return _compile(path, parsed, tasks)
+    except ConfigError as exc:
+        located = [_locate(problem, path, sources) for problem in str(exc).split("\n")]
+        raise ConfigError("\n".join(located)) from None
 
 
 def missing_secrets(config: GatewayConfig, environ: Mapping[str, str]) -> list[str]:
@@ -199,20 +208,9 @@ def missing_secrets(config: GatewayConfig, environ: Mapping[str, str]) -> list[s
     ]
 
 
-def _read_yaml(path: Path, shown: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{shown}: cannot read the file ({exc.strerror}).") from None
-    try:
-        return yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" at line {where.line + 1}" if where is not None else ""
-        raise ConfigError(f"{shown}: not valid YAML{line}: {exc}") from None
-
-
-def _load_tasks_dir(tasks_dir: Path, tasks: dict[str, TaskFile], problems: list[str]) -> None:
+def _load_tasks_dir(
+    tasks_dir: Path, tasks: dict[str, TaskFile], problems: list[str], sources: list[Lines]
+) -> None:
     if not tasks_dir.is_dir():
         problems.append(f"tasks_dir: {tasks_dir} is not a directory; create it or fix the path.")
         return
@@ -222,25 +220,54 @@ def _load_tasks_dir(tasks_dir: Path, tasks: dict[str, TaskFile], problems: list[
             problems.append(f"{file}: task {name!r} is also defined under `tasks:`; keep one.")
             continue
         try:
-            tasks[name] = TaskFile.model_validate(_read_yaml(file, file))
+            raw, lines = read_yaml(file)
+            lines = Lines(file, {(): 1, **lines.lines}, ("tasks", name))
+            tasks[name] = TaskFile.model_validate(raw)
+            sources.append(lines)
         except ValidationError as exc:
-            problems.append(_describe(file, exc))
+            problems.append(_describe(lines, exc))
         except ConfigError as exc:
             problems.append(str(exc))
 
 
-def _describe(path: Path, exc: ValidationError) -> str:
-    lines = []
+def _describe(lines: Lines, exc: ValidationError) -> str:
+    out = []
     for err in exc.errors():
-        where = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        where = (*lines.prefix, *err["loc"])
         if err["type"] == "extra_forbidden":
             fix = "unknown key: remove it or check its spelling (SPEC §1 lists the keys)"
         elif err["type"] == "missing":
             fix = "required key is missing: add it"
         else:
-            fix = err["msg"]
-        lines.append(f"{path}: {where}: {fix}")
-    return "\n".join(lines)
+            fix = f"{err['msg']} (got {_shown(err['input'])})"
+        out.append(f"{lines.at(where)}: {dotted(where)}: {fix}")
+    return "\n".join(out)
+
+
+def _shown(value: Any) -> str:
+    """A short view of a refused value, with its YAML type: `"yes"` is a string."""
+    text = orjson.dumps(value, default=str).decode() if not isinstance(value, dict) else "a mapping"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _locate(problem: str, path: Path, sources: list[Lines]) -> str:
+    """Rewrite `FILE: tasks.x.y: msg` as `FILE:LINE: tasks.x.y: msg`, the file being the
+    one that holds the path (a `tasks_dir` file for its task)."""
+    head = f"{path}: "
+    if not problem.startswith(head):
+        return problem
+    where, sep, message = problem[len(head) :].partition(": ")
+    best: tuple[int, str] | None = None
+    for source in sources:
+        for key, line in source.lines.items():
+            full = dotted((*source.prefix, *key))
+            if (where == full or where.startswith(full + ".")) and (
+                best is None or len(full) > best[0]
+            ):
+                best = (len(full), f"{source.file}:{line}")
+    if best is None:
+        return problem
+    return f"{best[1]}: {where}{sep}{message}"
 
 
 def _compile(path: Path, parsed: GatewayFile, tasks: Mapping[str, TaskFile]) -> GatewayConfig:
@@ -358,6 +385,10 @@ def _compile_variant(
             f"{at}.params: unknown parameter(s) {', '.join(unknown)}; "
             f"allowed: {', '.join(sorted(VARIANT_PARAMS))}."
         )
+    for param, value in variant.params.items():
+        types, wanted = PARAM_TYPES.get(param, ((object,), ""))
+        if param in PARAM_TYPES and _wrong_type(value, types):
+            problems.append(f"{at}.params.{param}: must be {wanted} (got {_shown(value)}).")
     if variant.json_mode and task.output.type == "text":
         problems.append(f"{at}.json_mode: a text task cannot ask for JSON mode; remove it.")
     prefix: list[Message] = []
@@ -378,6 +409,12 @@ def _compile_variant(
         fingerprint=_fingerprint(variant, task.output.type, schema),
         max_tokens=max_tokens if isinstance(max_tokens, int) else None,
     )
+
+
+def _wrong_type(value: Any, types: tuple[type, ...]) -> bool:
+    if isinstance(value, bool) or not isinstance(value, types):
+        return True
+    return isinstance(value, list) and not all(isinstance(v, str) for v in value)
 
 
 def _fingerprint(

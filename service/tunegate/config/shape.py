@@ -1,7 +1,8 @@
 """The shape of the YAML config file (SPEC §1), as pydantic models.
 
-This is the boundary: every key is typed and unknown keys are errors. `config.py` turns a
-validated file into the frozen records the rest of the gateway uses.
+This is the boundary: every key is typed, unknown keys are errors and types are strict
+(SPEC §7: `"yes"` is no boolean and `"3600"` no number; an integer may stand for a float).
+`compiled.py` turns a validated file into the frozen records the rest of the gateway uses.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class FileModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, str_strip_whitespace=True)
 
 
 class UpstreamFile(FileModel):
@@ -28,7 +29,7 @@ class UpstreamFile(FileModel):
 
 
 class PriceFile(FileModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     input: float = Field(ge=0)
     output: float = Field(ge=0)
