@@ -273,3 +273,20 @@ def test_invalid_utf8_is_a_clean_message(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert f"{path}:2: not valid UTF-8 (byte 0xff" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_keys_file_adds_keys_and_names_its_own_problems(tmp_path: Path) -> None:
+    data = good()
+    data["auth"] = {"keys_file": "secret/keys.yaml"}
+    (tmp_path / "secret").mkdir()
+    keys = tmp_path / "secret" / "keys.yaml"
+    digest = "a" * 64
+    keys.write_text(yaml.safe_dump({"keys": [{"name": "svc", "sha256": digest, "tenant": "t"}]}))
+    config = load_config(write(tmp_path, data))
+    assert [key.sha256 for key in config.keys] == [digest]
+    keys.write_text(yaml.safe_dump({"keys": [{"name": "svc", "sha256": "short", "tenant": "t"}]}))
+    with pytest.raises(ConfigError, match=r"keys\.yaml:\d+: keys\.0\.sha256"):
+        load_config(write(tmp_path, data))
+    keys.unlink()
+    with pytest.raises(ConfigError, match=r"auth\.keys_file: .*cannot read"):
+        load_config(write(tmp_path, data))

@@ -26,6 +26,7 @@ from tunegate.config.shape import (
     AuthFile,
     CacheFile,
     GatewayFile,
+    KeysFile,
     TaskFile,
     VariantFile,
 )
@@ -187,6 +188,8 @@ def load_config(path: Path) -> GatewayConfig:
     if parsed.tasks_dir is not None:
         tasks_dir = (path.parent / parsed.tasks_dir).resolve()
         _load_tasks_dir(tasks_dir, tasks, problems, sources)
+    if parsed.auth is not None and parsed.auth.keys_file is not None:
+        parsed = _with_keys_file(path, parsed, parsed.auth, problems)
     if problems:
         raise ConfigError("\n".join(problems))
     if not tasks:
@@ -228,6 +231,25 @@ def _load_tasks_dir(
             problems.append(_describe(lines, exc))
         except ConfigError as exc:
             problems.append(str(exc))
+
+
+def _with_keys_file(
+    path: Path, parsed: GatewayFile, auth: AuthFile, problems: list[str]
+) -> GatewayFile:
+    """`parsed` with the keys of `auth.keys_file` added after `auth.keys`."""
+    assert auth.keys_file is not None
+    file = path.parent / auth.keys_file
+    try:
+        raw, lines = read_yaml(file)
+        more = KeysFile.model_validate(raw)
+    except ValidationError as exc:
+        problems.append(_describe(lines, exc))
+        return parsed
+    except ConfigError as exc:
+        problems.append(f"{path}: auth.keys_file: {exc}")
+        return parsed
+    merged = auth.model_copy(update={"keys": [*auth.keys, *more.keys]})
+    return parsed.model_copy(update={"auth": merged})
 
 
 def _describe(lines: Lines, exc: ValidationError) -> str:

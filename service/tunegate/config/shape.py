@@ -132,7 +132,16 @@ class KeyFile(FileModel):
 
 class AuthFile(FileModel):
     keys: list[KeyFile] = []
+    # A YAML file (relative to the config file) holding more keys as `keys: [...]`, read
+    # with the config and on every reload: on Kubernetes, the mounted Secret's file.
+    keys_file: str | None = None
     on_store_error: Literal["open", "closed"] = "open"
+
+
+class KeysFile(FileModel):
+    """The file named by `auth.keys_file`."""
+
+    keys: list[KeyFile] = []
 
 
 class ServerFile(FileModel):
