@@ -6,6 +6,7 @@ into `UpstreamError`s; the config module turns YAML and pydantic errors into
 
     TunegateError
     ├── ConfigError                    an invalid config file; never reaches a caller
+    ├── TuningError                    a files or fine-tuning call failed (`tunegate tune`)
     ├── UpstreamError                  one failed upstream attempt (retry and fallback decide)
     │   ├── UpstreamRateLimited        429 rate_limit_exceeded        retryable, retry_after
     │   ├── UpstreamQuotaExhausted     429 insufficient_quota         final
@@ -38,6 +39,10 @@ class TunegateError(Exception):
 
 class ConfigError(TunegateError):
     """The configuration is invalid; the message names the file, the YAML path and the fix."""
+
+
+class TuningError(TunegateError):
+    """A files or fine-tuning API call failed; the message says why, never a key."""
 
 
 class UpstreamError(TunegateError):

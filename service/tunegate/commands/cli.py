@@ -14,6 +14,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from tunegate.commands import tune
 from tunegate.errors import ConfigError
 
 
@@ -70,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
         "--html", type=Path, metavar="FILE", help="also write the comparison as a page of charts"
     )
     report.set_defaults(run=_report)
+
+    tune.add_parser(commands)
 
     keys = commands.add_parser("keys", help="API keys").add_subparsers(title="keys commands")
     keys.add_parser("hash", help="print the sha256 of a key read from stdin").set_defaults(

@@ -86,6 +86,12 @@ class Variant:
     def is_tuned(self) -> bool:
         return self.model.startswith("ft:")
 
+    @property
+    def system(self) -> str | None:
+        """The variant's system prompt, when it has one."""
+        first = self.prefix[0] if self.prefix else None
+        return first["content"] if first is not None and first["role"] == "system" else None
+
 
 @dataclass(frozen=True)
 class Shadow:
@@ -127,6 +133,16 @@ class CachePolicy:
 
 
 @dataclass(frozen=True)
+class TuningTarget:
+    """`tuning:` of a task: the system prompt, base model and upstream of its next tuned
+    model (each None when not given; `config/tuning.py` resolves the defaults)."""
+
+    system: str | None = None
+    base_model: str | None = None
+    upstream: str | None = None
+
+
+@dataclass(frozen=True)
 class Task:
     name: str
     description: str
@@ -139,6 +155,7 @@ class Task:
     deadline_s: float
     training_cost_usd: float | None
     log_payloads: bool
+    tuning: TuningTarget | None = None
 
     @property
     def is_json(self) -> bool:
@@ -360,6 +377,12 @@ def _compile_task(
         for vname, v in task.variants.items()
     }
     routing = _compile_routing(f"{at}.routing", name, task, problems)
+    tuning = task.tuning
+    if tuning is not None and tuning.upstream is not None and tuning.upstream not in upstreams:
+        problems.append(
+            f"{at}.tuning.upstream: unknown upstream {tuning.upstream!r}; "
+            f"use one of: {', '.join(sorted(upstreams))}."
+        )
     if len(problems) > before or routing is None:
         return None
     cache_file = task.cache or CacheFile()
@@ -384,6 +407,7 @@ def _compile_task(
         deadline_s=task.deadline_s or parsed.defaults.deadline_s,
         training_cost_usd=task.training_cost_usd,
         log_payloads=task.log_payloads,
+        tuning=TuningTarget(tuning.system, tuning.base_model, tuning.upstream) if tuning else None,
     )
 
 

@@ -107,6 +107,14 @@ class CaptureFile(FileModel):
     ttl_days: int = Field(default=30, ge=1)
 
 
+class TuningFile(FileModel):
+    """What a task's tuned model will see (SPEC §12 "Tuning target")."""
+
+    system: str | None = None
+    base_model: str | None = Field(default=None, min_length=1)
+    upstream: str | None = None
+
+
 class TaskFile(FileModel):
     description: str = ""
     output: OutputFile = OutputFile()
@@ -117,6 +125,7 @@ class TaskFile(FileModel):
     deadline_s: float | None = Field(default=None, gt=0)
     training_cost_usd: float | None = Field(default=None, ge=0)
     capture: CaptureFile | None = None
+    tuning: TuningFile | None = None
     log_payloads: bool = False
 
 

@@ -12,9 +12,9 @@ since some echo part of the key.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import httpx2
 import openai
@@ -22,6 +22,7 @@ import orjson
 
 from tunegate.config.compiled import Upstream, Variant
 from tunegate.errors import (
+    TuningError,
     UpstreamAuthError,
     UpstreamBadRequest,
     UpstreamConnectionError,
@@ -34,6 +35,7 @@ from tunegate.errors import (
 from tunegate.flow.retry import parse_retry_after
 
 Message = Mapping[str, Any]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,3 +264,129 @@ def _status_error(exc: openai.APIStatusError, model: str) -> UpstreamError:
     if status >= 500 or status == 408:
         return UpstreamServerError(label)
     return UpstreamBadRequest(label)
+
+
+# -- fine-tuning (SPEC §9 "Tuning job"): the files and fine-tuning jobs API, for `tune` --
+
+
+@dataclass(frozen=True, slots=True)
+class TuningJob:
+    """What `tunegate tune` shows of a fine-tuning job."""
+
+    id: str
+    status: str
+    model: str
+    fine_tuned_model: str | None
+    error: str | None
+    trained_tokens: int | None
+    epochs: int | str | None
+    metadata: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class TuningEvent:
+    id: str
+    created_at: int
+    level: str
+    message: str
+
+
+class TuningClient:
+    """The official SDK's `files` and `fine_tuning.jobs` calls against one upstream.
+    Every SDK error becomes a `TuningError`; the upstream's own message is passed on
+    only for 400/404/409/422 answers (what was wrong with the file or job), never for
+    401/403, whose messages can quote part of the key."""
+
+    def __init__(self, upstream: Upstream, environ: Mapping[str, str]) -> None:
+        key = environ.get(upstream.api_key_env, "") if upstream.api_key_env else ""
+        base_url = environ.get(upstream.base_url_env, "") if upstream.base_url_env else ""
+        self._name = upstream.name
+        self._client = openai.OpenAI(
+            api_key=key or "unused",
+            base_url=base_url or upstream.base_url,
+            max_retries=2,
+            timeout=max(upstream.timeout_s, 60.0),
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def upload(self, name: str, content: bytes) -> str:
+        """Upload a training or validation file (`purpose: fine-tune`); its file id."""
+        files = self._client.files
+        return self._call(
+            "upload", lambda: files.create(file=(name, content), purpose="fine-tune").id
+        )
+
+    def create(
+        self,
+        base_model: str,
+        training_file: str,
+        *,
+        validation_file: str | None = None,
+        suffix: str | None = None,
+        epochs: int | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> TuningJob:
+        jobs = self._client.fine_tuning.jobs
+        return self._call(
+            "create the job",
+            lambda: _job_of(
+                jobs.create(
+                    model=base_model,
+                    training_file=training_file,
+                    validation_file=validation_file,
+                    suffix=suffix,
+                    hyperparameters={"n_epochs": epochs} if epochs else openai.omit,
+                    metadata=dict(metadata) if metadata else openai.omit,
+                )
+            ),
+        )
+
+    def retrieve(self, job_id: str) -> TuningJob:
+        jobs = self._client.fine_tuning.jobs
+        return self._call(f"read job {job_id}", lambda: _job_of(jobs.retrieve(job_id)))
+
+    def events(self, job_id: str, limit: int = 100) -> list[TuningEvent]:
+        """The job's latest `limit` events, oldest first."""
+        jobs = self._client.fine_tuning.jobs
+        page = self._call(
+            f"read the events of job {job_id}", lambda: jobs.list_events(job_id, limit=limit)
+        )
+        return [TuningEvent(e.id, e.created_at, e.level, e.message) for e in reversed(page.data)]
+
+    def cancel(self, job_id: str) -> TuningJob:
+        jobs = self._client.fine_tuning.jobs
+        return self._call(f"cancel job {job_id}", lambda: _job_of(jobs.cancel(job_id)))
+
+    def _call(self, action: str, work: Callable[[], T]) -> T:
+        try:
+            return work()
+        except openai.APIStatusError as exc:
+            detail = f"answered {exc.status_code}" + (f" {exc.code}" if exc.code else "")
+            if exc.status_code in (400, 404, 409, 422):
+                body = exc.body if isinstance(exc.body, dict) else {}
+                message = body.get("message")
+                detail += f": {message}" if isinstance(message, str) else ""
+            raise TuningError(f"upstream {self._name}: cannot {action}: {detail}") from None
+        except openai.OpenAIError as exc:
+            raise TuningError(
+                f"upstream {self._name}: cannot {action}: {type(exc).__name__}"
+            ) from None
+
+
+def _job_of(job: Any) -> TuningJob:
+    error = None
+    if job.error is not None and (job.error.message or job.error.code):
+        error = f"{job.error.code or 'error'}: {job.error.message}"
+    hyper = job.hyperparameters
+    return TuningJob(
+        id=job.id,
+        status=job.status,
+        model=job.model,
+        fine_tuned_model=job.fine_tuned_model,
+        error=error,
+        trained_tokens=job.trained_tokens,
+        epochs=hyper.n_epochs if hyper is not None else None,
+        metadata=dict(job.metadata or {}),
+    )
