@@ -4,7 +4,7 @@ traffic toward the better variant and stops, with the split in its metrics."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +22,24 @@ from tests.harness import (
     task_config,
 )
 from tests.redis_server import RedisServer
-from tunegate.config.compiled import Task, load_config
+from tunegate.config.compiled import GatewayConfig, Task, load_config
 from tunegate.errors import ConfigError
-from tunegate.experiments.adaptive import probability_a_better, split_for
+from tunegate.experiments.adaptive import Split, Watcher, probability_a_better, split_for
+from tunegate.experiments.recorder import Experiments
+from tunegate.records import Outcome
+from tunegate.state.store import Store
+
+
+def config_with(tmp_path: Path, task: str = "t", **adaptive: Any) -> GatewayConfig:
+    routing = {"weights": {"tuned": 50, "few_shot": 50}, "adaptive": adaptive}
+    path = tmp_path / "gateway.yaml"
+    config = gateway_config("http://127.0.0.1:9", {task: task_config(routing=routing)})
+    path.write_text(yaml.safe_dump(config))
+    return load_config(path)
 
 
 def task_with(tmp_path: Path, **adaptive: Any) -> Task:
-    routing = {"weights": {"tuned": 50, "few_shot": 50}, "adaptive": adaptive}
-    path = tmp_path / "gateway.yaml"
-    config = gateway_config("http://127.0.0.1:9", {"t": task_config(routing=routing)})
-    path.write_text(yaml.safe_dump(config))
-    return load_config(path).tasks["t"]
+    return config_with(tmp_path, **adaptive).tasks["t"]
 
 
 def document(
@@ -99,6 +106,47 @@ def test_an_adaptive_split_needs_two_weighted_variants(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(ConfigError, match=r"routing\.adaptive: an adaptive split needs exactly"):
         load_config(path)
+
+
+def sample(task: str, variant: str) -> Outcome:
+    return Outcome(
+        request_id=uuid.uuid4().hex,
+        task=task,
+        tenant=None,
+        chosen=variant,
+        served=variant,
+        served_model=TUNED,
+        sample=True,
+        status="ok",
+        cache="bypass",
+        cache_lookup="bypass",
+        seconds=0.1,
+    )
+
+
+@pytest.mark.anyio
+async def test_a_scrape_sees_every_sample_recorded_before_it(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    task = f"scraped-{uuid.uuid4().hex[:8]}"
+    config = config_with(tmp_path, task, metric="first_try_valid", min_samples=30)
+    store = Store(server.url)
+    experiments = Experiments(store, flush_s=60.0)  # only a settle writes the samples
+    seen: list[int] = []
+
+    def publish(task: str, document: Mapping[str, Any], split: Split) -> None:
+        seen.append(document["variants"]["tuned"]["requests"])
+
+    watcher = Watcher(experiments, publish)
+    try:
+        await watcher.refresh_for_scrape(config)
+        for _ in range(3):  # back to back: no time passes between samples and scrapes
+            experiments.record(sample(task, "tuned"))
+            await watcher.refresh_for_scrape(config)
+        assert seen == [0, 1, 2, 3]
+    finally:
+        await experiments.drain()
+        await store.close()
 
 
 @pytest.fixture(scope="module")

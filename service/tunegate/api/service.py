@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tunegate.api.incoming import Runtime, caller
-from tunegate.experiments.adaptive import FRESH_S, Watcher
+from tunegate.experiments.adaptive import Watcher
 
 
 def _json(data: object, status: int = 200) -> Response:
@@ -57,6 +57,6 @@ async def metrics_endpoint(request: Request) -> Response:
     runtime: Runtime | None = getattr(request.app.state, "runtime", None)
     if watcher is not None and runtime is not None:
         # The experiment gauges as of now (a store that fails leaves the last ones).
-        await watcher.refresh(runtime.config, max_age_s=FRESH_S)
+        await watcher.refresh_for_scrape(runtime.config)
     body, content_type = request.app.state.metrics.render()
     return Response(body, media_type=content_type)

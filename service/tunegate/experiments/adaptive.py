@@ -14,7 +14,9 @@ changes. Sticky units keep their variant unless their point crosses a moved boun
 
 `Watcher` refreshes the figures from the store (every `interval_s`, and when /metrics is
 scraped), hands them to the metrics and keeps the splits the gateway routes by. Every
-change of a split is logged.
+change of a split is logged. A scrape sees every sample this process recorded before it:
+it writes the samples still gathering, and reuses a refresh only when that one started
+after the scrape arrived (scrapes that arrive together share one read of the store).
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -38,7 +39,6 @@ SplitState = Literal["configured", "warming", "exploring", "stopped"]
 SPLIT_STATES: tuple[SplitState, ...] = ("configured", "warming", "exploring", "stopped")
 LOWER_IS_BETTER = frozenset({"latency_s", "cost_usd_per_request", "cost_usd_per_valid_answer"})
 INTERVAL_S = 10.0
-FRESH_S = 1.0  # a scrape within this long of the last refresh reuses it
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,16 +121,15 @@ class Watcher:
         publish: Publish,
         *,
         interval_s: float = INTERVAL_S,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._experiments = experiments
         self._publish = publish
         self._interval_s = interval_s
-        self._clock = clock
         self._config: GatewayConfig | None = None
         self._cumulative: dict[str, Cumulative] = {}
         self._splits: dict[str, Split] = {}
-        self._refreshed_at = -math.inf
+        self._started = 0  # refreshes begun, and the number of the last one finished
+        self._finished = 0
         self._lock = asyncio.Lock()
         self._loop: asyncio.Task[None] | None = None
 
@@ -159,25 +158,38 @@ class Watcher:
             self._loop.cancel()
             await asyncio.gather(self._loop, return_exceptions=True)
 
-    async def refresh(self, config: GatewayConfig, *, max_age_s: float = 0.0) -> None:
-        """Read every compared task's figures (unless read within `max_age_s`), publish
-        them and update the splits. A store that fails leaves the last splits in place."""
+    async def refresh(self, config: GatewayConfig) -> None:
+        """Read every compared task's figures, publish them and update the splits. A store
+        that fails leaves the last splits in place."""
         async with self._lock:
-            if self._clock() - self._refreshed_at < max_age_s and config is self._config:
+            await self._refresh(config)
+
+    async def refresh_for_scrape(self, config: GatewayConfig) -> None:
+        """Refresh for a scrape: the figures include every sample this process recorded
+        before the call. A refresh that began after the call arrived serves it too."""
+        arrived = self._started
+        async with self._lock:
+            if self._finished > arrived and config is self._config:
                 return
-            if config is not self._config:  # a reload: stops and splits start over
-                self._config, self._cumulative, self._splits = config, {}, {}
-            for task in config.tasks.values():
-                if len(task.variants) < 2:
-                    continue
-                sums = await self._experiments.read(task.name, task.variants)
-                if self._experiments.store_degraded:
-                    continue
-                pairs = await self._experiments.read_pairs(task.name, task.variants)
-                document = build_document(task, sums, pairs=pairs)
-                self._update(task, document)
-                self._publish(task.name, document, self._splits[task.name])
-            self._refreshed_at = self._clock()
+            await self._experiments.settle()
+            await self._refresh(config)
+
+    async def _refresh(self, config: GatewayConfig) -> None:
+        self._started += 1
+        number = self._started
+        if config is not self._config:  # a reload: stops and splits start over
+            self._config, self._cumulative, self._splits = config, {}, {}
+        for task in config.tasks.values():
+            if len(task.variants) < 2:
+                continue
+            sums = await self._experiments.read(task.name, task.variants)
+            if self._experiments.store_degraded:
+                continue
+            pairs = await self._experiments.read_pairs(task.name, task.variants)
+            document = build_document(task, sums, pairs=pairs)
+            self._update(task, document)
+            self._publish(task.name, document, self._splits[task.name])
+        self._finished = number
 
     def _update(self, task: Task, document: Mapping[str, Any]) -> None:
         before = self._splits.get(task.name)
