@@ -5,7 +5,6 @@ Variants, streams, retries, Retry-After, fallback, deadline and the 502 body."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from tests.harness import (
     gateway_config,
     running_gateway,
     task_config,
+    wait_until,
 )
 
 SECRET = "sk-upstream-secret"
@@ -165,15 +165,14 @@ def test_an_answer_beyond_max_tokens_is_a_failed_attempt_never_parsed(
     client: openai.OpenAI, sim: Simulator
 ) -> None:
     sim.script(TUNED, "huge", "huge")  # 4 MiB answers, whatever max_tokens says
-    started = time.monotonic()
-    completion = ask(client, "triage")
+    # A repair of megabytes would hold the event loop for seconds: the client gives up.
+    completion = ask(client, "triage", timeout=5.0)
     headers = last_headers()
     assert headers["x-tunegate-variant"] == "few_shot"
     assert headers["x-tunegate-fallback"] == "tuned"
     assert json.loads(completion.choices[0].message.content or "")["category"]
     assert len(completion.choices[0].message.content or "") < 1000
     assert len(sim.requests(TUNED)) == 2  # the attempt and its retry
-    assert time.monotonic() - started < 2.0  # no repair of megabytes
 
 
 def test_a_stream_beyond_max_tokens_falls_back(client: openai.OpenAI, sim: Simulator) -> None:
@@ -186,11 +185,10 @@ def test_a_stream_beyond_max_tokens_falls_back(client: openai.OpenAI, sim: Simul
     assert 0 < len(text) < 10_000
 
 
+# How long each wait is: test_gateway_unit.py, on a controlled clock.
 def test_retry_after_is_waited_when_it_fits(client: openai.OpenAI, sim: Simulator) -> None:
     sim.script(TUNED, "429:1")
-    started = time.monotonic()
     ask(client, "triage")
-    assert time.monotonic() - started >= 0.9
     assert last_headers()["x-tunegate-variant"] == "tuned"
     assert len(sim.requests(TUNED)) == 2
 
@@ -199,9 +197,7 @@ def test_retry_after_beyond_the_deadline_moves_to_the_fallback(
     client: openai.OpenAI, sim: Simulator
 ) -> None:
     sim.script(TUNED, "429:30")
-    started = time.monotonic()
-    ask(client, "slow")
-    assert time.monotonic() - started < 1.0
+    ask(client, "slow", timeout=10.0)  # a wait of 30 s would time the client out
     assert last_headers()["x-tunegate-variant"] == "few_shot"
     assert last_headers()["x-tunegate-fallback"] == "tuned"
 
@@ -209,14 +205,11 @@ def test_retry_after_beyond_the_deadline_moves_to_the_fallback(
 def test_a_hang_ends_in_504_within_the_deadline(client: openai.OpenAI, sim: Simulator) -> None:
     sim.script(TUNED, *["hang"] * 5)
     sim.script(BASE, *["hang"] * 5)
-    started = time.monotonic()
     with pytest.raises(openai.APIStatusError) as caught:
-        ask(client, "slow")
-    elapsed = time.monotonic() - started
+        ask(client, "slow", timeout=10.0)  # without the deadline: a client timeout
     assert caught.value.status_code == 504
     assert caught.value.code == "deadline_exceeded"
     assert caught.value.response.headers["x-should-retry"] == "false"
-    assert 1.4 <= elapsed < 2.0
 
 
 def test_every_variant_failing_is_a_502_without_secrets(
@@ -320,8 +313,8 @@ def test_a_client_that_goes_away_cancels_its_upstream_call(tmp_path: Path, sim: 
                 json={"model": "patient", "messages": [{"role": "user", "content": "hi"}]},
                 timeout=0.5,
             )
-        time.sleep(0.5)
         # Without the cancellation the request would sit in flight for its 30 s deadline.
-        metrics = httpx.get(f"{gateway.url}/metrics").text
-        assert "tunegate_in_flight_requests 0.0" in metrics
+        assert wait_until(
+            lambda: "tunegate_in_flight_requests 0.0" in httpx.get(f"{gateway.url}/metrics").text
+        )
         assert len(sim.requests(TUNED)) == 1  # and it was not retried either

@@ -15,10 +15,10 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from tunegate.config.compiled import Variant
 from tunegate.errors import (
@@ -33,7 +33,7 @@ from tunegate.flow import router
 from tunegate.flow.retry import Backoff, next_wait
 from tunegate.flow.router import Cumulative
 from tunegate.flow.shadow import Primary, Shadows
-from tunegate.flow.upstream import Completion, Delta, Upstreams
+from tunegate.flow.upstream import Completion, Delta
 from tunegate.pricing import PriceTable, format_usd
 from tunegate.quality import jsonguard
 from tunegate.records import Answer, CacheState, Call, Message, Outcome, Status, UpstreamCall
@@ -86,12 +86,34 @@ class _Trail:
 Recorder = Callable[[Outcome], None]
 
 
+class UpstreamCalls(Protocol):
+    """What the flow asks of the upstreams (`upstream.Upstreams`; a fake in unit tests)."""
+
+    def timeout_for(self, variant: Variant) -> float: ...
+
+    async def complete(
+        self,
+        variant: Variant,
+        messages: Sequence[Message],
+        params: Mapping[str, Any],
+        timeout_s: float,
+    ) -> Completion: ...
+
+    def stream(
+        self,
+        variant: Variant,
+        messages: Sequence[Message],
+        params: Mapping[str, Any],
+        timeout_s: float,
+    ) -> AsyncIterator[Delta]: ...
+
+
 class Gateway:
     """Serves `Call`s; owns no connections (they are opened and closed by the app)."""
 
     def __init__(
         self,
-        upstreams: Upstreams,
+        upstreams: UpstreamCalls,
         prices: PriceTable,
         *,
         cache: Cache | None = None,
