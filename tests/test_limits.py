@@ -3,7 +3,6 @@ rpm and budgets through two gateway instances sharing one Redis."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -81,6 +80,16 @@ def test_now_plus_the_wait_is_always_a_utc_midnight(now: int) -> None:
 def test_the_budget_day_is_the_utc_date() -> None:
     assert budget_day(utc(2024, 3, 9, 23, 59, 59) + 0.999) == "2024-03-09"
     assert budget_day(utc(2024, 3, 10)) == "2024-03-10"
+
+
+class Millis:
+    """The rate window's clock, in ms, set by the test."""
+
+    def __init__(self) -> None:
+        self.ms = 0
+
+    def __call__(self) -> int:
+        return self.ms
 
 
 def api_key(name: str = "k", rpm: int | None = None, budget: float | None = None) -> ApiKey:
@@ -167,32 +176,29 @@ def outcome(request_id: str, cost_usd: float) -> Outcome:
 async def test_the_window_admits_rpm_requests_and_names_the_exact_wait(
     store: Store, raw: redis.Redis
 ) -> None:
-    limits = Limits(store, window_ms=1_000)
+    now = Millis()
+    limits = Limits(store, window_ms=1_000, window_clock=now)
     key = api_key(rpm=3)
-    for i in range(3):  # admitted at about 0, 0.3 and 0.6 s
-        if i:
-            await asyncio.sleep(0.3)
+    for i in range(3):  # admitted at 0, 300 and 600 ms
+        now.ms = 300 * i
         await limits.admit(key, f"r{i}", fail_open=True)
-    started = time.monotonic()
     with pytest.raises(LimitExceeded) as caught:
         await limits.admit(key, "r3", fail_open=True)
     refused = caught.value
     assert (refused.status, refused.code, refused.should_retry) == (429, "rate_limited", True)
-    wait = refused.retry_after_s
-    assert wait is not None
-    assert 0.3 <= wait <= 0.45  # when the first admission leaves the window
-    assert refused.headers["retry-after-ms"] == str(round(wait * 1000))
+    assert refused.retry_after_s == 0.4  # when the first admission leaves the window
+    assert refused.headers["retry-after-ms"] == "400"
     assert raw.zcard(window_key(key)) == 3  # refusals take no slot
 
-    await asyncio.sleep(wait - 0.1 - (time.monotonic() - started))
-    with pytest.raises(LimitExceeded):
+    now.ms = 999
+    with pytest.raises(LimitExceeded) as caught:
         await limits.admit(key, "r4", fail_open=True)
-    await asyncio.sleep(0.1 + 0.02)
+    assert caught.value.retry_after_s == 0.001
+    now.ms = 1_000
     await limits.admit(key, "r5", fail_open=True)  # the first left: one slot, just in time
     with pytest.raises(LimitExceeded) as caught:
         await limits.admit(key, "r6", fail_open=True)
-    next_wait = caught.value.retry_after_s
-    assert next_wait is not None and 0.1 <= next_wait <= 0.3  # the second leaves next
+    assert caught.value.retry_after_s == 0.3  # the second (300 ms) leaves next
     assert 0 < raw.pttl(window_key(key)) <= 1_000
 
 
@@ -200,16 +206,17 @@ async def test_the_window_admits_rpm_requests_and_names_the_exact_wait(
 async def test_a_lowered_rpm_waits_until_enough_admissions_have_left(
     store: Store, raw: redis.Redis
 ) -> None:
-    limits = Limits(store, window_ms=2_000)
+    now = Millis()
+    limits = Limits(store, window_ms=2_000, window_clock=now)
     for i in range(4):
+        now.ms = 200 * i
         await limits.admit(api_key(rpm=4), f"r{i}", fail_open=True)
-        await asyncio.sleep(0.2)
-    # Admitted at about 0, 0.2, 0.4 and 0.6 s; now 0.8 s, a reload cut the key to 2:
-    # a slot frees when only one is left, once the third (0.4 s) has left at 2.4 s.
+    # Admitted at 0, 200, 400 and 600 ms; at 800 a reload cut the key to 2: a slot
+    # frees when only one is left, once the third (400 ms) has left at 2,400 ms.
+    now.ms = 800
     with pytest.raises(LimitExceeded) as caught:
         await limits.admit(api_key(rpm=2), "after-reload", fail_open=True)
-    wait = caught.value.retry_after_s
-    assert wait is not None and 1.5 <= wait <= 1.62
+    assert caught.value.retry_after_s == 1.6
 
 
 @pytest.mark.anyio

@@ -52,7 +52,8 @@ BUDGET_GRACE_S = 3_600
 LimitsState = Literal["off", "ok", "open", "closed"]
 
 # KEYS[1] the key's window, KEYS[2] its spend today.
-# ARGV: rpm (0: none), budget in USD (0: none), a unique member, the window in ms.
+# ARGV: rpm (0: none), budget in USD (0: none), a unique member, the window in ms, and
+# now in ms ("": the server's TIME).
 # Returns {0, 0} admitted, {1, ms until a slot frees} rate limited, {2, 0} over budget.
 _ADMIT = """
 local budget = tonumber(ARGV[2])
@@ -65,8 +66,11 @@ end
 local rpm = tonumber(ARGV[1])
 if rpm > 0 then
     local window = tonumber(ARGV[4])
-    local time = redis.call("TIME")
-    local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+    local now = tonumber(ARGV[5])
+    if not now then
+        local time = redis.call("TIME")
+        now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+    end
     redis.call("ZREMRANGEBYSCORE", KEYS[1], "-inf", now - window)
     local count = redis.call("ZCARD", KEYS[1])
     if count >= rpm then
@@ -151,15 +155,18 @@ class Limits:
         *,
         clock: Callable[[], float] = time.time,
         window_ms: int = WINDOW_MS,
+        window_clock: Callable[[], int] | None = None,
         log_interval_s: float = 10.0,
     ) -> None:
         """`clock` (Unix time) dates the budgets; `window_ms` is the rate window, one
-        minute but for tests."""
+        minute but for tests; `window_clock` (ms) times the window, by default the
+        store server's `TIME` (one timeline for every instance), in tests their own."""
         self._store = store
         self._admit = store.register(_ADMIT)
         self._charge_script: ScriptHandle = store.register(_CHARGE)
         self._clock = clock
         self._window_ms = window_ms
+        self._window_clock = window_clock
         self._log_interval_s = log_interval_s
         self._last_logged: float | None = None
         # Charges on their way to the store, per key digest: a request by the same key
@@ -179,7 +186,13 @@ class Limits:
         reply = await self._store.run(
             self._admit,
             keys=(window_key(key), budget_key(key, now)),
-            args=(key.rpm or 0, key.daily_budget_usd or 0, request_id, self._window_ms),
+            args=(
+                key.rpm or 0,
+                key.daily_budget_usd or 0,
+                request_id,
+                self._window_ms,
+                "" if self._window_clock is None else self._window_clock(),
+            ),
         )
         decision = decision_of(reply)
         if decision is None:
