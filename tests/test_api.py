@@ -3,7 +3,6 @@ upstream."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +20,7 @@ from tests.harness import (
     gateway_config,
     running_gateway,
     task_config,
+    wait_until,
 )
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
@@ -168,10 +168,9 @@ def test_past_the_in_flight_limit_the_answer_is_503_at_once(tmp_path: Path, sim:
     sim.script(TUNED, "hang", "hang")
     with running_gateway(tmp_path, config) as gateway, ThreadPoolExecutor(1) as pool:
         first = pool.submit(post, gateway, {"model": "triage", "messages": MESSAGES})
-        time.sleep(0.3)
-        started = time.monotonic()
+        assert wait_until(lambda: len(sim.requests(TUNED)) == 1)  # the first is in flight
+        # Admitted, it would hang in the upstream too and end in 504 at its deadline.
         second = post(gateway, {"model": "triage", "messages": MESSAGES})
-        assert time.monotonic() - started < 0.5
         assert_error(second, 503, "overloaded")
         assert second.headers["retry-after"] == "1"
         assert second.headers["x-should-retry"] == "true"

@@ -8,14 +8,21 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import yaml
 
-from tests.harness import TUNED, Simulator, free_port, gateway_config, task_config, wait_for_http
+from tests.harness import (
+    TUNED,
+    Simulator,
+    free_port,
+    gateway_config,
+    task_config,
+    wait_for_http,
+    wait_until,
+)
 from tunegate.state.embedded import answers_ping
 
 SERVE = [sys.executable, "-m", "tunegate.commands.cli", "serve"]
@@ -42,8 +49,7 @@ def test_sigterm_stops_the_gateway_and_its_embedded_store(tmp_path: Path) -> Non
         assert answers_ping(store_port)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0
-        time.sleep(0.2)
-        assert not answers_ping(store_port)
+        assert wait_until(lambda: not answers_ping(store_port), timeout_s=2)
     finally:
         if process.poll() is None:
             process.kill()
@@ -73,9 +79,9 @@ def test_sigterm_drains_in_flight_requests_and_refuses_new_ones_with_503(
         body = {"model": "slow", "messages": [{"role": "user", "content": "My bill is wrong."}]}
         with ThreadPoolExecutor(2) as pool:
             slow = pool.submit(httpx.post, f"{url}/v1/chat/completions", json=body, timeout=20)
-            time.sleep(0.5)  # the slow request is in flight
+            assert wait_until(lambda: len(sim.requests(TUNED)) == 1)  # the slow one is in flight
             process.send_signal(signal.SIGTERM)
-            time.sleep(0.2)
+            assert wait_until(lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 503)
             refused = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=5)
             ready = httpx.get(f"{url}/readyz", timeout=5)
             assert slow.result().status_code == 200  # finished after the signal
