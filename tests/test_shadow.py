@@ -3,7 +3,6 @@ way; and the report's arithmetic over both directions on fixed data."""
 
 from __future__ import annotations
 
-import statistics
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from tests.harness import (
     running_gateway,
     simulator_with,
     task_config,
+    wait_until,
 )
 from tests.redis_server import RedisServer
 from tunegate.commands import cli
@@ -66,6 +66,7 @@ def gw(
     tasks = {
         "shadowed": task_config(routing=SHADOW),
         "slow-shadowed": slow_task(**SHADOW),
+        "hung-shadowed": slow_task(**SHADOW),
         "unshadowed": slow_task(),
     }
     config = gateway_config(sim.url, tasks)
@@ -170,19 +171,21 @@ def test_report_html_draws_the_shadow_pairs_of_a_running_gateway(
     assert cli.main(["report", "shadowed", "--url", gw.url, "--html", str(tmp_path)]) == 1
 
 
-def test_a_slow_shadow_adds_no_latency_to_the_caller(gw: Gateway) -> None:
-    def median_seconds(task: str) -> float:
-        took = []
-        for _ in range(8):
-            started = time.monotonic()
-            ask(gw, task)
-            took.append(time.monotonic() - started)
-        return statistics.median(took)
+def test_the_caller_never_waits_for_its_shadow(gw: Gateway, sim: Simulator) -> None:
+    before = len(sim.requests(SLOW_BASE))
+    sim.script(SLOW_BASE, "hang")  # the shadow gets no answer until its upstream timeout
+    assert ask(gw, "hung-shadowed").json()["variant"] == "tuned"  # answered meanwhile
+    assert wait_until(lambda: len(sim.requests(SLOW_BASE)) == before + 1)
+    results = ("ok", "invalid", "error", "skipped")
+    labels = {"task": "hung-shadowed", "variant": "few_shot"}
+    assert [metric(gw, "tunegate_shadow_requests_total", **labels, result=r) for r in results] == [
+        0.0
+    ] * 4  # the shadow is still waiting
 
-    without = median_seconds("unshadowed")
-    with_shadow = median_seconds("slow-shadowed")
-    assert with_shadow < SLOW_MS / 1000 / 3
-    assert with_shadow < without + 0.05
+
+def test_a_slow_shadow_shows_in_the_paired_latency(gw: Gateway) -> None:
+    for _ in range(8):
+        ask(gw, "slow-shadowed")
     shadow = shadow_figures(gw, "slow-shadowed", 8)
     assert shadow["calls"] == 8
     # The shadow waited ~300 ms more than the tuned answer.
@@ -205,11 +208,11 @@ def test_hits_forced_variants_and_fallbacks_are_not_shadowed(gw: Gateway, sim: S
     assert ask(gw, "shadowed", **{"x-tunegate-variant": "tuned"}).json()["variant"] == "tuned"
     sim.script(TUNED, "quota", "quota")
     assert ask(gw, "shadowed").json()["variant"] == "few_shot"  # a fallback
-    deadline = time.monotonic() + 5
-    while shadow_calls() < before + 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.2)  # room for a wrong extra one to show
-    assert shadow_calls() == before + 1  # the miss only
+    # A last shadowed request: a wrong shadow of the ones above started before its own.
+    sim.reset()
+    assert ask(gw, "shadowed").json()["cache"] == "miss"
+    assert wait_until(lambda: shadow_calls() >= before + 2)
+    assert shadow_calls() == before + 2  # the two misses only
 
 
 def test_the_report_combines_both_directions_as_a_minus_b(tmp_path: Path) -> None:
