@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tunegate.errors import ConfigError
 from tunegate.experiments.adaptive import Split
 from tunegate.observability.metrics import FLUSH_DELAY_S, NO_VARIANT, Metrics, mark_process_dead
+from tunegate.quality.checks import CheckResult, CheckVerdict
 from tunegate.records import Outcome, ShadowOutcome, UpstreamCall, rejected
 
 TUNED = "ft:gpt-3.5-turbo-0613:acme::7qTVM5AR"
@@ -45,6 +46,7 @@ SPEC_METRICS = {
     # Beyond SPEC §5, listed in the README.
     "tunegate_shadow_requests": ("counter", {"task", "variant", "result"}),
     "tunegate_shadow_cost_usd": ("counter", {"task", "variant", "model"}),
+    "tunegate_check_results": ("counter", {"task", "variant", "check", "result"}),
     "tunegate_experiment_weight": ("gauge", {"task", "variant"}),
     "tunegate_experiment_state": ("gauge", {"task", "state"}),
     "tunegate_experiment_samples": ("gauge", {"task", "variant"}),
@@ -148,7 +150,8 @@ def experiment_document() -> dict[str, Any]:
 
 def test_every_spec_metric_is_exposed_with_its_type_and_labels() -> None:
     metrics = Metrics()
-    metrics.record(outcome(ttft_seconds=0.004, saved_usd=0.001))
+    checked = (("tuned", CheckVerdict((CheckResult("language", True),))),)
+    metrics.record(outcome(ttft_seconds=0.004, saved_usd=0.001, check_results=checked))
     metrics.record(
         outcome(
             status="fallback",

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from tunegate.config.compiled import Task, Variant
 from tunegate.pricing import format_usd
+from tunegate.quality.checks import CheckVerdict
 
 Message = Mapping[str, Any]
 CacheState = Literal["hit", "miss", "bypass"]
@@ -68,6 +69,8 @@ class Outcome:
     calls: tuple[UpstreamCall, ...] = ()
     # (variant, valid | repaired | invalid) for each answer the JSON guard checked.
     json_results: tuple[tuple[str, str], ...] = ()
+    # (variant, verdict) for each answer the output checks evaluated, in order.
+    check_results: tuple[tuple[str, CheckVerdict], ...] = ()
     fallbacks: tuple[tuple[str, str, str], ...] = ()
     store_seconds: float = 0.0
     ttft_seconds: float | None = None
@@ -121,6 +124,8 @@ class Answer:
     json_status: str | None
     fallback_from: str | None
     created: int
+    # `x-tunegate-checks`: passed | reasked | failed; None for tasks without checks.
+    checks: str | None = None
 
     def headers(self) -> dict[str, str]:
         headers = {
@@ -135,6 +140,8 @@ class Answer:
             headers["x-tunegate-fallback"] = self.fallback_from
         if self.json_status:
             headers["x-tunegate-json"] = self.json_status
+        if self.checks:
+            headers["x-tunegate-checks"] = self.checks
         return headers
 
 

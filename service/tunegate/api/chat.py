@@ -51,12 +51,12 @@ async def chat_completions(request: Request, request_id: str) -> Response:
     )
     await admit(request)
     gateway = runtime.gateway
-    if body.stream and not task.is_json:
+    if body.stream and not task.buffers_streams:
         head, deltas = await cancel_on_disconnect(request, gateway.stream(call))
         return _sse(head, _text_events(head, deltas))
     answer = await cancel_on_disconnect(request, gateway.answer(call))
     if body.stream:
-        # JSON tasks stream only what passed the guard: the whole answer, at once.
+        # JSON tasks and tasks with checks stream only what passed: the whole answer.
         return _sse(answer, _replay_events(answer))
     return Response(
         orjson.dumps(completion_body(answer)),

@@ -32,6 +32,7 @@ from tunegate.config.shape import (
 )
 from tunegate.config.source import Lines, dotted, read_yaml
 from tunegate.errors import ConfigError
+from tunegate.quality import checks as output_checks
 from tunegate.quality import jsonguard
 
 Message = dict[str, str]
@@ -119,9 +120,14 @@ class Routing:
     sticky: Literal["user", "header", "none"]
     salt: str
     retries: int
-    json_retries: int
+    reasks: int
     shadow: Shadow | None
     adaptive: Adaptive | None = None
+
+    @property
+    def json_retries(self) -> int:
+        """The old name of `reasks`."""
+        return self.reasks
 
 
 @dataclass(frozen=True)
@@ -156,10 +162,18 @@ class Task:
     training_cost_usd: float | None
     log_payloads: bool
     tuning: TuningTarget | None = None
+    # `output.checks` compiled, with `on_fail`; None when the task has none.
+    checks: output_checks.CheckSet | None = None
 
     @property
     def is_json(self) -> bool:
         return self.output_type == "json"
+
+    @property
+    def buffers_streams(self) -> bool:
+        """Whether a stream waits for the whole answer: it must pass the JSON guard or
+        the checks before its first chunk."""
+        return self.is_json or self.checks is not None
 
 
 @dataclass(frozen=True)
@@ -324,8 +338,9 @@ def _compile(path: Path, parsed: GatewayFile, tasks: Mapping[str, TaskFile]) -> 
         for name, u in parsed.upstreams.items()
     }
     compiled: dict[str, Task] = {}
+    detector = _detector(tasks)
     for name, task in tasks.items():
-        result = _compile_task(path, name, task, parsed, upstreams, problems)
+        result = _compile_task(path, name, task, parsed, upstreams, detector, problems)
         if result is not None:
             compiled[name] = result
     keys = _compile_keys(path, parsed.auth, compiled, problems)
@@ -351,10 +366,12 @@ def _compile_task(
     task: TaskFile,
     parsed: GatewayFile,
     upstreams: Mapping[str, Upstream],
+    detector: output_checks.Detector | None,
     problems: list[str],
 ) -> Task | None:
     at = f"{path}: tasks.{name}"
     before = len(problems)
+    checks = _compile_checks(f"{at}.output.checks", task, detector, problems)
     schema: jsonguard.CompiledSchema | None = None
     if task.output.json_schema is not None:
         if task.output.type == "text":
@@ -408,7 +425,31 @@ def _compile_task(
         training_cost_usd=task.training_cost_usd,
         log_payloads=task.log_payloads,
         tuning=TuningTarget(tuning.system, tuning.base_model, tuning.upstream) if tuning else None,
+        checks=checks,
     )
+
+
+def _detector(tasks: Mapping[str, TaskFile]) -> output_checks.Detector | None:
+    """One language detector for the whole config, knowing every language it names."""
+    codes = set().union(*(output_checks.languages_of(t.output.checks) for t in tasks.values()))
+    return output_checks.Detector(codes) if codes else None
+
+
+def _compile_checks(
+    at: str,
+    task: TaskFile,
+    detector: output_checks.Detector | None,
+    problems: list[str],
+) -> output_checks.CheckSet | None:
+    if not task.output.checks:
+        return None
+    try:
+        return output_checks.compile_checks(
+            task.output.checks, detector, reask=task.output.on_fail == "reask"
+        )
+    except output_checks.CheckConfigError as exc:
+        problems.append(f"{at}.{exc.where}: {exc}")
+        return None
 
 
 def _compile_variant(
@@ -452,7 +493,7 @@ def _compile_variant(
         json_mode=variant.json_mode,
         prefix=tuple(prefix),
         example_count=len(variant.examples),
-        fingerprint=_fingerprint(variant, task.output.type, schema),
+        fingerprint=_fingerprint(variant, task, schema),
         max_tokens=max_tokens if isinstance(max_tokens, int) else None,
     )
 
@@ -464,7 +505,7 @@ def _wrong_type(value: Any, types: tuple[type, ...]) -> bool:
 
 
 def _fingerprint(
-    variant: VariantFile, output_type: str, schema: jsonguard.CompiledSchema | None
+    variant: VariantFile, task: TaskFile, schema: jsonguard.CompiledSchema | None
 ) -> str:
     """A digest of everything that shapes a variant's answer: two variants (or two config
     versions) with the same fingerprint answer the same request the same way."""
@@ -475,8 +516,10 @@ def _fingerprint(
             "examples": [[e.user, e.assistant] for e in variant.examples],
             "params": variant.params,
             "json_mode": variant.json_mode,
-            "output": output_type,
+            "output": task.output.type,
             "schema": schema.canonical.decode() if schema else None,
+            # Cached answers passed the checks of their time: new checks, new entries.
+            **({"checks": task.output.checks} if task.output.checks else {}),
         },
         option=orjson.OPT_SORT_KEYS,
     )
@@ -514,6 +557,11 @@ def _compile_routing(
             "above 0 (the pair the report compares)."
         )
         ok = False
+    if routing.reasks is not None and routing.json_retries is not None:
+        problems.append(
+            f"{at}.json_retries: `json_retries` is the old name of `reasks`; keep only `reasks`."
+        )
+        ok = False
     if not ok:
         return None
     return Routing(
@@ -523,7 +571,7 @@ def _compile_routing(
         sticky=routing.sticky,
         salt=routing.salt or task_name,
         retries=routing.retries,
-        json_retries=routing.json_retries,
+        reasks=next(n for n in (routing.reasks, routing.json_retries, 1) if n is not None),
         shadow=Shadow(routing.shadow.variant, routing.shadow.rate) if routing.shadow else None,
         adaptive=(
             Adaptive(adaptive.metric, adaptive.min_samples, adaptive.stop, adaptive.floor)

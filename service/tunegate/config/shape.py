@@ -66,6 +66,9 @@ class OutputFile(FileModel):
     type: Literal["json", "text"] = "json"
     # `schema` shadows a BaseModel attribute; the alias keeps the YAML key.
     json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    # Output checks (SPEC §8), each a one-key mapping; compiled by `quality.checks`.
+    checks: list[Any] = []
+    on_fail: Literal["reask", "observe"] = "reask"
 
 
 class ShadowFile(FileModel):
@@ -98,7 +101,10 @@ class RoutingFile(FileModel):
     sticky: Literal["user", "header", "none"] = "none"
     salt: str | None = None
     retries: int = Field(default=1, ge=0, le=10)
-    json_retries: int = Field(default=1, ge=0, le=5)
+    # Corrective re-asks for output failing its schema or a check; `json_retries` is
+    # its old name, still accepted (not both).
+    reasks: int | None = Field(default=None, ge=0, le=5)
+    json_retries: int | None = Field(default=None, ge=0, le=5)
 
 
 class CaptureFile(FileModel):

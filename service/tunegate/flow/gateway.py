@@ -3,7 +3,8 @@ guard and fallback (ARCHITECTURE.md). It holds no HTTP and talks to the outside 
 through the objects it is given.
 
     choose a variant (router) ─► for each variant in [chosen, *fallbacks]:
-        attempt with retries (retry) ─► check JSON (jsonguard) ─► re-ask on invalid
+        attempt with retries (retry) ─► check JSON (jsonguard) ─► output checks
+        (quality.checks) ─► re-ask on invalid or failed (`routing.reasks`)
     ─► an `Answer`, or a `GatewayError` (502 every variant failed, 504 deadline)
 
 Every request ends in one `Outcome`, handed to the recorders after the answer is built.
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Literal, Protocol, TypeVar
 
-from tunegate.config.compiled import Variant
+from tunegate.config.compiled import Task, Variant
 from tunegate.errors import (
     AllAttemptsFailed,
     DeadlineExceeded,
@@ -36,6 +37,8 @@ from tunegate.flow.shadow import Primary, Shadows
 from tunegate.flow.upstream import Completion, Delta
 from tunegate.pricing import PriceTable, format_usd
 from tunegate.quality import jsonguard
+from tunegate.quality.checks import CheckVerdict
+from tunegate.quality.checks import corrective_message as checks_corrective
 from tunegate.records import Answer, CacheState, Call, Message, Outcome, Status, UpstreamCall
 from tunegate.state.cache import Cache, Entry, Write, cache_key_for
 
@@ -43,6 +46,15 @@ log = logging.getLogger("tunegate.gateway")
 
 T = TypeVar("T")
 DEFAULT_BACKOFF = Backoff()
+
+
+def _checks_header(task: Task, trail: _Trail) -> str | None:
+    """`x-tunegate-checks` of an answer served by an upstream call (SPEC §8, §12)."""
+    if task.checks is None:
+        return None
+    if trail.checks_failed:
+        return "failed"
+    return "reasked" if trail.reasked else "passed"
 
 
 def _completed(text: str, last: Delta) -> Completion:
@@ -70,6 +82,10 @@ class _Trail:
     chosen: str
     calls: list[UpstreamCall] = field(default_factory=list)
     json_results: list[tuple[str, str]] = field(default_factory=list)
+    check_results: list[tuple[str, CheckVerdict]] = field(default_factory=list)
+    # Any corrective re-ask sent (schema or checks); an answer served failing (observe).
+    reasked: bool = False
+    checks_failed: bool = False
     failures: list[tuple[str, UpstreamError]] = field(default_factory=list)
     fallbacks: list[tuple[str, str, str]] = field(default_factory=list)
     ttft_seconds: float | None = None
@@ -272,7 +288,7 @@ class Gateway:
     def _write_of(self, call: Call, answer: Answer) -> Write | None:
         """What to store for a valid answer: under its serving variant's key (so a
         fallback's answer never poses as the chosen variant's)."""
-        if not call.cache_write:
+        if not call.cache_write or answer.checks == "failed":
             return None
         key = self._cache_key(call, answer.variant.name)
         if key is None:
@@ -312,6 +328,7 @@ class Gateway:
             json_status=entry.json_status,
             fallback_from=None,
             created=int(time.time()),
+            checks="passed" if call.task.checks is not None else None,
         )
 
     # -- the steps ----------------------------------------------------------------------
@@ -328,29 +345,54 @@ class Gateway:
     async def _serve_with(
         self, call: Call, variant: Variant, trail: _Trail
     ) -> tuple[Completion, jsonguard.Verdict | None]:
-        """One variant: attempts with retries, then for JSON tasks the guard and up to
-        `json_retries` corrective re-asks. Raises `UpstreamError` when it cannot serve."""
+        """One variant: attempts with retries, then for JSON tasks the guard, then the
+        output checks, with up to `reasks` corrective re-asks. Raises `UpstreamError`
+        when it cannot serve."""
         task = call.task
         messages: list[Message] = [*variant.prefix, *call.messages]
-        for _ in range(task.routing.json_retries + 1):
+        for reask in range(task.routing.reasks + 1):
+            if reask:
+                trail.reasked = True
             completion = await self._with_retries(
                 call,
                 variant,
                 trail,
                 partial(self._upstreams.complete, variant, messages, call.params),
             )
-            if not task.is_json:
-                return completion, None
-            verdict = jsonguard.check(completion.content, task.schema)
-            trail.json_results.append((variant.name, verdict.status))
-            if verdict.status != "invalid":
+            verdict, correction = self._inspect(task, variant, completion, trail)
+            if correction is None:
                 return completion, verdict
+            error, message = correction
             messages = [
                 *messages,
                 {"role": "assistant", "content": completion.content},
-                {"role": "user", "content": jsonguard.corrective_message(verdict)},
+                {"role": "user", "content": message},
             ]
-        raise UpstreamInvalidOutput(f"{variant.name}: {verdict.error}")
+        raise UpstreamInvalidOutput(f"{variant.name}: {error}")
+
+    @staticmethod
+    def _inspect(
+        task: Task, variant: Variant, completion: Completion, trail: _Trail
+    ) -> tuple[jsonguard.Verdict | None, tuple[str, str] | None]:
+        """The JSON guard, then the checks, on one answer: its verdict and, when it must
+        be asked again, (the error, the corrective message)."""
+        verdict = None
+        text = completion.content
+        if task.is_json:
+            verdict = jsonguard.check(text, task.schema)
+            trail.json_results.append((variant.name, verdict.status))
+            if verdict.status == "invalid":
+                return verdict, (verdict.error or "invalid", jsonguard.corrective_message(verdict))
+            text = verdict.text
+        if task.checks is not None:
+            checked = task.checks.run(text)
+            trail.check_results.append((variant.name, checked))
+            if not checked.passed:
+                if not task.checks.reask:
+                    trail.checks_failed = True
+                    return verdict, None
+                return verdict, (checked.first_failure or "", checks_corrective(checked))
+        return verdict, None
 
     async def _with_retries(
         self,
@@ -481,8 +523,11 @@ class Gateway:
         reasons = "; ".join(f"{name}: {exc}" for name, exc in trail.failures)
         if all(isinstance(exc, UpstreamInvalidOutput) for _, exc in trail.failures):
             self.record(self._outcome(call, trail, None, "invalid_output"))
+            wanted = "schema" if call.task.checks is None else "schema and checks"
+            if not call.task.is_json:
+                wanted = "checks"
             return AllAttemptsFailed(
-                f"No variant produced output that satisfies the task's schema. {reasons}",
+                f"No variant produced output that satisfies the task's {wanted}. {reasons}",
                 code="invalid_output",
                 should_retry=False,
                 headers=cost,
@@ -515,6 +560,7 @@ class Gateway:
             json_status=verdict.status if verdict else None,
             fallback_from=trail.failures[0][0] if trail.failures else None,
             created=int(time.time()),
+            checks=_checks_header(call.task, trail),
         )
 
     def _outcome(self, call: Call, trail: _Trail, served: str | None, status: Status) -> Outcome:
@@ -535,6 +581,7 @@ class Gateway:
             seconds=self._clock() - trail.started,
             calls=tuple(trail.calls),
             json_results=tuple(trail.json_results),
+            check_results=tuple(trail.check_results),
             fallbacks=tuple(trail.fallbacks),
             store_seconds=trail.store_seconds,
             ttft_seconds=trail.ttft_seconds,

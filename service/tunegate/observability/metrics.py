@@ -150,6 +150,12 @@ JSON_VALIDATION = Family(
     "JSON output checks by result (valid, repaired, invalid).",
     ("task", "variant", "result"),
 )
+CHECK_RESULTS = Family(
+    "tunegate_check_results_total",
+    "Output checks by kind (language, max_sentences, ...) and result (pass, fail), for "
+    "every evaluated answer, under the variant that made it.",
+    ("task", "variant", "check", "result"),
+)
 UPSTREAM_ERRORS = Family(
     "tunegate_upstream_errors_total",
     "Failed upstream calls by kind of failure.",
@@ -219,6 +225,7 @@ FAMILIES = (
     CACHE_LOOKUPS,
     CACHE_SAVED,
     JSON_VALIDATION,
+    CHECK_RESULTS,
     UPSTREAM_ERRORS,
     FALLBACKS,
     FEEDBACK_SCORE,
@@ -283,6 +290,7 @@ class Metrics:
         self._cache_lookups = self._counts[CACHE_LOOKUPS]
         self._cache_saved = self._counts[CACHE_SAVED]
         self._json = self._counts[JSON_VALIDATION]
+        self._checks = self._counts[CHECK_RESULTS]
         self._upstream_errors = self._counts[UPSTREAM_ERRORS]
         self._fallbacks = self._counts[FALLBACKS]
         self._feedback = self._observations[FEEDBACK_SCORE]
@@ -340,6 +348,9 @@ class Metrics:
             self._cache_saved.add((task,), outcome.saved_usd)
         for checked, result in outcome.json_results:
             self._json.add((task, checked, result))
+        for checked, verdict in outcome.check_results:
+            for check in verdict.results:
+                self._checks.add((task, checked, check.kind, "pass" if check.passed else "fail"))
         for from_variant, to_variant, reason in outcome.fallbacks:
             self._fallbacks.add((task, from_variant, to_variant, reason))
 

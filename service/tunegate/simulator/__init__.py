@@ -27,7 +27,10 @@ drawn at random per the scenario's rates:
     huge            200 with the answer followed by `HUGE_ANSWER_BYTES` (4 MiB) of prose,
                     max_tokens ignored (streams send it as one chunk)
     invalid_json, fenced, trailing_comma, missing_field, wrong_enum, prose
-                    200 with the answer broken that way (text tasks: the wrong language)
+                    200 with the answer broken that way (German replies: in English;
+                    judges: prose instead of JSON)
+    english, too_long, unsigned, as_an_ai, markup
+                    a German reply with that flaw (`replies.py`)
     valid           200 with the right answer, whatever the quality draw
     ok              (script and header only) behave normally, no random fault
 

@@ -6,14 +6,16 @@ or `json_schema`, or a system (or developer) message mentions "JSON" or "classif
 last user message (`triage`), skipping a corrective re-ask (a user turn after the model's
 answer that speaks of the "previous answer"), which a model answers by answering the ticket
 again. Otherwise it is a short support reply, in German when the system prompt mentions
-German/Deutsch, else in English.
+German/Deutsch, else in English (`replies.py`). A judge prompt (`judging.py`: a user turn
+with `Answer:` or `Answer A:`/`Answer B:` headings) gets a judgement, before all else.
 
 Quality. Each model's answer is right with probability `quality.valid`, or
 `quality.valid_with_examples` when the request carries few-shot examples (an assistant
 turn before the last user message). The draw is a hash of (seed, model, messages), so the
 same input always gets the same answer. A wrong JSON answer is one of the `BREAKAGES`,
-picked by the scenario's weights; a wrong German reply is the English one (a text task
-asked in English cannot be wrong).
+picked by the scenario's weights; a wrong German reply carries one of the `TEXT_FLAWS`,
+picked by `quality.text_flaws` (a forced JSON breakage makes it English; a text task asked
+in English cannot be wrong); a wrong judgement is prose instead of JSON.
 
 Faults. A model's random faults are drawn by a hash of (seed, model, request sequence
 number), so they are reproducible and a retry of the same input can succeed.
@@ -35,6 +37,8 @@ from typing import Any
 
 import orjson
 
+from tunegate.simulator import judging
+from tunegate.simulator.replies import TEXT_FLAWS, reply
 from tunegate.simulator.scenario import ModelBehaviour
 
 PIECE_CHARS = 4
@@ -53,27 +57,7 @@ _JSON = re.compile(r"json|classify", re.IGNORECASE)
 _GERMAN = re.compile(r"german|deutsch", re.IGNORECASE)
 _REASK = re.compile(r"previous answer", re.IGNORECASE)
 
-_REPLIES_DE = {
-    "billing": "Guten Tag, vielen Dank für Ihre Nachricht. Wir prüfen Ihre Rechnung umgehend "
-    "und melden uns innerhalb eines Werktages bei Ihnen. Herzliche Grüße, Ihr Support-Team",
-    "bug": "Guten Tag, vielen Dank für Ihre Nachricht. Es tut uns leid, dass etwas nicht "
-    "funktioniert; unser Technikteam sieht sich den Fehler sofort an. Herzliche Grüße, "
-    "Ihr Support-Team",
-    "account": "Guten Tag, vielen Dank für Ihre Nachricht. Wir helfen Ihnen gern, wieder "
-    "Zugang zu Ihrem Konto zu bekommen. Herzliche Grüße, Ihr Support-Team",
-    "other": "Guten Tag, vielen Dank für Ihre Nachricht. Wir kümmern uns um Ihr Anliegen "
-    "und melden uns in Kürze bei Ihnen. Herzliche Grüße, Ihr Support-Team",
-}
-_REPLIES_EN = {
-    "billing": "Hello, thank you for your message. We are checking your invoice right away "
-    "and will get back to you within one business day. Kind regards, the Support Team",
-    "bug": "Hello, thank you for your message. We are sorry something is not working; our "
-    "engineers are looking into the error now. Kind regards, the Support Team",
-    "account": "Hello, thank you for your message. We are glad to help you get back into "
-    "your account. Kind regards, the Support Team",
-    "other": "Hello, thank you for your message. We are looking into your request and will "
-    "get back to you shortly. Kind regards, the Support Team",
-}
+_JUDGE_PROSE = "Both answers seem fine to me overall."
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,15 +97,24 @@ def answer(
 ) -> Answer:
     """The model's answer to `messages`. `forced` is an output fault (a breakage or
     "valid") that overrides the quality draw."""
-    category, priority = triage(_last_user_text(messages))
+    last = _last_user_text(messages)
+    category, priority = triage(last)
     system = _system_text(messages)
     outcome = forced if forced is not None else _draw_outcome(behaviour, seed, model, messages)
+    if judging.is_judge_prompt(last):
+        if outcome != "valid":
+            return Answer(_JUDGE_PROSE, outcome)
+        key = b"judge:%d:%s:%s" % (seed, model.encode(), orjson.dumps(messages))
+        return Answer(judging.judgement(last, behaviour.judge_noise, key), "valid")
     if _json_format(request) or _JSON.search(system):
         return Answer(render_triage(category, priority, outcome), outcome)
     german = _GERMAN.search(system) is not None
     if outcome == "valid" or not german:
-        return Answer((_REPLIES_DE if german else _REPLIES_EN)[category], "valid")
-    return Answer(_REPLIES_EN[category], "wrong_language")
+        return Answer(reply(category, german, None), "valid")
+    flaw = outcome if outcome in TEXT_FLAWS else "english"
+    if forced is None:
+        flaw = _draw_flaw(behaviour, seed, model, messages)
+    return Answer(reply(category, True, flaw), flaw)
 
 
 def render_triage(category: str, priority: str, outcome: str) -> str:
@@ -205,6 +198,19 @@ def _draw_outcome(
             return kind
         pick -= weight
     return quality.breakages[-1][0]
+
+
+def _draw_flaw(
+    behaviour: ModelBehaviour, seed: int, model: str, messages: Sequence[Mapping[str, Any]]
+) -> str:
+    flaws = behaviour.quality.text_flaws
+    key = b"flaw:%d:%s:%s" % (seed, model.encode(), orjson.dumps(messages))
+    pick = _uniform(key) * sum(w for _, w in flaws)
+    for kind, weight in flaws:
+        if pick < weight:
+            return kind
+        pick -= weight
+    return flaws[-1][0]
 
 
 def _uniform(key: bytes) -> float:

@@ -13,11 +13,14 @@ A scenario file looks like this (every key is optional; unknown keys are errors)
         retry_after_s: 1          # the Retry-After of a 429
         quality: {valid: 0.98}
         faults: {"500": 0.01, "429": 0.01}
+      "gpt-4o-mini":
+        judge_noise: 1.5          # a judge: its scores wander this many points either way
       "gpt-3.5-turbo":
         quality:
           valid: 0.70
           valid_with_examples: 0.92   # when the request carries few-shot examples
           breakages: {invalid_json: 1, prose: 1}  # relative weights of the wrong answers
+          text_flaws: {english: 2, too_long: 1}   # ... and of the wrong German replies
       "*": {}                     # any other model; without it they get 404 model_not_found
     fine_tuning:                  # the files and fine-tuning jobs API (`tuning.py`)
       validating_s: 1             # seconds a job spends in each state before the next
@@ -42,14 +45,23 @@ from types import MappingProxyType
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from tunegate.simulator.replies import TEXT_FLAWS
 
 ERROR_FAULTS = frozenset({"429", "quota", "500", "503", "400", "401", "404"})
 CONNECTION_FAULTS = frozenset({"hang", "drop", "slow"})
 # A 200 whose answer ignores max_tokens and runs to megabytes.
 SIZE_FAULTS = frozenset({"huge"})
 BREAKAGES = ("invalid_json", "fenced", "trailing_comma", "missing_field", "wrong_enum", "prose")
-OUTPUT_FAULTS = frozenset({*BREAKAGES, "valid"})
+OUTPUT_FAULTS = frozenset({*BREAKAGES, *TEXT_FLAWS, "valid"})
 FAULT_KINDS = ERROR_FAULTS | CONNECTION_FAULTS | SIZE_FAULTS | OUTPUT_FAULTS
 # What a script entry or an `x-sim-fault` header may say: a fault, "behave normally", or
 # "429:SECONDS" (a 429 with that Retry-After).
@@ -68,6 +80,8 @@ class Quality:
     valid_with_examples: float | None = None
     # (breakage, relative weight) pairs; the weights need not add up to 1.
     breakages: tuple[tuple[str, float], ...] = tuple((kind, 1.0) for kind in BREAKAGES)
+    # (flaw, relative weight) of the wrong German replies (`replies.TEXT_FLAWS`).
+    text_flaws: tuple[tuple[str, float], ...] = (("english", 1.0),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +94,8 @@ class ModelBehaviour:
     quality: Quality = Quality()
     # (fault kind, probability) pairs; the probabilities add up to at most 1.
     faults: tuple[tuple[str, float], ...] = ()
+    # As a judge: the most its scores stray from what it sees, in points (uniform).
+    judge_noise: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,14 +184,18 @@ def _behaviour(m: _ModelFile) -> ModelBehaviour:
     breakages = Quality().breakages
     if q.breakages is not None:
         breakages = tuple((kind, weight) for kind, weight in q.breakages.items() if weight > 0)
+    flaws = Quality().text_flaws
+    if q.text_flaws is not None:
+        flaws = tuple((kind, weight) for kind, weight in q.text_flaws.items() if weight > 0)
     return ModelBehaviour(
         latency_ms=m.latency_ms,
         jitter_ms=m.jitter_ms,
         per_token_ms=m.per_token_ms,
         slow_chunk_ms=m.slow_chunk_ms,
         retry_after_s=m.retry_after_s,
-        quality=Quality(q.valid, q.valid_with_examples, breakages),
+        quality=Quality(q.valid, q.valid_with_examples, breakages, flaws),
         faults=tuple((kind, rate) for kind, rate in m.faults.items() if rate > 0),
+        judge_noise=m.judge_noise,
     )
 
 
@@ -199,15 +219,19 @@ class _QualityFile(_FileModel):
     valid: float = Field(default=1.0, ge=0, le=1)
     valid_with_examples: float | None = Field(default=None, ge=0, le=1)
     breakages: dict[str, float] | None = None
+    text_flaws: dict[str, float] | None = None
 
-    @field_validator("breakages")
+    @field_validator("breakages", "text_flaws")
     @classmethod
-    def _known_breakages(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+    def _known_breakages(
+        cls, value: dict[str, float] | None, info: ValidationInfo
+    ) -> dict[str, float] | None:
         if value is None:
             return None
-        unknown = sorted(set(value) - set(BREAKAGES))
+        kinds = BREAKAGES if info.field_name == "breakages" else TEXT_FLAWS
+        unknown = sorted(set(value) - set(kinds))
         if unknown:
-            raise ValueError(f"unknown breakage {unknown}; use some of {list(BREAKAGES)}")
+            raise ValueError(f"unknown kind {unknown}; use some of {list(kinds)}")
         if any(weight < 0 for weight in value.values()) or sum(value.values()) <= 0:
             raise ValueError("weights must be >= 0 with at least one above 0")
         return value
@@ -221,6 +245,7 @@ class _ModelFile(_FileModel):
     retry_after_s: float = Field(default=1.0, ge=0)
     quality: _QualityFile = _QualityFile()
     faults: dict[str, float] = {}
+    judge_noise: float = Field(default=0.0, ge=0, le=10)
 
     @field_validator("faults", mode="before")
     @classmethod
