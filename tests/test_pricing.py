@@ -5,13 +5,29 @@ from __future__ import annotations
 import logging
 import math
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
+import yaml
 from genai_prices import Usage, calc_price
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tunegate.pricing import Price, PriceTable, format_usd, maintained_price
+from tests.harness import gateway_config, task_config
+from tunegate.config.compiled import load_config
+from tunegate.errors import ConfigError
+from tunegate.pricing import (
+    TRAINING_PRICES_AS_OF,
+    Price,
+    PriceTable,
+    TrainingPrice,
+    billed_training_tokens,
+    context_limit,
+    default_epochs,
+    format_usd,
+    maintained_price,
+    training_price,
+)
 
 FT_MODEL = "ft:gpt-3.5-turbo-0613:acme::XYZ"
 
@@ -189,3 +205,44 @@ def test_format_usd_is_plain_decimal_and_round_trips(value: float) -> None:
     if "." in text:
         assert not text.endswith(("0", "."))
         assert len(text.partition(".")[2]) <= 10
+
+
+@pytest.mark.parametrize(
+    ("examples", "epochs"),
+    [(1, 25), (4, 25), (5, 20), (10, 10), (33, 3), (34, 3), (8333, 3), (8334, 2), (30000, 1)],
+)
+def test_default_epochs_follow_openais_rule(examples: int, epochs: int) -> None:
+    assert default_epochs(examples) == epochs
+
+
+def test_training_prices_come_from_the_config_else_the_dated_table() -> None:
+    table = training_price("gpt-3.5-turbo-0125", {})
+    assert table is not None and table.usd_per_mtok == 8.0
+    assert table.source == f"tunegate's table of {TRAINING_PRICES_AS_OF} (gpt-3.5-turbo)"
+    mini = training_price("gpt-4o-mini-2024-07-18", {})
+    assert mini is not None and mini.usd_per_mtok == 3.0
+    own = training_price("gpt-3.5-turbo", {"gpt-3.5-turbo": 6.5})
+    assert own == TrainingPrice(6.5, "config pricing.gpt-3.5-turbo.training")
+    assert training_price("my-llama", {}) is None
+
+
+def test_context_limits_per_base_model() -> None:
+    assert context_limit("gpt-3.5-turbo-0613") == 4096
+    assert context_limit("gpt-3.5-turbo-0125") == 16385
+    assert context_limit("gpt-3.5-turbo") == 16385
+    assert context_limit("unknown") is None
+    assert billed_training_tokens([10, 5000, 20], 3, 4096) == 3 * (10 + 4096 + 20)
+
+
+def test_a_pricing_entry_may_carry_only_a_training_price(tmp_path: Path) -> None:
+    config = gateway_config("http://127.0.0.1:9", {"triage": task_config()})
+    config["pricing"] = {"gpt-3.5-turbo": {"training": 6.0}, "ft:x": {"input": 1, "output": 2}}
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    loaded = load_config(path)
+    assert dict(loaded.training_prices) == {"gpt-3.5-turbo": 6.0}
+    assert dict(loaded.pricing) == {"ft:x": (1.0, 2.0)}
+    config["pricing"] = {"gpt-3.5-turbo": {"input": 1.0}}
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=r"pricing\.gpt-3\.5-turbo.*both `input` and `output`"):
+        load_config(path)

@@ -13,7 +13,8 @@ import pytest
 from openai.types.fine_tuning import FineTuningJob
 
 from tests.harness import Simulator
-from tunegate.simulator.tuning import check_training_file, default_epochs
+from tunegate.pricing import default_epochs
+from tunegate.simulator.tuning import check_training_file
 
 KEY = "sk-sim-tuning"
 SCENARIO = f"""

@@ -24,6 +24,10 @@ Resolution order for a model name:
 Prices are flat per-token rates. Where the table has tiered prices, the rate below the
 first tier is used; where its prices change on a date, the rate in force when the model
 was resolved is kept until the process restarts.
+
+Training prices (what tuning a base model costs per 1M training tokens), the per-example
+context limits of tunable base models and OpenAI's default epochs rule live at the end:
+a dated table shipped with the project, overridden by `pricing.MODEL.training`.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
+from typing import TypeVar
 
 from genai_prices import Usage, calc_price
 
@@ -40,6 +45,7 @@ logger = logging.getLogger("tunegate.pricing")
 PROVIDER_ID = "openai"
 _TOKENS_PER_MTOK = 1_000_000
 _USD_DECIMALS = 10
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -149,3 +155,78 @@ def format_usd(value: float) -> str:
         raise ValueError(f"A USD amount must be finite, not {value!r}")
     text = f"{value:.{_USD_DECIMALS}f}".rstrip("0").rstrip(".")
     return "0" if text == "-0" else text
+
+
+# -- training (SPEC §12 "Training prices") ------------------------------------------------
+
+# OpenAI's published fine-tuning prices, USD per 1M training tokens, by base model (the
+# longest matching prefix of a model name wins). A `pricing.MODEL.training` entry in the
+# config overrides them; update this table (and its date) when OpenAI's prices change.
+TRAINING_PRICES_AS_OF = "2025-06-01"
+TRAINING_PRICES: Mapping[str, float] = {
+    "gpt-3.5-turbo": 8.0,
+    "gpt-4o-mini": 3.0,
+    "gpt-4o": 25.0,
+    "gpt-4.1-nano": 1.5,
+    "gpt-4.1-mini": 5.0,
+    "gpt-4.1": 25.0,
+    "davinci-002": 6.0,
+    "babbage-002": 0.4,
+}
+# The most tokens one training example may have, by base model (longest prefix wins).
+CONTEXT_LIMITS: Mapping[str, int] = {
+    "gpt-3.5-turbo-0613": 4_096,
+    "gpt-3.5-turbo": 16_385,  # 0125, 1106 and the alias, which points at 0125
+    "gpt-4o-mini": 65_536,
+    "gpt-4o": 65_536,
+    "gpt-4.1": 65_536,
+    "davinci-002": 16_384,
+    "babbage-002": 16_384,
+}
+
+
+@dataclass(frozen=True)
+class TrainingPrice:
+    """USD per 1M training tokens and where the figure comes from."""
+
+    usd_per_mtok: float
+    source: str
+
+
+def _longest_prefix(model: str, table: Mapping[str, T]) -> tuple[str, T] | None:
+    matches = [name for name in table if model == name or model.startswith(name + "-")]
+    if not matches:
+        return None
+    best = max(matches, key=len)
+    return best, table[best]
+
+
+def training_price(base_model: str, overrides: Mapping[str, float]) -> TrainingPrice | None:
+    """The training price of `base_model`: the config's `pricing` entry, else the table."""
+    if base_model in overrides:
+        return TrainingPrice(overrides[base_model], f"config pricing.{base_model}.training")
+    found = _longest_prefix(base_model, TRAINING_PRICES)
+    if found is None:
+        return None
+    name, price = found
+    return TrainingPrice(price, f"tunegate's table of {TRAINING_PRICES_AS_OF} ({name})")
+
+
+def context_limit(base_model: str) -> int | None:
+    """The most tokens one training example of `base_model` may have (None: unknown)."""
+    found = _longest_prefix(base_model, CONTEXT_LIMITS)
+    return found[1] if found else None
+
+
+def default_epochs(examples: int) -> int:
+    """The epochs OpenAI picks for `examples` training examples when none are given."""
+    if examples * 3 < 100:
+        return min(25, 100 // max(1, examples))
+    if examples * 3 > 25_000:
+        return max(1, 25_000 // examples)
+    return 3
+
+
+def billed_training_tokens(example_tokens: Iterable[int], epochs: int, limit: int | None) -> int:
+    """The sum of min(context limit, example tokens), times epochs (SPEC §12)."""
+    return epochs * sum(min(n, limit) if limit else n for n in example_tokens)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
@@ -199,6 +199,8 @@ class GatewayConfig:
     max_in_flight: int
     store_socket_timeout_ms: int
     store_connect_timeout_ms: int
+    # `pricing.MODEL.training`: USD per 1M training tokens, by base model.
+    training_prices: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def open_mode(self) -> bool:
@@ -349,7 +351,16 @@ def _compile(path: Path, parsed: GatewayFile, tasks: Mapping[str, TaskFile]) -> 
     return GatewayConfig(
         path=path,
         upstreams=MappingProxyType(upstreams),
-        pricing=MappingProxyType({m: (p.input, p.output) for m, p in parsed.pricing.items()}),
+        pricing=MappingProxyType(
+            {
+                m: (p.input, p.output)
+                for m, p in parsed.pricing.items()
+                if p.input is not None and p.output is not None
+            }
+        ),
+        training_prices=MappingProxyType(
+            {m: p.training for m, p in parsed.pricing.items() if p.training is not None}
+        ),
         tasks=MappingProxyType(compiled),
         keys=keys,
         limits_fail_open=parsed.auth is None or parsed.auth.on_store_error == "open",

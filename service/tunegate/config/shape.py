@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class FileModel(BaseModel):
@@ -31,8 +31,19 @@ class UpstreamFile(FileModel):
 class PriceFile(FileModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
-    input: float = Field(ge=0)
-    output: float = Field(ge=0)
+    # USD per 1M tokens. `input` and `output` go together; an entry may carry only
+    # `training` (USD per 1M training tokens, for a base model's tuning cost).
+    input: float | None = Field(default=None, ge=0)
+    output: float | None = Field(default=None, ge=0)
+    training: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _complete(self) -> PriceFile:
+        if (self.input is None) != (self.output is None):
+            raise ValueError("give both `input` and `output`, or neither")
+        if self.input is None and self.training is None:
+            raise ValueError("give `input` and `output`, or `training`, or all three")
+        return self
 
 
 class CacheFile(FileModel):

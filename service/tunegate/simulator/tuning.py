@@ -31,6 +31,7 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from tunegate.pricing import default_epochs
 from tunegate.simulator.scenario import ModelBehaviour, Scenario, Tuning
 
 MIN_EXAMPLES = 10
@@ -111,15 +112,6 @@ def check_training_file(content: bytes, minimum: int = MIN_EXAMPLES) -> tuple[st
     if examples < minimum:
         return f"{examples} examples; at least {minimum} are required", examples, tokens
     return None, examples, tokens
-
-
-def default_epochs(examples: int) -> int:
-    """OpenAI's default epochs for `examples` training examples."""
-    if examples * 3 < 100:
-        return min(25, 100 // max(1, examples))
-    if examples * 3 > 25_000:
-        return max(1, 25_000 // examples)
-    return 3
 
 
 class TuningService:
