@@ -22,7 +22,9 @@ from tests.harness import (
     task_config,
     wait_until,
 )
+from tests.openai_shapes import checked_client, checked_sdk
 
+HTTP = checked_client(timeout=10)
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 
 
@@ -34,7 +36,7 @@ def gw(sim: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gat
 
 
 def post(gw: Gateway, body: Any, **kw: Any) -> httpx.Response:
-    return httpx.post(f"{gw.url}/v1/chat/completions", json=body, **kw)
+    return HTTP.post(f"{gw.url}/v1/chat/completions", json=body, **kw)
 
 
 def assert_error(
@@ -87,7 +89,7 @@ def test_system_and_tool_turns_are_refused(gw: Gateway, role: str) -> None:
 
 
 def test_the_sdk_raises_bad_request_for_owned_parameters(gw: Gateway) -> None:
-    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="k", max_retries=0)
+    client = checked_sdk(f"{gw.url}/v1", "k")
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(
             model="triage",
@@ -101,7 +103,7 @@ def test_unknown_task_is_a_404_that_lists_no_tasks(gw: Gateway) -> None:
     response = post(gw, {"model": "nope", "messages": MESSAGES})
     assert_error(response, 404, "task_not_found")
     assert "triage" not in response.text and "reply" not in response.text
-    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="k", max_retries=0)
+    client = checked_sdk(f"{gw.url}/v1", "k")
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="nope", messages=MESSAGES)
 
@@ -126,7 +128,7 @@ def test_unknown_task_is_a_404_that_lists_no_tasks(gw: Gateway) -> None:
     ],
 )
 def test_malformed_bodies_are_a_400(gw: Gateway, raw: bytes, param: str | None) -> None:
-    response = httpx.post(
+    response = HTTP.post(
         f"{gw.url}/v1/chat/completions", content=raw, headers={"content-type": "application/json"}
     )
     assert_error(response, 400, "invalid_request", param)
@@ -144,20 +146,20 @@ def test_a_2_mib_chunked_body_is_a_413_without_content_length(gw: Gateway) -> No
             yield b"x" * 65536
         yield b'"}]}'
 
-    response = httpx.post(f"{gw.url}/v1/chat/completions", content=chunks())
+    response = HTTP.post(f"{gw.url}/v1/chat/completions", content=chunks())
     assert "content-length" not in response.request.headers
     assert_error(response, 413, "request_too_large")
 
 
 def test_unknown_route_and_wrong_method_use_the_error_shape(gw: Gateway) -> None:
-    assert_error(httpx.get(f"{gw.url}/v1/nothing"), 404, "not_found")
-    assert_error(httpx.get(f"{gw.url}/v1/chat/completions"), 405, "method_not_allowed")
+    assert_error(HTTP.get(f"{gw.url}/v1/nothing"), 404, "not_found")
+    assert_error(HTTP.get(f"{gw.url}/v1/chat/completions"), 405, "method_not_allowed")
 
 
 def test_task_endpoint_refuses_bad_bodies(gw: Gateway) -> None:
-    response = httpx.post(f"{gw.url}/v1/tasks/triage", json={"input": "x", "temperature": 1})
+    response = HTTP.post(f"{gw.url}/v1/tasks/triage", json={"input": "x", "temperature": 1})
     assert_error(response, 400, "invalid_request", "temperature")
-    assert_error(httpx.post(f"{gw.url}/v1/tasks/ghost", json={"input": "x"}), 404, "task_not_found")
+    assert_error(HTTP.post(f"{gw.url}/v1/tasks/ghost", json={"input": "x"}), 404, "task_not_found")
 
 
 def test_past_the_in_flight_limit_the_answer_is_503_at_once(tmp_path: Path, sim: Simulator) -> None:

@@ -44,7 +44,14 @@ SLOW_MS = 300
 TTL_S = 600
 REPLY_TTL_S = 120
 # Headers that may differ between a miss and its hit; `date` is the server's clock.
-FRESH_HEADERS = {"x-tunegate-cache", "x-request-id", "x-tunegate-cost-usd", "date"}
+# content-length too: a hit's body has no `system_fingerprint` (SPEC §12).
+FRESH_HEADERS = {
+    "x-tunegate-cache",
+    "x-request-id",
+    "x-tunegate-cost-usd",
+    "date",
+    "content-length",
+}
 
 
 def tasks() -> dict[str, Any]:
@@ -133,7 +140,12 @@ def keys(raw: redis.Redis, pattern: str = "tunegate:*") -> list[bytes]:
 
 def stream_sse(gw: Gateway, task: str, text: str) -> tuple[httpx.Headers, list[str]]:
     """A streamed request read as raw SSE: the headers and the non-empty lines."""
-    body = {"model": task, "messages": [{"role": "user", "content": text}], "stream": True}
+    body = {
+        "model": task,
+        "messages": [{"role": "user", "content": text}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     with httpx.stream("POST", f"{gw.url}/v1/chat/completions", json=body, timeout=10) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -168,6 +180,8 @@ def test_a_repeat_is_a_hit_equal_but_for_id_created_request_id_and_cost(
     assert second["id"] != first["id"]
     for body in (first, second):
         del body["id"], body["created"]
+    # The upstream's fingerprint describes the call that made the answer (SPEC §12).
+    assert first.pop("system_fingerprint") and "system_fingerprint" not in second
     assert second == first
     assert json.loads(first["choices"][0]["message"]["content"]) == {
         "category": "billing",

@@ -23,7 +23,9 @@ from tests.harness import (
     task_config,
     wait_until,
 )
+from tests.openai_shapes import checked_client, checked_sdk
 
+HTTP = checked_client(timeout=10)
 SECRET = "sk-upstream-secret"
 
 
@@ -48,7 +50,7 @@ def gw(sim: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gat
 
 @pytest.fixture
 def client(gw: Gateway) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gw.url}/v1", api_key="caller-key", max_retries=0)
+    return checked_sdk(f"{gw.url}/v1", "caller-key")
 
 
 def ask(
@@ -111,7 +113,10 @@ def test_few_shot_variant_carries_its_examples(client: openai.OpenAI, sim: Simul
 @pytest.mark.parametrize("task", ["triage", "triage-few", "reply"])
 def test_streams_end_with_usage_and_done(client: openai.OpenAI, gw: Gateway, task: str) -> None:
     stream = client.chat.completions.create(
-        model=task, messages=[{"role": "user", "content": "My login is broken"}], stream=True
+        model=task,
+        messages=[{"role": "user", "content": "My login is broken"}],
+        stream=True,
+        stream_options={"include_usage": True},
     )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -119,7 +124,7 @@ def test_streams_end_with_usage_and_done(client: openai.OpenAI, gw: Gateway, tas
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
     if task != "reply":
         assert set(json.loads(text)) == {"category", "priority"}
-    with httpx.stream(
+    with HTTP.stream(
         "POST",
         f"{gw.url}/v1/chat/completions",
         json={"model": task, "messages": [{"role": "user", "content": "hi"}], "stream": True},
@@ -253,7 +258,7 @@ def test_allowed_caller_parameters_reach_the_upstream(
 
 
 def test_task_endpoint_returns_the_parsed_output(gw: Gateway) -> None:
-    response = httpx.post(f"{gw.url}/v1/tasks/triage", json={"input": "The app crashes, urgent!"})
+    response = HTTP.post(f"{gw.url}/v1/tasks/triage", json={"input": "The app crashes, urgent!"})
     assert response.status_code == 200
     body = response.json()
     assert body["output"] == {"category": "bug", "priority": "high"}
@@ -267,8 +272,8 @@ def test_models_lists_the_tasks(client: openai.OpenAI) -> None:
 
 
 def test_health_and_readiness(gw: Gateway) -> None:
-    assert httpx.get(f"{gw.url}/healthz").status_code == 200
-    ready = httpx.get(f"{gw.url}/readyz")
+    assert HTTP.get(f"{gw.url}/healthz").status_code == 200
+    ready = HTTP.get(f"{gw.url}/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
 
 
@@ -278,7 +283,7 @@ def test_weights_zero_and_hundred_through_http(tmp_path: Path, sim: Simulator) -
         "all-few": task_config(weights={"tuned": 0, "few_shot": 100}),
     }
     with running_gateway(tmp_path, gateway_config(sim.url, tasks)) as gateway:
-        client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="k", max_retries=0)
+        client = checked_sdk(f"{gateway.url}/v1", "k")
         for task, variant in (("all-tuned", "tuned"), ("all-few", "few_shot")):
             seen = set()
             for i in range(20):
@@ -292,7 +297,7 @@ def test_sticky_user_keeps_the_variant_through_http(tmp_path: Path, sim: Simulat
         "split": task_config(weights={"tuned": 50, "few_shot": 50}, routing={"sticky": "user"})
     }
     with running_gateway(tmp_path, gateway_config(sim.url, tasks)) as gateway:
-        client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="k", max_retries=0)
+        client = checked_sdk(f"{gateway.url}/v1", "k")
         first = {}
         for i in range(40):
             ask(client, "split", f"t{i}", user=f"user-{i}")
@@ -308,13 +313,13 @@ def test_a_client_that_goes_away_cancels_its_upstream_call(tmp_path: Path, sim: 
     with running_gateway(tmp_path, gateway_config(sim.url, tasks)) as gateway:
         sim.script(TUNED, "hang")
         with pytest.raises(httpx.TimeoutException):
-            httpx.post(
+            HTTP.post(
                 f"{gateway.url}/v1/chat/completions",
                 json={"model": "patient", "messages": [{"role": "user", "content": "hi"}]},
                 timeout=0.5,
             )
         # Without the cancellation the request would sit in flight for its 30 s deadline.
         assert wait_until(
-            lambda: "tunegate_in_flight_requests 0.0" in httpx.get(f"{gateway.url}/metrics").text
+            lambda: "tunegate_in_flight_requests 0.0" in HTTP.get(f"{gateway.url}/metrics").text
         )
         assert len(sim.requests(TUNED)) == 1  # and it was not retried either

@@ -415,6 +415,7 @@ def test_failed_and_streamed_requests_are_charged_what_they_cost(
                 "model": "reply",
                 "messages": [{"role": "user", "content": "Write me a haiku"}],
                 "stream": True,
+                "stream_options": {"include_usage": True},
             },
             headers={"authorization": "Bearer key-payer"},
         ) as streamed:

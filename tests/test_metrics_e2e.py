@@ -100,6 +100,8 @@ def send(client: httpx.Client, ask: Ask, ledger: Ledger) -> httpx.Response:
         "stream": ask.stream,
         "messages": [{"role": "user", "content": ask.text}],
     }
+    if ask.stream:
+        body["stream_options"] = {"include_usage": True}
     if ask.user is not None:
         body["user"] = ask.user
     response = client.post("/v1/chat/completions", json=body, headers=dict(ask.headers))

@@ -126,6 +126,8 @@ class Answer:
     created: int
     # `x-tunegate-checks`: passed | reasked | failed; None for tasks without checks.
     checks: str | None = None
+    # The upstream's, on a miss; None (omitted from the body) otherwise (SPEC §12).
+    system_fingerprint: str | None = None
 
     def headers(self) -> dict[str, str]:
         headers = {

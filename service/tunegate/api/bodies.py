@@ -54,6 +54,13 @@ class ChatMessage(_Body):
     name: str | None = None
 
 
+class StreamOptions(_Body):
+    """`stream_options`: `include_usage` asks for the final usage chunk (SPEC §7)."""
+
+    include_usage: bool | None = None
+    include_obfuscation: bool | None = None
+
+
 class ChatBody(BaseModel):
     """`POST /v1/chat/completions`. Extra fields are kept so they can be named in a 400."""
 
@@ -63,7 +70,7 @@ class ChatBody(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1)
     user: str | None = None
     stream: bool = False
-    stream_options: dict[str, Any] | None = None
+    stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)

@@ -2,7 +2,11 @@
 
 Bodies follow OpenAI's `CreateChatCompletionResponse` and
 `CreateChatCompletionStreamResponse`, including the fields it marks required but
-nullable (`logprobs`, `message.refusal`), which strict clients depend on.
+nullable (`logprobs`, `message.refusal`), which strict clients depend on; optional fields
+that are unknown (`system_fingerprint` on a cache hit) are left out, never `null`.
+
+A stream ends with a usage chunk (empty `choices`, the usage and `cost_usd`) only when
+the caller asks with `stream_options.include_usage`, as OpenAI does (SPEC §7).
 """
 
 from __future__ import annotations
@@ -51,13 +55,14 @@ async def chat_completions(request: Request, request_id: str) -> Response:
     )
     await admit(request)
     gateway = runtime.gateway
+    usage = body.stream_options is not None and body.stream_options.include_usage is True
     if body.stream and not task.buffers_streams:
         head, deltas = await cancel_on_disconnect(request, gateway.stream(call))
-        return _sse(head, _text_events(head, deltas))
+        return _sse(head, _text_events(head, deltas, usage))
     answer = await cancel_on_disconnect(request, gateway.answer(call))
     if body.stream:
         # JSON tasks and tasks with checks stream only what passed: the whole answer.
-        return _sse(answer, _replay_events(answer))
+        return _sse(answer, _replay_events(answer, usage))
     return Response(
         orjson.dumps(completion_body(answer)),
         headers=answer.headers(),
@@ -67,11 +72,7 @@ async def chat_completions(request: Request, request_id: str) -> Response:
 
 def completion_body(answer: Answer) -> dict[str, Any]:
     return {
-        "id": f"chatcmpl-{answer.request_id}",
-        "object": "chat.completion",
-        "created": answer.created,
-        "model": answer.variant.model,
-        "system_fingerprint": None,
+        **_head(answer, "chat.completion"),
         "choices": [
             {
                 "index": 0,
@@ -82,6 +83,18 @@ def completion_body(answer: Answer) -> dict[str, Any]:
         ],
         "usage": _usage(answer.prompt_tokens, answer.completion_tokens),
     }
+
+
+def _head(answer: Answer, kind: str) -> dict[str, Any]:
+    head: dict[str, Any] = {
+        "id": f"chatcmpl-{answer.request_id}",
+        "object": kind,
+        "created": answer.created,
+        "model": answer.variant.model,
+    }
+    if answer.system_fingerprint is not None:
+        head["system_fingerprint"] = answer.system_fingerprint
+    return head
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -102,13 +115,7 @@ class _Chunks:
     """Frames `chat.completion.chunk` events for one answer."""
 
     def __init__(self, head: Answer) -> None:
-        self._prefix = {
-            "id": f"chatcmpl-{head.request_id}",
-            "object": "chat.completion.chunk",
-            "created": head.created,
-            "model": head.variant.model,
-            "system_fingerprint": None,
-        }
+        self._prefix = _head(head, "chat.completion.chunk")
 
     def delta(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
@@ -126,16 +133,20 @@ class _Chunks:
 _DONE = b"data: [DONE]\n\n"
 
 
-async def _replay_events(answer: Answer) -> AsyncIterator[bytes]:
+async def _replay_events(answer: Answer, usage: bool) -> AsyncIterator[bytes]:
     chunks = _Chunks(answer)
     yield chunks.delta({"role": "assistant", "content": "", "refusal": None})
     yield chunks.delta({"content": answer.content})
     yield chunks.delta({}, answer.finish_reason)
-    yield chunks.usage(answer.prompt_tokens, answer.completion_tokens, format_usd(answer.cost_usd))
+    if usage:
+        cost = format_usd(answer.cost_usd)
+        yield chunks.usage(answer.prompt_tokens, answer.completion_tokens, cost)
     yield _DONE
 
 
-async def _text_events(head: Answer, deltas: AsyncIterator[Delta]) -> AsyncIterator[bytes]:
+async def _text_events(
+    head: Answer, deltas: AsyncIterator[Delta], usage: bool
+) -> AsyncIterator[bytes]:
     chunks = _Chunks(head)
     yield chunks.delta({"role": "assistant", "content": "", "refusal": None})
     try:
@@ -144,6 +155,8 @@ async def _text_events(head: Answer, deltas: AsyncIterator[Delta]) -> AsyncItera
                 yield chunks.delta({"content": delta.content})
                 continue
             yield chunks.delta({}, delta.finish_reason)
+            if not usage:
+                continue
             yield chunks.usage(
                 delta.prompt_tokens, delta.completion_tokens, format_usd(delta.cost_usd)
             )

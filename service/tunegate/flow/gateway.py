@@ -201,7 +201,8 @@ class Gateway:
                 self._failed(trail, name, exc, order)
                 continue
             trail.ttft_seconds = self._clock() - trail.started
-            head = self._answer(call, variant, Completion("", "stop", 0, 0), None, trail)
+            opened = Completion("", "stop", 0, 0, first.system_fingerprint)
+            head = self._answer(call, variant, opened, None, trail)
             return head, self._rest_of_stream(call, variant, trail, first, deltas)
         raise self._give_up(call, trail)
 
@@ -561,6 +562,7 @@ class Gateway:
             fallback_from=trail.failures[0][0] if trail.failures else None,
             created=int(time.time()),
             checks=_checks_header(call.task, trail),
+            system_fingerprint=completion.system_fingerprint,
         )
 
     def _outcome(self, call: Call, trail: _Trail, served: str | None, status: Status) -> Outcome:

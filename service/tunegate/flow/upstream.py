@@ -59,6 +59,7 @@ class Delta:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    system_fingerprint: str | None = None
 
 
 class Upstreams:
@@ -149,8 +150,10 @@ class Upstreams:
             )
             finish_reason = "stop"
             prompt_tokens = completion_tokens = 0
+            fingerprint: str | None = None
             async with chunks:
                 async for chunk in chunks:
+                    fingerprint = chunk.system_fingerprint or fingerprint
                     if chunk.usage is not None:
                         prompt_tokens = chunk.usage.prompt_tokens
                         completion_tokens = chunk.usage.completion_tokens
@@ -166,13 +169,17 @@ class Upstreams:
                                 f"{variant.model}: streamed more than the {limit:,} characters "
                                 "its max_tokens allow"
                             )
-                        yield Delta(content=choice.delta.content)
+                        yield Delta(
+                            content=choice.delta.content,
+                            system_fingerprint=fingerprint,
+                        )
         except openai.OpenAIError as exc:
             _translate(exc, variant)
         yield Delta(
             finish_reason=finish_reason,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
+            system_fingerprint=fingerprint,
         )
 
 
@@ -226,10 +233,14 @@ def _completion_from(body: Any, variant: Variant) -> Completion:
             finish_reason=choice.get("finish_reason") or "stop",
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
-            system_fingerprint=body.get("system_fingerprint"),
+            system_fingerprint=_text_or_none(body.get("system_fingerprint")),
         )
     except (KeyError, IndexError, TypeError, ValueError, AttributeError):
         raise UpstreamServerError(f"{variant.model}: answered without a choice") from None
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _translate(exc: openai.OpenAIError, variant: Variant) -> NoReturn:
