@@ -155,7 +155,7 @@ async def store(server: RedisServer) -> AsyncIterator[Store]:
     await opened.close()
 
 
-def outcome(request_id: str, cost_usd: float) -> Outcome:
+def outcome(request_id: str, cost_usd: float, key: ApiKey | None = None) -> Outcome:
     return Outcome(
         request_id=request_id,
         task="triage",
@@ -169,6 +169,7 @@ def outcome(request_id: str, cost_usd: float) -> Outcome:
         cache_lookup="miss",
         seconds=0.1,
         calls=(UpstreamCall("tuned", TUNED, 0.1, 10, 5, cost_usd),),
+        key_digest=key.sha256 if key else None,
     )
 
 
@@ -225,12 +226,15 @@ async def test_a_request_over_budget_is_refused_until_midnight_and_takes_no_rate
 ) -> None:
     limits = Limits(store)
     key = api_key(rpm=5, budget=0.01)
+    other = api_key("other", budget=0.01)
+    record = limits.recorder({k.sha256: k for k in (key, other)})
     await limits.admit(key, "first", fail_open=True)
-    limits.record(outcome("first", 0.004))
-    limits.record(outcome("first", 0.5))  # a second outcome under the same id: not charged
-    limits.record(outcome("someone-else", 0.5))
+    record(outcome("first", 0.004, key))
+    record(outcome("open-mode", 0.5))  # no key: nobody's budget
+    record(outcome("by-other", 0.5, other))  # another key's budget
+    record(outcome("unknown", 0.5, api_key("removed-on-reload", budget=1)))
     await limits.admit(key, "second", fail_open=True)  # 0.004 spent of 0.01
-    limits.record(outcome("second", 0.007))
+    record(outcome("second", 0.007, key))
     with pytest.raises(LimitExceeded) as caught:
         await limits.admit(key, "third", fail_open=True)
     refused = caught.value
@@ -240,6 +244,9 @@ async def test_a_request_over_budget_is_refused_until_midnight_and_takes_no_rate
     assert raw.zcard(window_key(key)) == 2
     spent_key = budget_key(key, time.time())
     assert float(raw.get(spent_key) or 0) == pytest.approx(0.011)
+    await limits.aclose()
+    assert float(raw.get(budget_key(other, time.time())) or 0) == pytest.approx(0.5)
+    assert len(raw.keys("tunegate:budget:*")) == 2  # a key not in the config: no spend
     ttl = raw.ttl(spent_key)
     assert (
         seconds_until_reset(time.time())
@@ -254,11 +261,12 @@ async def test_free_answers_and_keys_without_a_budget_write_no_spend(
 ) -> None:
     limits = Limits(store)
     budgeted = api_key("budgeted", budget=1)
-    await limits.admit(budgeted, "hit", fail_open=True)
-    limits.record(outcome("hit", 0.0))  # a cache hit
     rate_only = api_key("rate-only", rpm=10)
+    record = limits.recorder({k.sha256: k for k in (budgeted, rate_only)})
+    await limits.admit(budgeted, "hit", fail_open=True)
+    record(outcome("hit", 0.0, budgeted))  # a cache hit
     await limits.admit(rate_only, "paid", fail_open=True)
-    limits.record(outcome("paid", 0.3))
+    record(outcome("paid", 0.3, rate_only))
     await limits.aclose()
     assert raw.keys("tunegate:budget:*") == []
     assert raw.keys("tunegate:limit:*") == [window_key(rate_only).encode()]

@@ -17,8 +17,8 @@ from tunegate.api.chat import chat_completions
 from tunegate.api.drain import drain_on_sigterm
 from tunegate.api.errors import install_error_handlers
 from tunegate.api.experiments import get_experiments, post_feedback
-from tunegate.api.incoming import Load, Runtime
 from tunegate.api.service import healthz, list_models, metrics_endpoint, readyz
+from tunegate.api.services import Runtime, Services
 from tunegate.api.tasks import run_task
 from tunegate.auth import keys_by_hash
 from tunegate.config.compiled import GatewayConfig, load_config, missing_secrets
@@ -41,64 +41,23 @@ log = logging.getLogger("tunegate.app")
 
 def create_app(settings: Settings) -> FastAPI:
     """Build the gateway app; the config is loaded (and any error raised) at start-up."""
+    metrics = Metrics(settings.metrics_dir)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            config = load_config(settings.config_path)
-            problems = missing_secrets(config, settings.environ)
-            if problems:
-                raise ConfigError("\n".join(problems))
-            redis_url = settings.redis_url
-            if redis_url is None:
-                embedded = stack.enter_context(EmbeddedServer())
-                redis_url = embedded.url
-                log.warning(
-                    "no REDIS_URL: started an embedded Redis-compatible server at %s "
-                    "(data lives as long as this process)",
-                    redis_url,
-                )
-            store = Store(
-                redis_url,
-                socket_timeout_ms=config.store_socket_timeout_ms,
-                connect_timeout_ms=config.store_connect_timeout_ms,
+            services = await open_services(stack, settings, metrics)
+            install_signals(stack, services)
+            app.state.services = services
+            log.info(
+                "ready",
+                extra={
+                    "tasks": sorted(services.runtime.config.tasks),
+                    "config": str(services.runtime.config.path),
+                },
             )
-            stack.push_async_callback(store.close)
-            app.state.store = store
-            limits = Limits(store)
-            stack.push_async_callback(limits.aclose)
-            app.state.limits = limits
-            experiments = Experiments(store)
-            stack.push_async_callback(experiments.drain)  # before the store closes
-            app.state.experiments = experiments
-            cache = Cache(store)
-            watcher = Watcher(experiments, metrics.publish_experiment)
-            app.state.watcher = watcher
-
-            def build(config: GatewayConfig, upstreams: Upstreams) -> Runtime:
-                return build_runtime(
-                    config, upstreams, cache, metrics, limits, experiments, watcher
-                )
-
-            upstreams = Upstreams(config.upstreams, settings.environ)
-            app.state.runtime = build(config, upstreams)
-            reloader = Reloader(app.state, settings, upstreams, build)
-            stack.push_async_callback(reloader.aclose)  # closes the upstreams in use
-            # First of all: shadow calls finish while upstreams and store are open.
-            stack.push_async_callback(lambda: app.state.runtime.gateway.aclose())
-            watcher.start(lambda: app.state.runtime.config)
-            stack.push_async_callback(watcher.aclose)
-            app.state.reloader = reloader
-            stack.callback(watch_sighup(reloader))
-            stack.callback(drain_on_sigterm(app.state))
-            if config.open_mode:
-                log.warning(
-                    "auth: no keys configured, running in OPEN MODE: any caller may use "
-                    "every task and force variants; configure auth.keys for production"
-                )
-            log.info("ready", extra={"tasks": sorted(config.tasks), "config": str(config.path)})
             yield
-            app.state.draining = True
+            services.draining = True
             metrics.close()
             if settings.metrics_dir:
                 mark_process_dead(settings.metrics_dir, os.getpid())
@@ -110,10 +69,6 @@ def create_app(settings: Settings) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
-    metrics = Metrics(settings.metrics_dir)
-    app.state.metrics = metrics
-    app.state.load = Load()
-    app.state.draining = False
     install_error_handlers(app)
     app.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
     app.add_route("/v1/tasks/{task}", run_task, methods=["POST"])
@@ -125,6 +80,63 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_route("/readyz", readyz, methods=["GET"])
     app.add_route("/metrics", metrics_endpoint, methods=["GET"])
     return app
+
+
+async def open_services(stack: AsyncExitStack, settings: Settings, metrics: Metrics) -> Services:
+    """Load the config and open every service the gateway uses, each closed by `stack`
+    in the reverse order (shadow calls first, the store last)."""
+    config = load_config(settings.config_path)
+    problems = missing_secrets(config, settings.environ)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    store = Store(
+        _store_url(stack, settings),
+        socket_timeout_ms=config.store_socket_timeout_ms,
+        connect_timeout_ms=config.store_connect_timeout_ms,
+    )
+    stack.push_async_callback(store.close)
+    limits = Limits(store)
+    stack.push_async_callback(limits.aclose)
+    experiments = Experiments(store)
+    stack.push_async_callback(experiments.drain)  # before the store closes
+    cache = Cache(store)
+    watcher = Watcher(experiments, metrics.publish_experiment)
+
+    def build(config: GatewayConfig, upstreams: Upstreams) -> Runtime:
+        return build_runtime(config, upstreams, cache, metrics, limits, experiments, watcher)
+
+    upstreams = Upstreams(config.upstreams, settings.environ)
+    reloader = Reloader(build(config, upstreams), settings, upstreams, build)
+    stack.push_async_callback(reloader.aclose)  # closes the upstreams in use
+    # First of all: shadow calls finish while upstreams and store are open.
+    stack.push_async_callback(lambda: reloader.runtime.gateway.aclose())
+    watcher.start(lambda: reloader.runtime.config)
+    stack.push_async_callback(watcher.aclose)
+    if config.open_mode:
+        log.warning(
+            "auth: no keys configured, running in OPEN MODE: any caller may use "
+            "every task and force variants; configure auth.keys for production"
+        )
+    return Services(metrics, store, limits, experiments, watcher, reloader)
+
+
+def _store_url(stack: AsyncExitStack, settings: Settings) -> str:
+    """`REDIS_URL`, or an embedded server's that lives as long as `stack`."""
+    if settings.redis_url is not None:
+        return settings.redis_url
+    embedded = stack.enter_context(EmbeddedServer())
+    log.warning(
+        "no REDIS_URL: started an embedded Redis-compatible server at %s "
+        "(data lives as long as this process)",
+        embedded.url,
+    )
+    return embedded.url
+
+
+def install_signals(stack: AsyncExitStack, services: Services) -> None:
+    """SIGHUP reloads the config, SIGTERM drains (main thread only); removed by `stack`."""
+    stack.callback(watch_sighup(services.reloader))
+    stack.callback(drain_on_sigterm(services))
 
 
 def build_runtime(
@@ -139,7 +151,8 @@ def build_runtime(
     prices = PriceTable({m: Price(i, o) for m, (i, o) in config.pricing.items()})
     # The first lookup of a model costs tens of ms: pay it at start-up, not on a request.
     prices.preload(v.model for task in config.tasks.values() for v in task.variants.values())
-    recorders = [metrics.record] if limits is None else [metrics.record, limits.record]
+    keys = keys_by_hash(config)
+    recorders = [metrics.record] if limits is None else [metrics.record, limits.recorder(keys)]
     shadow_recorders = [metrics.record_shadow]
     if experiments is not None:
         recorders.append(experiments.record)
@@ -153,9 +166,7 @@ def build_runtime(
         shadows=shadows,
         weights=watcher.cumulative if watcher else None,
     )
-    return Runtime(
-        config=config, gateway=gateway, keys=keys_by_hash(config), started_at=time.time()
-    )
+    return Runtime(config=config, gateway=gateway, keys=keys, started_at=time.time())
 
 
 def app_from_env() -> FastAPI:

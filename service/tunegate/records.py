@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tunegate.config.compiled import Task, Variant
-from tunegate.pricing import format_usd
 from tunegate.quality.checks import CheckVerdict
 
 Message = Mapping[str, Any]
@@ -30,6 +29,7 @@ class Call:
     tenant: str = "default"
     cache_read: bool = True
     cache_write: bool = True
+    key_digest: str | None = None  # the caller's API key (sha256); None in open mode
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +75,7 @@ class Outcome:
     store_seconds: float = 0.0
     ttft_seconds: float | None = None
     saved_usd: float = 0.0
+    key_digest: str | None = None  # the `Call`'s: whose budget the cost counts against
 
     @property
     def cost_usd(self) -> float:
@@ -128,23 +129,6 @@ class Answer:
     checks: str | None = None
     # The upstream's, on a miss; None (omitted from the body) otherwise (SPEC §12).
     system_fingerprint: str | None = None
-
-    def headers(self) -> dict[str, str]:
-        headers = {
-            "x-request-id": self.request_id,
-            "x-tunegate-task": self.task.name,
-            "x-tunegate-variant": self.variant.name,
-            "x-tunegate-model": self.variant.model,
-            "x-tunegate-cache": self.cache,
-            "x-tunegate-cost-usd": format_usd(self.cost_usd),
-        }
-        if self.fallback_from:
-            headers["x-tunegate-fallback"] = self.fallback_from
-        if self.json_status:
-            headers["x-tunegate-json"] = self.json_status
-        if self.checks:
-            headers["x-tunegate-checks"] = self.checks
-        return headers
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 
 A new config is loaded and validated first (the file, then the upstream secrets); an
 invalid one is refused with its problems (400 `invalid_request`, or a log line for
-SIGHUP) and the running config stays. A valid one is swapped in whole: `app.state.runtime`
+SIGHUP) and the running config stays. A valid one is swapped in whole: `Reloader.runtime`
 is replaced in one assignment, so new requests see only the new config (a key removed
 from it stops working at once) and requests in flight finish on the runtime they started
 with, which they hold.
@@ -26,11 +26,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
-from starlette.datastructures import State
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tunegate.api.incoming import Runtime, caller
+from tunegate.api.incoming import caller
+from tunegate.api.services import Runtime, services_of
 from tunegate.auth import require_admin
 from tunegate.config.compiled import GatewayConfig, load_config, missing_secrets
 from tunegate.config.settings import Settings
@@ -52,12 +52,13 @@ class Reloaded:
 
 
 class Reloader:
-    """Swaps `state.runtime` for one built from the config file as it is now."""
+    """Holds the runtime in force, and swaps it for one built from the config file as
+    it is now."""
 
     def __init__(
-        self, state: State, settings: Settings, upstreams: Upstreams, build: BuildRuntime
+        self, runtime: Runtime, settings: Settings, upstreams: Upstreams, build: BuildRuntime
     ) -> None:
-        self._state = state
+        self.runtime = runtime
         self._settings = settings
         self._upstreams = upstreams
         self._build = build
@@ -73,7 +74,7 @@ class Reloader:
             problems = missing_secrets(config, self._settings.environ)
             if problems:
                 raise ConfigError("\n".join(problems))
-            old: Runtime = self._state.runtime
+            old = self.runtime
             replaced = dict(config.upstreams) != dict(old.config.upstreams)
             upstreams = (
                 Upstreams(config.upstreams, self._settings.environ) if replaced else self._upstreams
@@ -84,7 +85,7 @@ class Reloader:
                 if replaced:
                     await upstreams.aclose()
                 raise
-            self._state.runtime = runtime
+            self.runtime = runtime
             if replaced:
                 self._retire(self._upstreams, old.config)
                 self._upstreams = upstreams
@@ -167,8 +168,8 @@ async def reload_config(request: Request) -> Response:
     """`POST /admin/reload`: 200 with what is now in force; 401 without a valid key, 403
     `override_not_allowed` for a key that is not an admin, 400 `invalid_request` naming
     every problem of an invalid file (the running config stays)."""
-    require_admin(caller(request.app.state.runtime, request), "reload the config")
-    reloader: Reloader = request.app.state.reloader
+    reloader = services_of(request).reloader
+    require_admin(caller(reloader.runtime, request), "reload the config")
     try:
         reloaded = await reloader.reload()
     except ConfigError as exc:

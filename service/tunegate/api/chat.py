@@ -20,8 +20,9 @@ from starlette.responses import Response, StreamingResponse
 
 from tunegate.api.bodies import ChatBody, cache_mode, caller_messages, chat_params, parse_body
 from tunegate.api.errors import error_body
+from tunegate.api.headers import answer_headers
 from tunegate.api.incoming import (
-    Runtime,
+    Incoming,
     admit,
     caller,
     cancel_on_disconnect,
@@ -37,15 +38,15 @@ from tunegate.records import Answer
 
 
 @task_endpoint
-async def chat_completions(request: Request, request_id: str) -> Response:
-    runtime: Runtime = request.app.state.runtime
+async def chat_completions(request: Request, incoming: Incoming) -> Response:
+    runtime = incoming.services.runtime
     principal = caller(runtime, request)
     raw = await read_body(request, runtime.config.max_body_bytes)
     body: ChatBody = parse_body(ChatBody, raw)
-    task = resolve_task(runtime, principal, request, body.model)
-    call = make_call(
+    task = resolve_task(runtime, principal, incoming, body.model)
+    call, admission = make_call(
         request,
-        request_id,
+        incoming.request_id,
         principal,
         task,
         caller_messages(body.messages),
@@ -53,7 +54,7 @@ async def chat_completions(request: Request, request_id: str) -> Response:
         body.user,
         cache_mode(request.headers),
     )
-    await admit(request)
+    await admit(incoming.services, admission)
     gateway = runtime.gateway
     usage = body.stream_options is not None and body.stream_options.include_usage is True
     if body.stream and not task.buffers_streams:
@@ -65,7 +66,7 @@ async def chat_completions(request: Request, request_id: str) -> Response:
         return _sse(answer, _replay_events(answer, usage))
     return Response(
         orjson.dumps(completion_body(answer)),
-        headers=answer.headers(),
+        headers=answer_headers(answer),
         media_type="application/json",
     )
 
@@ -106,7 +107,7 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 
 def _sse(head: Answer, events: AsyncIterator[bytes]) -> StreamingResponse:
-    headers = head.headers()
+    headers = answer_headers(head)
     headers["cache-control"] = "no-cache"
     return StreamingResponse(events, headers=headers, media_type="text/event-stream")
 

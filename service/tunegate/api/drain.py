@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from starlette.datastructures import State
+from tunegate.api.services import Services
 
 log = logging.getLogger("tunegate.drain")
 
@@ -31,7 +31,7 @@ DRAIN_TIMEOUT_S = 10.0
 
 
 def drain_on_sigterm(
-    state: State, timeout_s: float = DRAIN_TIMEOUT_S, min_drain_s: float = MIN_DRAIN_S
+    services: Services, timeout_s: float = DRAIN_TIMEOUT_S, min_drain_s: float = MIN_DRAIN_S
 ) -> Callable[[], None]:
     """Install the drain (see the module docstring); returns the function that removes it."""
     if threading.current_thread() is not threading.main_thread():
@@ -50,27 +50,29 @@ def drain_on_sigterm(
         started = time.monotonic()
         while time.monotonic() - started < timeout_s:
             waited = time.monotonic() - started
-            if waited >= min_drain_s and state.load.in_flight == 0:
+            if waited >= min_drain_s and services.load.in_flight == 0:
                 break
             await asyncio.sleep(0.05)
         log.info(
             "drained", extra={"seconds": round(time.monotonic() - started, 3),
-                              "in_flight": state.load.in_flight}
+                              "in_flight": services.load.in_flight}
         )  # fmt: skip
         stop_serving()
 
     def on_sigterm() -> None:
-        if state.draining:
+        if services.draining:
             stop_serving()  # a second SIGTERM: no more waiting
             return
-        state.draining = True
-        log.warning("SIGTERM: draining (503 to new requests, %d in flight)", state.load.in_flight)
-        state.drain_task = loop.create_task(drain())
+        services.draining = True
+        log.warning(
+            "SIGTERM: draining (503 to new requests, %d in flight)", services.load.in_flight
+        )
+        services.drain_task = loop.create_task(drain())
 
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
 
     def remove() -> None:
-        if not state.draining:
+        if not services.draining:
             loop.remove_signal_handler(signal.SIGTERM)
             signal.signal(signal.SIGTERM, shutdown)
 

@@ -9,7 +9,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tunegate.api.incoming import Runtime, caller, read_body
+from tunegate.api.incoming import caller, read_body
+from tunegate.api.services import services_of
 from tunegate.errors import (
     Conflict,
     InvalidRequest,
@@ -17,7 +18,6 @@ from tunegate.errors import (
     PermissionDenied,
     Unavailable,
 )
-from tunegate.experiments.recorder import Experiments
 from tunegate.experiments.report import build_document
 
 MAX_COMMENT_CHARS = 2000
@@ -29,9 +29,9 @@ def _json(data: object, status: int = 200) -> Response:
 
 
 async def post_feedback(request: Request) -> Response:
-    runtime: Runtime = request.app.state.runtime
-    experiments: Experiments = request.app.state.experiments
-    principal = caller(runtime, request)
+    services = services_of(request)
+    experiments = services.experiments
+    principal = caller(services.runtime, request)
     request_id, score, comment = _feedback_body(await read_body(request, FEEDBACK_BODY_LIMIT))
     record = await experiments.request(request_id)
     if record is None and experiments.store_degraded:
@@ -43,7 +43,7 @@ async def post_feedback(request: Request) -> Response:
         raise Unavailable("The store is unavailable; retry shortly.", code="not_ready")
     if not recorded:
         raise Conflict(f"The request {request_id!r} already has feedback.")
-    request.app.state.metrics.record_feedback(record.task, record.served, score)
+    services.metrics.record_feedback(record.task, record.served, score)
     return _json(
         {
             "request_id": request_id,
@@ -80,7 +80,8 @@ def _feedback_body(body: bytes) -> tuple[str, float, str | None]:
 
 
 async def get_experiments(request: Request) -> Response:
-    runtime: Runtime = request.app.state.runtime
+    services = services_of(request)
+    runtime = services.runtime
     principal = caller(runtime, request)
     if not principal.admin:
         raise PermissionDenied("Only admin keys may read experiments.", code="override_not_allowed")
@@ -88,7 +89,7 @@ async def get_experiments(request: Request) -> Response:
     task = runtime.config.tasks.get(name)
     if task is None:
         raise NotFound(f"The task {name!r} does not exist.")
-    experiments: Experiments = request.app.state.experiments
+    experiments = services.experiments
     await experiments.settle()
     sums = await experiments.read(task.name, task.variants)
     pairs = await experiments.read_pairs(task.name, task.variants)

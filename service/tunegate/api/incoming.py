@@ -14,8 +14,9 @@ from typing import Any, TypeVar
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tunegate.api.services import Runtime, Services, services_of
 from tunegate.auth import Principal, authenticate, task_for
-from tunegate.config.compiled import ApiKey, GatewayConfig, Task
+from tunegate.config.compiled import ApiKey, Task
 from tunegate.errors import (
     GatewayError,
     InvalidRequest,
@@ -23,42 +24,34 @@ from tunegate.errors import (
     RequestTooLarge,
     Unavailable,
 )
-from tunegate.flow.gateway import Gateway
 from tunegate.records import Call, rejected
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """The config in force and what was built from it; swapped whole on reload, so a
-    request reads one consistent version."""
-
-    config: GatewayConfig
-    gateway: Gateway
-    keys: Mapping[str, ApiKey]
-    started_at: float
 
 
 def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-Handler = Callable[[Request, str], Awaitable[Response]]
+@dataclass(slots=True)
+class Incoming:
+    """One task request as the endpoint wrapper sees it: its id, the app's services and,
+    once resolved, its task's name (the label of a refused request's outcome)."""
+
+    request_id: str
+    services: Services
+    task: str | None = None
 
 
-class Load:
-    """Requests in progress in this process, for load shedding (503 `overloaded` at once
-    rather than a pile of timeouts)."""
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What the key's limits are checked on, once the request is valid (`admit`)."""
 
-    def __init__(self) -> None:
-        self.in_flight = 0
+    key: ApiKey | None
+    request_id: str
 
-    def __enter__(self) -> None:
-        self.in_flight += 1
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.in_flight -= 1
+Handler = Callable[[Request, Incoming], Awaitable[Response]]
 
 
 def task_endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
@@ -66,28 +59,28 @@ def task_endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     in-flight gauge, and refused requests recorded (under the task when it is known)."""
 
     async def endpoint(request: Request) -> Response:
-        request_id = new_request_id()
+        services = services_of(request)
+        incoming = Incoming(new_request_id(), services)
         started = time.monotonic()
-        load: Load = request.app.state.load
-        with request.app.state.metrics.track_in_flight(), load:
+        load = services.load
+        with services.metrics.track_in_flight(), load:
             try:
-                if request.app.state.draining:
+                if services.draining:
                     raise Unavailable(
                         "The gateway is shutting down; retry (another instance answers).",
                         retry_after_s=1,
                     )
-                if load.in_flight > request.app.state.runtime.config.max_in_flight:
+                if load.in_flight > services.runtime.config.max_in_flight:
                     raise Unavailable(
                         "The gateway is at its in-flight limit; retry shortly.",
                         retry_after_s=1,
                     )
-                return await handler(request, request_id)
+                return await handler(request, incoming)
             except GatewayError as exc:
-                exc.headers.setdefault("x-request-id", request_id)
+                exc.headers.setdefault("x-request-id", incoming.request_id)
                 if exc.status < 500:
-                    task = getattr(request.state, "task", None)
-                    outcome = rejected(request_id, task, time.monotonic() - started)
-                    request.app.state.metrics.record(outcome)
+                    seconds = time.monotonic() - started
+                    services.metrics.record(rejected(incoming.request_id, incoming.task, seconds))
                 raise
 
     return endpoint
@@ -117,9 +110,9 @@ def caller(runtime: Runtime, request: Request) -> Principal:
     return authenticate(runtime.keys, request.headers.get("authorization"))
 
 
-def resolve_task(runtime: Runtime, principal: Principal, request: Request, name: str) -> Task:
+def resolve_task(runtime: Runtime, principal: Principal, incoming: Incoming, name: str) -> Task:
     task = task_for(runtime.config, principal, name)
-    request.state.task = task.name
+    incoming.task = task.name
     return task
 
 
@@ -132,7 +125,9 @@ def make_call(
     params: Mapping[str, Any],
     user: str | None,
     cache: tuple[bool, bool],
-) -> Call:
+) -> tuple[Call, Admission]:
+    """The call for the gateway, and the admission to check before it runs (after every
+    400/403 the request can get, so a refused request takes no slot of the key's)."""
     headers = request.headers
     forced = headers.get("x-tunegate-variant")
     if forced is not None:
@@ -150,9 +145,7 @@ def make_call(
     unit = (
         user if sticky == "user" else headers.get("x-tunegate-unit") if sticky == "header" else None
     )
-    # Checked by `cancel_on_disconnect` once the request is valid, before the gateway runs.
-    request.state.admission = (principal.key, request_id)
-    return Call(
+    call = Call(
         request_id=request_id,
         task=task,
         messages=messages,
@@ -162,18 +155,16 @@ def make_call(
         tenant=principal.tenant,
         cache_read=cache[0],
         cache_write=cache[1],
+        key_digest=principal.key.sha256 if principal.key is not None else None,
     )
+    return call, Admission(principal.key, request_id)
 
 
-async def admit(request: Request) -> None:
+async def admit(services: Services, admission: Admission) -> None:
     """Hold the call `make_call` built to its key's limits (429, or 503 when the store is
     down and limits fail closed); keys without limits and open mode cost no store call."""
-    admission: tuple[ApiKey | None, str] | None = getattr(request.state, "admission", None)
-    if admission is None or admission[0] is None:
-        return
-    key, request_id = admission
-    fail_open = request.app.state.runtime.config.limits_fail_open
-    await request.app.state.limits.admit(key, request_id, fail_open=fail_open)
+    fail_open = services.runtime.config.limits_fail_open
+    await services.limits.admit(admission.key, admission.request_id, fail_open=fail_open)
 
 
 async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:

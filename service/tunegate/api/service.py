@@ -6,8 +6,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tunegate.api.incoming import Runtime, caller
-from tunegate.experiments.adaptive import Watcher
+from tunegate.api.incoming import caller
+from tunegate.api.services import services_of, started_services
 
 
 def _json(data: object, status: int = 200) -> Response:
@@ -16,7 +16,7 @@ def _json(data: object, status: int = 200) -> Response:
 
 async def list_models(request: Request) -> Response:
     """The tasks this caller may call, in OpenAI's `ListModelsResponse` shape."""
-    runtime: Runtime = request.app.state.runtime
+    runtime = services_of(request).runtime
     principal = caller(runtime, request)
     created = int(runtime.started_at)
     data = [
@@ -32,11 +32,11 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
-    if runtime is None or request.app.state.draining:
-        state = "draining" if runtime is not None else "starting"
+    services = started_services(request)
+    if services is None or services.draining:
+        state = "draining" if services is not None else "starting"
         return _json({"status": state}, status=503)
-    store = request.app.state.store
+    runtime, store = services.runtime, services.store
     await store.ping()
     return _json(
         {
@@ -45,18 +45,16 @@ async def readyz(request: Request) -> Response:
             "tasks": len(runtime.config.tasks),
             "auth": "open" if runtime.config.open_mode else "keys",
             # off | ok | open | closed (the store is down: limits fail open or closed)
-            "limits": request.app.state.limits.state(
-                runtime.config.keys, runtime.config.limits_fail_open
-            ),
+            "limits": services.limits.state(runtime.config.keys, runtime.config.limits_fail_open),
         }
     )
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    watcher: Watcher | None = getattr(request.app.state, "watcher", None)
-    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
-    if watcher is not None and runtime is not None:
-        # The experiment gauges as of now (a store that fails leaves the last ones).
-        await watcher.refresh_for_scrape(runtime.config)
-    body, content_type = request.app.state.metrics.render()
+    services = started_services(request)
+    if services is None:
+        return Response("the gateway is starting\n", status_code=503, media_type="text/plain")
+    # The experiment gauges as of now (a store that fails leaves the last ones).
+    await services.watcher.refresh_for_scrape(services.runtime.config)
+    body, content_type = services.metrics.render()
     return Response(body, media_type=content_type)

@@ -8,8 +8,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tunegate.api.bodies import TaskBody, cache_mode, caller_messages, parse_body
+from tunegate.api.headers import answer_headers
 from tunegate.api.incoming import (
-    Runtime,
+    Incoming,
     admit,
     caller,
     cancel_on_disconnect,
@@ -21,19 +22,21 @@ from tunegate.api.incoming import (
 
 
 @task_endpoint
-async def run_task(request: Request, request_id: str) -> Response:
-    runtime: Runtime = request.app.state.runtime
+async def run_task(request: Request, incoming: Incoming) -> Response:
+    runtime = incoming.services.runtime
     principal = caller(runtime, request)
     raw = await read_body(request, runtime.config.max_body_bytes)
     body: TaskBody = parse_body(TaskBody, raw)
-    task = resolve_task(runtime, principal, request, request.path_params["task"])
+    task = resolve_task(runtime, principal, incoming, request.path_params["task"])
     if isinstance(body.input, str):
         messages: tuple[dict[str, str], ...] = ({"role": "user", "content": body.input},)
     else:
         messages = caller_messages(body.input)
     cache = cache_mode(request.headers)
-    call = make_call(request, request_id, principal, task, messages, {}, body.user, cache)
-    await admit(request)
+    call, admission = make_call(
+        request, incoming.request_id, principal, task, messages, {}, body.user, cache
+    )
+    await admit(incoming.services, admission)
     answer = await cancel_on_disconnect(request, runtime.gateway.answer(call))
     output = {
         "id": answer.request_id,
@@ -49,4 +52,6 @@ async def run_task(request: Request, request_id: str) -> Response:
         "cache": answer.cache,
         "fallback_from": answer.fallback_from,
     }
-    return Response(orjson.dumps(output), headers=answer.headers(), media_type="application/json")
+    return Response(
+        orjson.dumps(output), headers=answer_headers(answer), media_type="application/json"
+    )

@@ -588,4 +588,5 @@ class Gateway:
             store_seconds=trail.store_seconds,
             ttft_seconds=trail.ttft_seconds,
             saved_usd=trail.saved_usd,
+            key_digest=call.key_digest,
         )

@@ -27,11 +27,9 @@ unreachable the key's limits follow `auth.on_store_error`: `open` lets the reque
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 from tunegate.config.compiled import ApiKey
@@ -131,21 +129,6 @@ def decision_of(reply: object) -> tuple[int, float] | None:
     return verdict, max(0, wait_ms) / 1000
 
 
-@dataclass(slots=True)
-class _Account:
-    """The key a request is charged to, and whether its cost has been charged."""
-
-    key: ApiKey
-    request_id: str
-    charged: bool = False
-
-
-# The account of the request running in this context. Set when a request with a budget is
-# admitted; the gateway's recorders run in the same context (its tasks copy it), so the
-# request's `Outcome` finds the key to charge, for plain answers and streams alike.
-_account: contextvars.ContextVar[_Account] = contextvars.ContextVar("tunegate_account")
-
-
 class Limits:
     """Admits requests under their key's limits and charges what they cost."""
 
@@ -219,22 +202,22 @@ class Limits:
                 should_retry=False,
                 retry_after_s=seconds_until_reset(now),
             )
-        if key.daily_budget_usd is not None:
-            _account.set(_Account(key, request_id))
 
-    def record(self, outcome: Outcome) -> None:
-        """A gateway recorder: charge the request's cost to its key's budget (in the
-        background; the next request by the same key in this process waits for it)."""
-        account = _account.get(None)
-        if account is None or account.charged or account.request_id != outcome.request_id:
-            return
-        # Only the request's own outcome is charged, never a later one under its id.
-        account.charged = True
-        cost = outcome.cost_usd
-        if cost <= 0:
-            return
-        digest = account.key.sha256
-        task = asyncio.get_running_loop().create_task(self._charge(account.key, cost))
+    def recorder(self, keys: Mapping[str, ApiKey]) -> Callable[[Outcome], None]:
+        """A gateway recorder for the config whose keys (by sha256) are `keys`: it
+        charges each request's cost to its key's daily budget, in the background (the
+        next request by the same key in this process waits for it)."""
+
+        def record(outcome: Outcome) -> None:
+            key = keys.get(outcome.key_digest) if outcome.key_digest is not None else None
+            if key is not None and key.daily_budget_usd is not None and outcome.cost_usd > 0:
+                self._start_charge(key, outcome.cost_usd)
+
+        return record
+
+    def _start_charge(self, key: ApiKey, cost_usd: float) -> None:
+        digest = key.sha256
+        task = asyncio.get_running_loop().create_task(self._charge(key, cost_usd))
         pending = self._charging.setdefault(digest, set())
         pending.add(task)
 

@@ -1,0 +1,24 @@
+"""The `x-tunegate-*` headers of an answer (SPEC §2), built here at the HTTP edge."""
+
+from __future__ import annotations
+
+from tunegate.pricing import format_usd
+from tunegate.records import Answer
+
+
+def answer_headers(answer: Answer) -> dict[str, str]:
+    """The request id, task, variant, model, cache state and cost of `answer`; the
+    fallback and the JSON check when there was one."""
+    headers = {
+        "x-request-id": answer.request_id,
+        "x-tunegate-task": answer.task.name,
+        "x-tunegate-variant": answer.variant.name,
+        "x-tunegate-model": answer.variant.model,
+        "x-tunegate-cache": answer.cache,
+        "x-tunegate-cost-usd": format_usd(answer.cost_usd),
+    }
+    if answer.fallback_from:
+        headers["x-tunegate-fallback"] = answer.fallback_from
+    if answer.json_status:
+        headers["x-tunegate-json"] = answer.json_status
+    return headers
