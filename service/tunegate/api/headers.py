@@ -8,7 +8,7 @@ from tunegate.records import Answer
 
 def answer_headers(answer: Answer) -> dict[str, str]:
     """The request id, task, variant, model, cache state and cost of `answer`; the
-    fallback and the JSON check when there was one."""
+    fallback, the JSON check and the output checks when there were any."""
     headers = {
         "x-request-id": answer.request_id,
         "x-tunegate-task": answer.task.name,
@@ -21,4 +21,6 @@ def answer_headers(answer: Answer) -> dict[str, str]:
         headers["x-tunegate-fallback"] = answer.fallback_from
     if answer.json_status:
         headers["x-tunegate-json"] = answer.json_status
+    if answer.checks:
+        headers["x-tunegate-checks"] = answer.checks
     return headers
