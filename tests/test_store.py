@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from tests.redis_server import RedisServer, redis_server
 from tunegate.state.embedded import EmbeddedServer, EmbeddedServerError, answers_ping, free_port
-from tunegate.state.store import Store
+from tunegate.state.store import ScriptHandle, Store
 
 pytestmark = pytest.mark.anyio
 
@@ -222,3 +222,29 @@ def test_two_embedded_servers_listen_on_two_ports() -> None:
 def test_embedded_server_that_cannot_start_says_so() -> None:
     with pytest.raises(EmbeddedServerError, match="did not start"):
         EmbeddedServer(binary="/bin/false", start_timeout_s=1).start()
+
+
+async def test_a_cancelled_caller_is_never_kept_running_by_the_store(server: RedisServer) -> None:
+    """redis-py can swallow a cancellation that lands while a connection opens; the task
+    then ran on (a lifespan that cancels its background loop waited forever)."""
+    script_source = "return redis.call('GET', KEYS[1])"
+    delays = [i * 0.0001 for i in range(40)]
+    kept_running = 0
+    for delay in delays:
+        store = Store(server.url)
+        handle = store.register(script_source)
+
+        async def loop(store: Store = store, handle: ScriptHandle = handle) -> None:
+            await store.run(handle, ["k"])
+            await asyncio.Event().wait()  # only a cancellation ends this
+
+        task = asyncio.get_running_loop().create_task(loop())
+        await asyncio.sleep(delay)
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=2)
+        if not done:
+            kept_running += 1
+            task.cancel()
+            await asyncio.wait([task], timeout=5)
+        await store.close()
+    assert kept_running == 0

@@ -4,13 +4,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
-import signal
 import sys
-import tempfile
 from collections.abc import Sequence
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +23,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.run(args)
     except ConfigError as exc:
-        print(f"tunegate: invalid config:\n{exc}", file=sys.stderr)
+        for problem in str(exc).splitlines():
+            print(f"tunegate: invalid config: {problem}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 1
@@ -41,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", type=Path, help="config file (default: $TUNEGATE_CONFIG)")
     serve.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default: $PORT or 8000)")
+    serve.add_argument("--port", type=port_number, help="port (default: $PORT or 8000)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes")
     serve.set_defaults(run=_serve)
 
@@ -82,59 +79,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def port_number(text: str) -> int:
+    """argparse type of `--port`: 1..65535, else a usage error (exit 2)."""
+    port = int(text) if text.isdigit() else -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
+    return port
+
+
 def _serve(args: argparse.Namespace) -> int:
-    from tunegate.config.settings import settings_from_env
-    from tunegate.observability.logs import configure_logging
-    from tunegate.state.embedded import EmbeddedServer
+    from tunegate.commands.serve import serve
 
-    settings = settings_from_env(config_path=args.config, host=args.host, port=args.port)
-    configure_logging(settings.log_level)
-    # Workers build their app from the environment, so flags travel through it.
-    os.environ["TUNEGATE_CONFIG"] = str(settings.config_path)
-    with ExitStack() as stack:
-        if settings.redis_url is None:
-            # One embedded store for all workers, so cache, limits and experiments are
-            # shared (SPEC §7); it stops with this process.
-            embedded = stack.enter_context(EmbeddedServer())
-            os.environ["REDIS_URL"] = embedded.url
-            logging.getLogger("tunegate.store").warning(
-                "no REDIS_URL: started an embedded Redis-compatible server at %s", embedded.url
-            )
-        if args.workers > 1 and not settings.metrics_dir:
-            metrics_dir = stack.enter_context(
-                tempfile.TemporaryDirectory(prefix="tunegate-metrics-")
-            )
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-        # uvicorn re-raises SIGTERM once it has shut down; turn it into an exit that
-        # unwinds this stack, so the embedded store stops with the gateway.
-        signal.signal(signal.SIGTERM, _exit_on_signal)
-        _run_uvicorn(settings.host, settings.port, args.workers)
-    return 0
-
-
-def _exit_on_signal(signum: int, frame: object) -> None:
-    sys.exit(0)
-
-
-def _run_uvicorn(host: str, port: int, workers: int) -> None:
-    import uvicorn
-
-    uvicorn.run(
-        "tunegate.app:app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        loop="uvloop",
-        http="httptools",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-        # Longer than clients keep idle connections (httpx, the SDKs: 5 s), so the client
-        # drops an idle connection first, never the server while a request is being sent
-        # on it (uvicorn's default, 5 s, races httpx's).
-        timeout_keep_alive=75,
-    )
+    return serve(args)
 
 
 def _simulate(args: argparse.Namespace) -> int:

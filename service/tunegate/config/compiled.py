@@ -201,6 +201,7 @@ class GatewayConfig:
     store_connect_timeout_ms: int
     # `pricing.MODEL.training`: USD per 1M training tokens, by base model.
     training_prices: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    header_timeout_s: float = 10.0
 
     @property
     def open_mode(self) -> bool:
@@ -368,6 +369,7 @@ def _compile(path: Path, parsed: GatewayFile, tasks: Mapping[str, TaskFile]) -> 
         max_in_flight=parsed.server.max_in_flight,
         store_socket_timeout_ms=parsed.store.socket_timeout_ms,
         store_connect_timeout_ms=parsed.store.connect_timeout_ms,
+        header_timeout_s=parsed.server.header_timeout_s,
     )
 
 

@@ -173,6 +173,8 @@ class KeysFile(FileModel):
 class ServerFile(FileModel):
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     max_in_flight: int = Field(default=1024, ge=1)
+    # A connection must send a request's headers within this time, else it is closed.
+    header_timeout_s: float = Field(default=10.0, gt=0, le=300)
 
 
 class StoreFile(FileModel):

@@ -16,12 +16,13 @@ redis-py #2624), so the next command gets a fresh socket.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -32,6 +33,7 @@ logger = logging.getLogger("tunegate.store")
 
 StoreState = Literal["ok", "degraded"]
 ScriptArg = str | bytes | int | float
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ class Store:
     async def get(self, key: str) -> bytes | None:
         """The value at `key`; `None` when it is absent or the store failed."""
         try:
-            value = await self._redis.get(key)
+            value = await _uncancelled(self._redis.get(key))
         except Exception as exc:  # fail open: any failure is a miss (see module docstring)
             self._failed(exc)
             return None
@@ -99,7 +101,7 @@ class Store:
         if ttl_s < 1:
             raise ValueError(f"ttl_s must be at least 1, not {ttl_s}")
         try:
-            await self._redis.set(key, value, ex=ttl_s)
+            await _uncancelled(self._redis.set(key, value, ex=ttl_s))
         except Exception as exc:  # fail open
             self._failed(exc)
             return False
@@ -109,7 +111,7 @@ class Store:
     async def ping(self) -> bool:
         """True when the server answered PING."""
         try:
-            await self._redis.ping()
+            await _uncancelled(self._redis.ping())
         except Exception as exc:  # fail open
             self._failed(exc)
             return False
@@ -132,12 +134,16 @@ class Store:
         # per call here (measured), for the same command.
         try:
             try:
-                reply: object = await self._redis.execute_command(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
-                    "EVALSHA", handle.sha1, len(keys), *keys, *args
+                reply: object = await _uncancelled(
+                    self._redis.execute_command(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+                        "EVALSHA", handle.sha1, len(keys), *keys, *args
+                    )
                 )
             except NoScriptError:  # a new or restarted server: EVAL caches it again
-                reply = await self._redis.execute_command(  # type: ignore[no-untyped-call]
-                    "EVAL", self._scripts[handle.sha1], len(keys), *keys, *args
+                reply = await _uncancelled(
+                    self._redis.execute_command(  # type: ignore[no-untyped-call]
+                        "EVAL", self._scripts[handle.sha1], len(keys), *keys, *args
+                    )
                 )
         except Exception as exc:  # fail open
             self._failed(exc)
@@ -164,3 +170,16 @@ class Store:
         if last is None or now - last >= self._error_log_interval_s:
             self._last_logged[kind] = now
             logger.log(level, message, *args, extra={"store_event": kind})
+
+
+async def _uncancelled(command: Awaitable[T]) -> T:
+    """Await a redis-py command, and re-raise a cancellation it swallowed: one that lands
+    while a connection opens can come out as a normal return or a `ConnectionError`,
+    and the cancelled task would run on (a lifespan waiting for it, forever)."""
+    task = asyncio.current_task()
+    before = task.cancelling() if task is not None else 0
+    try:
+        return await command
+    finally:
+        if task is not None and task.cancelling() > before:
+            raise asyncio.CancelledError  # the cancellation wins, as it should

@@ -1,0 +1,163 @@
+"""`tunegate serve`: check everything that can be checked before binding, then run uvicorn.
+
+A bad config, a missing secret or a taken port is one line on stderr and exit 1, before
+the embedded store starts; nothing is left running. uvicorn's own start-up failures (a
+port taken between the check and the bind) are exit 1 too, with the store stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import logging
+import os
+import signal
+import socket
+import sys
+import tempfile
+from contextlib import ExitStack
+from typing import Any, cast
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from tunegate.config.compiled import load_config, missing_secrets
+from tunegate.config.settings import Settings, settings_from_env
+from tunegate.errors import ConfigError
+
+
+def serve(args: argparse.Namespace) -> int:
+    from tunegate.observability.logs import configure_logging
+    from tunegate.state.embedded import EmbeddedServer
+
+    try:
+        settings = settings_from_env(config_path=args.config, host=args.host, port=args.port)
+    except ValueError:
+        settings = None
+    if settings is None or not 1 <= settings.port <= 65535:
+        print(f"tunegate serve: PORT={os.environ.get('PORT')!r} is not a port", file=sys.stderr)
+        return 2
+    config = load_config(settings.config_path)
+    problems = missing_secrets(config, settings.environ)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    taken = bind_problem(settings.host, settings.port)
+    if taken:
+        print(f"tunegate serve: {taken}", file=sys.stderr)
+        return 1
+    configure_logging(settings.log_level)
+    # Workers build their app from the environment, so flags travel through it.
+    os.environ["TUNEGATE_CONFIG"] = str(settings.config_path)
+    with ExitStack() as stack:
+        if settings.redis_url is None:
+            # One embedded store for all workers, so cache, limits and experiments are
+            # shared (SPEC §7); it stops with this process.
+            embedded = stack.enter_context(EmbeddedServer())
+            os.environ["REDIS_URL"] = embedded.url
+            logging.getLogger("tunegate.store").warning(
+                "no REDIS_URL: started an embedded Redis-compatible server at %s", embedded.url
+            )
+        if args.workers > 1 and not settings.metrics_dir:
+            metrics_dir = stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="tunegate-metrics-")
+            )
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        # uvicorn re-raises SIGTERM once it has shut down; turn it into an exit that
+        # unwinds this stack, so the embedded store stops with the gateway.
+        signal.signal(signal.SIGTERM, _exit_on_signal)
+        try:
+            _run_uvicorn(settings, args.workers, config.header_timeout_s)
+        except SystemExit as exc:
+            if exc.code in (0, None):
+                return 0
+            print(f"tunegate serve: the server did not start ({_where(settings)})", file=sys.stderr)
+            return 1
+    return 0
+
+
+def bind_problem(host: str, port: int) -> str | None:
+    """Why `host:port` cannot be listened on (taken, not an address of this machine), or
+    None when a listening socket can be bound there now."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
+
+
+def _where(settings: Settings) -> str:
+    return f"{settings.host}:{settings.port}; the log above says why"
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    sys.exit(0)
+
+
+class HeaderTimeoutProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline for a request's headers: a client that
+    connects and sends nothing, or sends headers slowly, is dropped after
+    `header_timeout_s` instead of holding a connection forever (slowloris)."""
+
+    def __init__(self, *args: Any, header_timeout_s: float = 10.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_timeout_s = header_timeout_s
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm_header_timer()
+
+    def on_headers_complete(self) -> None:
+        self._cancel_header_timer()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
+
+    def _arm_header_timer(self) -> None:
+        self._cancel_header_timer()
+        self._header_timer = self.loop.call_later(self._header_timeout_s, self._headers_late)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_late(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+def _run_uvicorn(settings: Settings, workers: int, header_timeout_s: float) -> None:
+    import uvicorn
+
+    protocol = functools.partial(HeaderTimeoutProtocol, header_timeout_s=header_timeout_s)
+    uvicorn.run(
+        "tunegate.app:app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=workers,
+        loop="uvloop",
+        http=cast(type[asyncio.Protocol], protocol),
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        # Longer than clients keep idle connections (httpx, the SDKs: 5 s), so the client
+        # drops an idle connection first, never the server while a request is being sent
+        # on it (uvicorn's default, 5 s, races httpx's).
+        timeout_keep_alive=75,
+    )
