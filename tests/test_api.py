@@ -84,7 +84,7 @@ def test_system_and_tool_turns_are_refused(gw: Gateway, role: str) -> None:
         post(gw, {"model": "triage", "messages": messages}),
         400,
         "invalid_request",
-        "messages.0.role",
+        "messages[0].role",
     )
 
 

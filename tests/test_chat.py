@@ -198,3 +198,120 @@ def test_the_sdk_parses_every_shape_strictly(client: openai.OpenAI, sim: Simulat
         client.chat.completions.create(
             model="triage", messages=[{"role": "user", "content": ticket()}]
         )
+
+
+# -- item 2 and the caller's turns: forwarded as sent, or refused by name ----------------
+
+
+def post_chat(http: httpx.Client, gw: Gateway, messages: Any, **extra: Any) -> httpx.Response:
+    body = {"model": "triage", "messages": messages, **extra}
+    return http.post(f"{gw.url}/v1/chat/completions", json=body)
+
+
+def assert_400(response: httpx.Response, param: str, *words: str) -> str:
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param
+    for word in (param, *words):
+        assert word in error["message"]
+    return str(error["message"])
+
+
+def test_content_parts_reach_the_upstream_as_parts(
+    http: httpx.Client, gw: Gateway, sim: Simulator
+) -> None:
+    parts = [{"type": "text", "text": "I was charged"}, {"type": "text", "text": "twice"}]
+    response = post_chat(http, gw, [{"role": "user", "content": parts}])
+    assert response.status_code == 200
+    [received] = sim.requests(TUNED)
+    assert received["messages"][-1] == {"role": "user", "content": parts}
+
+
+def test_parts_and_their_glued_text_are_two_cache_entries(
+    http: httpx.Client, gw: Gateway, sim: Simulator
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    parts = [{"type": "text", "text": f"I was charged {tag}"}, {"type": "text", "text": "twice"}]
+    glued = f"I was charged {tag}twice"
+    for content in (parts, glued, parts):
+        response = post_chat(http, gw, [{"role": "user", "content": content}])
+        assert response.status_code == 200
+    assert response.headers["x-tunegate-cache"] == "hit"
+    assert len(sim.requests(TUNED)) == 2
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+        {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
+    ],
+)
+def test_a_part_the_task_cannot_take_is_a_400_naming_it(
+    http: httpx.Client, gw: Gateway, sim: Simulator, part: dict[str, Any]
+) -> None:
+    messages = [
+        {"role": "assistant", "content": "How can I help?"},
+        {"role": "user", "content": [{"type": "text", "text": "look"}, part]},
+    ]
+    assert_400(post_chat(http, gw, messages), "messages[1].content[1]", part["type"])
+    assert sim.requests() == []
+
+
+@pytest.mark.parametrize(
+    ("message", "param", "word"),
+    [
+        ({"role": "user", "content": 5}, "messages[0].content", "string"),
+        ({"role": "user", "content": []}, "messages[0].content", "non-empty"),
+        ({"role": "user", "content": [{"type": "text"}]}, "messages[0].content[0]", "text"),
+        ({"role": "user", "content": ["hi"]}, "messages[0].content[0]", "text"),
+        ({"role": "tool", "content": "x", "tool_call_id": "c1"}, "messages[0].role", "'tool'"),
+        ({"content": "x"}, "messages[0].role", "missing"),
+        ({"role": "user", "content": "x", "tool_calls": []}, "messages[0].tool_calls", "user"),
+        ({"role": "user", "content": "x", "name": 7}, "messages[0].name", "string"),
+        ("hello", "messages[0]", "object"),
+    ],
+)
+def test_a_refused_turn_is_named_in_the_callers_terms(
+    http: httpx.Client, gw: Gateway, sim: Simulator, message: Any, param: str, word: str
+) -> None:
+    text = assert_400(post_chat(http, gw, [message]), param, word)
+    # Never the validator's internals (`messages.0.content.str`, `list[TextPart]`).
+    assert ".str" not in text and "TextPart" not in text and "union" not in text
+    assert sim.requests() == []
+
+
+def test_a_union_parameter_error_names_the_parameter_only(http: httpx.Client, gw: Gateway) -> None:
+    response = post_chat(http, gw, [{"role": "user", "content": "x"}], stop=5)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "stop"
+    assert "stop.str" not in response.text
+
+
+def test_a_message_name_is_forwarded(http: httpx.Client, gw: Gateway, sim: Simulator) -> None:
+    turn = {"role": "user", "content": ticket(), "name": "alice"}
+    assert post_chat(http, gw, [turn]).status_code == 200
+    [received] = sim.requests(TUNED)
+    assert received["messages"][-1] == turn
+
+
+# -- item 13: the task-native endpoint takes at least one turn ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("task_input", "param"),
+    [([], "input"), ([{"role": "system", "content": "x"}], "input[0].role")],
+)
+def test_task_input_without_a_caller_turn_is_a_400(
+    http: httpx.Client, gw: Gateway, sim: Simulator, task_input: Any, param: str
+) -> None:
+    response = http.post(f"{gw.url}/v1/tasks/triage", json={"input": task_input})
+    assert_400(response, param)
+    assert sim.requests() == []
+
+
+def test_task_input_as_turns_is_forwarded(http: httpx.Client, gw: Gateway, sim: Simulator) -> None:
+    turns = [{"role": "user", "content": [{"type": "text", "text": ticket()}]}]
+    response = http.post(f"{gw.url}/v1/tasks/triage", json={"input": turns})
+    assert response.status_code == 200
+    assert sim.requests(TUNED)[0]["messages"][-1] == turns[0]

@@ -8,7 +8,7 @@ the few parameters the task allows; anything the task owns is a 400 naming the `
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -43,17 +43,6 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-class TextPart(_Body):
-    type: Literal["text"]
-    text: str
-
-
-class ChatMessage(_Body):
-    role: str
-    content: str | list[TextPart]
-    name: str | None = None
-
-
 class StreamOptions(_Body):
     """`stream_options`: `include_usage` asks for the final usage chunk (SPEC §7)."""
 
@@ -67,7 +56,8 @@ class ChatBody(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True, strict=True)
 
     model: str = Field(min_length=1)
-    messages: list[ChatMessage] = Field(min_length=1)
+    # Checked turn by turn by `api.messages`, which names the message or part refused.
+    messages: list[Any]
     user: str | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -87,7 +77,7 @@ class ChatBody(BaseModel):
 class TaskBody(_Body):
     """`POST /v1/tasks/{task}`."""
 
-    input: str | list[ChatMessage]
+    input: str | list[Any]
     user: str | None = None
     metadata: dict[str, str] | None = None
 
@@ -106,27 +96,19 @@ def _invalid(exc: ValidationError) -> InvalidRequest:
         return InvalidRequest("The body is not valid JSON.")
     if first["type"] in ("model_type", "model_attributes_type") and not first["loc"]:
         return InvalidRequest("The body must be a JSON object.")
-    param = ".".join(str(p) for p in first["loc"] if not isinstance(p, str) or p[0] != "_")
+    param = ".".join(str(p) for p in first["loc"] if not _is_internal(p))
     if first["type"] == "extra_forbidden":
         return InvalidRequest(f"Unrecognized parameter: {param}.", param=param)
     return InvalidRequest(f"Invalid value for {param}: {first['msg']}.", param=param or None)
 
 
-def caller_messages(messages: list[ChatMessage]) -> tuple[dict[str, str], ...]:
-    """The caller's turns as plain messages; the task owns system and tool turns."""
-    turns = []
-    for i, message in enumerate(messages):
-        if message.role not in ("user", "assistant"):
-            raise InvalidRequest(
-                f"messages[{i}].role: {message.role!r} is not accepted; the task owns the "
-                "system prompt, so send only user and assistant turns.",
-                param=f"messages.{i}.role",
-            )
-        content = message.content
-        if not isinstance(content, str):
-            content = "".join(part.text for part in content)
-        turns.append({"role": message.role, "content": content})
-    return tuple(turns)
+def _is_internal(loc: int | str) -> bool:
+    """A step of pydantic's error location that is not the caller's: the member of a
+    union it tried (`str`, `list[str]`) or a private name."""
+    return isinstance(loc, str) and (loc.startswith("_") or loc in _TYPE_TAGS or "[" in loc)
+
+
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "dict", "list", "none"})
 
 
 def chat_params(body: ChatBody, task: Task) -> dict[str, Any]:

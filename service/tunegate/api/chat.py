@@ -18,7 +18,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from tunegate.api.bodies import ChatBody, cache_mode, caller_messages, chat_params, parse_body
+from tunegate.api.bodies import ChatBody, cache_mode, chat_params, parse_body
 from tunegate.api.errors import error_body
 from tunegate.api.headers import answer_headers
 from tunegate.api.incoming import (
@@ -31,6 +31,7 @@ from tunegate.api.incoming import (
     resolve_task,
     task_endpoint,
 )
+from tunegate.api.messages import caller_turns
 from tunegate.errors import GatewayError
 from tunegate.flow.upstream import Delta
 from tunegate.pricing import format_usd
@@ -49,7 +50,7 @@ async def chat_completions(request: Request, incoming: Incoming) -> Response:
         incoming.request_id,
         principal,
         task,
-        caller_messages(body.messages),
+        caller_turns(body.messages),
         chat_params(body, task),
         body.user,
         cache_mode(request.headers),

@@ -121,7 +121,7 @@ def make_call(
     request_id: str,
     principal: Principal,
     task: Task,
-    messages: tuple[dict[str, str], ...],
+    messages: tuple[dict[str, Any], ...],
     params: Mapping[str, Any],
     user: str | None,
     cache: tuple[bool, bool],

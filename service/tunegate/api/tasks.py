@@ -3,11 +3,13 @@ for JSON tasks and the text for text tasks."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tunegate.api.bodies import TaskBody, cache_mode, caller_messages, parse_body
+from tunegate.api.bodies import TaskBody, cache_mode, parse_body
 from tunegate.api.headers import answer_headers
 from tunegate.api.incoming import (
     Incoming,
@@ -19,6 +21,7 @@ from tunegate.api.incoming import (
     resolve_task,
     task_endpoint,
 )
+from tunegate.api.messages import caller_turns
 
 
 @task_endpoint
@@ -29,9 +32,9 @@ async def run_task(request: Request, incoming: Incoming) -> Response:
     body: TaskBody = parse_body(TaskBody, raw)
     task = resolve_task(runtime, principal, incoming, request.path_params["task"])
     if isinstance(body.input, str):
-        messages: tuple[dict[str, str], ...] = ({"role": "user", "content": body.input},)
+        messages: tuple[dict[str, Any], ...] = ({"role": "user", "content": body.input},)
     else:
-        messages = caller_messages(body.input)
+        messages = caller_turns(body.input, "input")
     cache = cache_mode(request.headers)
     call, admission = make_call(
         request, incoming.request_id, principal, task, messages, {}, body.user, cache
