@@ -19,7 +19,7 @@ from tunegate.errors import ConfigError
 from tunegate.experiments.adaptive import Split
 from tunegate.observability.metrics import FLUSH_DELAY_S, NO_VARIANT, Metrics, mark_process_dead
 from tunegate.quality.checks import CheckResult, CheckVerdict
-from tunegate.records import Outcome, ShadowOutcome, UpstreamCall, rejected
+from tunegate.records import JudgeOutcome, Outcome, ShadowOutcome, UpstreamCall, rejected
 
 TUNED = "ft:gpt-3.5-turbo-0613:acme::7qTVM5AR"
 BASE = "gpt-3.5-turbo"
@@ -47,6 +47,9 @@ SPEC_METRICS = {
     "tunegate_shadow_requests": ("counter", {"task", "variant", "result"}),
     "tunegate_shadow_cost_usd": ("counter", {"task", "variant", "model"}),
     "tunegate_check_results": ("counter", {"task", "variant", "check", "result"}),
+    "tunegate_judge_requests": ("counter", {"task", "kind", "result"}),
+    "tunegate_judge_cost_usd": ("counter", {"task", "model"}),
+    "tunegate_judge_score": ("histogram", {"task", "variant"}),
     "tunegate_experiment_weight": ("gauge", {"task", "variant"}),
     "tunegate_experiment_state": ("gauge", {"task", "state"}),
     "tunegate_experiment_samples": ("gauge", {"task", "variant"}),
@@ -165,6 +168,9 @@ def test_every_spec_metric_is_exposed_with_its_type_and_labels() -> None:
     )
     metrics.record_feedback(TASK, "tuned", 1.0)
     metrics.record_shadow(shadow_outcome())
+    metrics.record_judgement(
+        JudgeOutcome("r1", TASK, "point", "gpt-4o-mini", "ok", "tuned", score=8.0, cost_usd=1e-5)
+    )
     metrics.publish_experiment(TASK, experiment_document(), EXPLORING)
     with metrics.track_in_flight():
         text = metrics.render()[0].decode()

@@ -27,6 +27,7 @@ from tunegate.errors import ConfigError
 from tunegate.experiments.adaptive import Watcher
 from tunegate.experiments.recorder import Experiments
 from tunegate.flow.gateway import Gateway
+from tunegate.flow.judge import Judges
 from tunegate.flow.shadow import Shadows
 from tunegate.flow.upstream import Upstreams
 from tunegate.observability.metrics import Metrics, mark_process_dead
@@ -151,19 +152,24 @@ def build_runtime(
     prices = PriceTable({m: Price(i, o) for m, (i, o) in config.pricing.items()})
     # The first lookup of a model costs tens of ms: pay it at start-up, not on a request.
     prices.preload(v.model for task in config.tasks.values() for v in task.variants.values())
+    prices.preload(t.judge.variant.model for t in config.tasks.values() if t.judge is not None)
     keys = keys_by_hash(config)
     recorders = [metrics.record] if limits is None else [metrics.record, limits.recorder(keys)]
     shadow_recorders = [metrics.record_shadow]
+    judge_recorders = [metrics.record_judgement]
     if experiments is not None:
         recorders.append(experiments.record)
         shadow_recorders.append(experiments.record_shadow)
-    shadows = Shadows(upstreams, prices, shadow_recorders)
+        judge_recorders.append(experiments.record_judgement)
+    judges = Judges(upstreams, prices, judge_recorders)
+    shadows = Shadows(upstreams, prices, shadow_recorders, judges=judges)
     gateway = Gateway(
         upstreams,
         prices,
         cache=cache,
         recorders=recorders,
         shadows=shadows,
+        judges=judges,
         weights=watcher.cumulative if watcher else None,
     )
     return Runtime(config=config, gateway=gateway, keys=keys, started_at=time.time())

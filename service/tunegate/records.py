@@ -14,6 +14,8 @@ Message = Mapping[str, Any]
 CacheState = Literal["hit", "miss", "bypass"]
 Status = Literal["ok", "fallback", "error", "invalid_output", "deadline", "rejected"]
 ShadowStatus = Literal["ok", "invalid", "error", "skipped"]
+JudgeKind = Literal["point", "pair"]
+JudgeStatus = Literal["ok", "invalid", "error", "skipped"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,3 +148,21 @@ class ShadowOutcome:
     primary_seconds: float
     cost_usd: float
     primary_cost_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class JudgeOutcome:
+    """One judgement (SPEC §8). `point`: `variant` is the judged sample's variant and
+    `score` its score in [0, 10]. `pair`: `variant` is the primary, `shadow` the shadow
+    variant and `winner` the better one's name or "tie". Both None unless `ok`."""
+
+    request_id: str
+    task: str
+    kind: JudgeKind
+    model: str
+    status: JudgeStatus
+    variant: str
+    shadow: str | None = None
+    score: float | None = None
+    winner: str | None = None
+    cost_usd: float = 0.0

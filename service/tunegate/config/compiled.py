@@ -149,6 +149,17 @@ class TuningTarget:
 
 
 @dataclass(frozen=True)
+class Judge:
+    """`judge`: the judge model as a variant without a prompt of its own, the share of
+    samples (and shadow pairs, with `pairwise`) it judges, and its rubric."""
+
+    variant: Variant
+    rate: float
+    rubric: str
+    pairwise: bool
+
+
+@dataclass(frozen=True)
 class Task:
     name: str
     description: str
@@ -164,6 +175,7 @@ class Task:
     tuning: TuningTarget | None = None
     # `output.checks` compiled, with `on_fail`; None when the task has none.
     checks: output_checks.CheckSet | None = None
+    judge: Judge | None = None
 
     @property
     def is_json(self) -> bool:
@@ -413,6 +425,7 @@ def _compile_task(
             f"{at}.tuning.upstream: unknown upstream {tuning.upstream!r}; "
             f"use one of: {', '.join(sorted(upstreams))}."
         )
+    judge = _compile_judge(f"{at}.judge", task, upstreams, problems)
     if len(problems) > before or routing is None:
         return None
     cache_file = task.cache or CacheFile()
@@ -439,7 +452,37 @@ def _compile_task(
         log_payloads=task.log_payloads,
         tuning=TuningTarget(tuning.system, tuning.base_model, tuning.upstream) if tuning else None,
         checks=checks,
+        judge=judge,
     )
+
+
+def _compile_judge(
+    at: str, task: TaskFile, upstreams: Mapping[str, Upstream], problems: list[str]
+) -> Judge | None:
+    judge = task.judge
+    if judge is None:
+        return None
+    if judge.upstream not in upstreams:
+        problems.append(
+            f"{at}.upstream: unknown upstream {judge.upstream!r}; "
+            f"use one of: {', '.join(sorted(upstreams))}."
+        )
+    if judge.pairwise and task.routing.shadow is None:
+        problems.append(
+            f"{at}.pairwise: pairs come from shadow calls; set `routing.shadow` or remove it."
+        )
+    variant = Variant(
+        name="judge",
+        upstream=judge.upstream,
+        model=judge.model,
+        params=MappingProxyType({"temperature": 0}),
+        json_mode=False,
+        prefix=(),
+        example_count=0,
+        fingerprint="",
+        max_tokens=None,
+    )
+    return Judge(variant, judge.rate, judge.rubric, judge.pairwise)
 
 
 def _detector(tasks: Mapping[str, TaskFile]) -> output_checks.Detector | None:

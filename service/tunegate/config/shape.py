@@ -132,6 +132,16 @@ class TuningFile(FileModel):
     upstream: str | None = None
 
 
+class JudgeFile(FileModel):
+    """`judge`: an LLM that scores answers in the background (SPEC §8)."""
+
+    upstream: str
+    model: str = Field(min_length=1)
+    rate: float = Field(ge=0, le=1)
+    rubric: str = Field(min_length=1)
+    pairwise: bool = False
+
+
 class TaskFile(FileModel):
     description: str = ""
     output: OutputFile = OutputFile()
@@ -143,6 +153,7 @@ class TaskFile(FileModel):
     training_cost_usd: float | None = Field(default=None, ge=0)
     capture: CaptureFile | None = None
     tuning: TuningFile | None = None
+    judge: JudgeFile | None = None
     log_payloads: bool = False
 
 

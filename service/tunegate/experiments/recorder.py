@@ -14,6 +14,9 @@ chosen for (the `Outcome.sample` requests, rejected ones excluded):
     first_ts, last_ts  unix time of the first and the latest sample
     fb_n, fb_s, fb_ss     feedback on samples (count, sum, sum of squares)
     fbx_n, fbx_s, fbx_ss  feedback on answers that were no sample (shown, not compared)
+    chk_n, chk_first  samples whose first answer was checked; those that passed every check
+    chkf:<kind>  samples whose first answer failed that kind of check
+    js_n, js_s, js_ss     judge scores of samples (score/10: count, sum, sum of squares)
 
 The hash expires `AGGREGATE_TTL_S` after its latest sample or score, so every key the
 experiments write has a TTL. A request that got an answer also leaves
@@ -22,7 +25,8 @@ feedback can find the serving variant; `tunegate:fb:{id}` marks a scored request
 
 Shadow calls (`shadow.py`) add to `tunegate:pair:{task}:{primary}:{shadow}`: `n` calls,
 `answered`, `invalid`, `agree` (parsed outputs equal), `dl`/`dl_sq` and `dc`/`dc_sq`
-(shadow minus primary latency and cost, over answered calls) and `cost` (the shadow's).
+(shadow minus primary latency and cost, over answered calls) and `cost` (the shadow's);
+pairwise judgements add `jp_n` judged pairs, `jp_ties` and `jp_primary` (primary better).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from dataclasses import dataclass
 import orjson
 
 from tunegate.experiments.stats import bucket_of
-from tunegate.records import Outcome, ShadowOutcome
+from tunegate.records import JudgeOutcome, Outcome, ShadowOutcome
 from tunegate.state.store import Store
 
 log = logging.getLogger("tunegate.experiments")
@@ -141,7 +145,29 @@ def sample_fields(outcome: Outcome) -> SampleFields | None:
         "cost_sq": cost * cost,
         "cost_ok": cost * ok,
     }
+    first = next((v for name, v in outcome.check_results if name == chosen), None)
+    if first is not None:
+        ints |= {"chk_n": 1, "chk_first": int(first.passed)}
+        ints |= {f"chkf:{failed.kind}": 1 for failed in first.failures}
     return SampleFields(ints, floats)
+
+
+def judgement_fields(outcome: JudgeOutcome) -> tuple[str, SampleFields] | None:
+    """The hash and increments of one judgement; None unless the judge answered."""
+    if outcome.status != "ok":
+        return None
+    if outcome.kind == "point" and outcome.score is not None:
+        score = outcome.score / 10
+        fields = SampleFields({"js_n": 1}, {"js_s": score, "js_ss": score * score})
+        return aggregate_key(outcome.task, outcome.variant), fields
+    if outcome.kind == "pair" and outcome.shadow is not None:
+        ints = {
+            "jp_n": 1,
+            "jp_ties": int(outcome.winner == "tie"),
+            "jp_primary": int(outcome.winner == outcome.variant),
+        }
+        return pair_key(outcome.task, outcome.variant, outcome.shadow), SampleFields(ints, {})
+    return None
 
 
 def shadow_fields(outcome: ShadowOutcome) -> SampleFields | None:
@@ -265,6 +291,19 @@ class Experiments:
             return
         self._batch.size += 1
         self._batch.add(pair_key(outcome.task, outcome.primary, outcome.shadow), fields)
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._flush_s, self._flush)
+
+    def record_judgement(self, outcome: JudgeOutcome) -> None:
+        """The judge recorder: adds a score or a preference to the batch; never waits."""
+        found = judgement_fields(outcome)
+        if found is None:
+            return
+        if self._batch.size >= MAX_PENDING:
+            log.warning("experiments: the store is not keeping up; dropping a judgement")
+            return
+        self._batch.size += 1
+        self._batch.add(*found)
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._flush_s, self._flush)
 

@@ -12,14 +12,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from tunegate.config.compiled import Task, Variant
-from tunegate.experiments import stats
+from tunegate.experiments import quality, stats
 from tunegate.experiments.stats import Comparison, Interval, Moments, Policy, RatioSums
 
 Sums = Mapping[str, float]
 # OpenAI's chat format adds about this many tokens per message around its content.
 TOKENS_PER_MESSAGE = 4
 CHARS_PER_TOKEN = 4
-QUALITY = ("success_rate", "first_try_valid")
+QUALITY = ("success_rate", "first_try_valid", "checks_first_try_pass", "judge_score", "preference")
 
 
 def build_document(
@@ -50,6 +50,17 @@ def build_document(
         return document
     a, b = pair
     comparisons = _compare(task, sums.get(a, {}), sums.get(b, {}), (a, b), policy)
+    comparisons |= quality.quality_comparisons(
+        sums.get(a, {}),
+        sums.get(b, {}),
+        (a, b),
+        policy,
+        checks=task.checks is not None,
+        judge=task.judge is not None,
+    )
+    preferred = quality.preference_comparison(pairs or {}, (a, b), policy)
+    if preferred is not None:
+        comparisons["preference"] = preferred
     document["comparison"] = {
         "a": a,
         "b": b,
@@ -62,6 +73,8 @@ def build_document(
     }
     document["break_even"] = _break_even(task, sums, (a, b), variants)
     document["shadow"] = _shadow(pairs or {}, (a, b), policy.alpha)
+    if document["shadow"] is not None:
+        document["shadow"]["preference"] = quality.preference(pairs or {}, a, b, policy)
     document["decision"] = _decision(comparisons, (a, b), sums, policy)
     return document
 
@@ -177,6 +190,11 @@ def _variant_figures(task: Task, variant: Variant, s: Sums, policy: Policy) -> d
         "valid_answers": ok,
         "feedback": _mean_json(_feedback(s, "fb"), alpha),
         "feedback_not_sampled": _mean_json(_feedback(s, "fbx"), alpha),
+        "checks_first_try_pass": (
+            quality.checks_first_try_pass(s, alpha) if task.checks is not None else None
+        ),
+        "check_failures": quality.check_failures(s) if task.checks is not None else None,
+        "judge_score": quality.judge_score(s, policy) if task.judge is not None else None,
         "first_sample_at": s.get("first_ts"),
         "last_sample_at": s.get("last_ts"),
     }
@@ -397,6 +415,9 @@ def render_table(document: Mapping[str, Any]) -> str:
         ("cost USD / request", lambda v: _fmt(v["cost_usd_per_request"]["value"], 6)),
         ("cost USD / valid answer", lambda v: _fmt(v["cost_usd_per_valid_answer"], 6)),
         ("feedback n, mean", lambda v: f"{v['feedback']['count']}, {_fmt(v['feedback']['mean'])}"),
+        ("checks first-try pass", lambda v: _checks_pass(v.get("checks_first_try_pass"))),
+        ("check failures", lambda v: _failures(v.get("check_failures"))),
+        ("judge score n, mean", lambda v: _judge(v.get("judge_score"))),
     ]
     for label, get in figures:
         rows.append((label, *(get(v) for v in document["variants"].values())))
@@ -447,6 +468,14 @@ def render_table(document: Mapping[str, Any]) -> str:
             figure = shadow[key]
             rows.append((label, _fmt(figure["mean"], digits), _interval(figure["ci95"], digits)))
         lines += ["  " + line for line in _columns(rows)]
+        preference = shadow.get("preference")
+        if preference:
+            lines.append(
+                f"  judge preference: {comparison['a']} wins {_fmt(preference['tuned_win_rate'])} "
+                f"of {preference['pairs']} pairs ({preference['ties']} ties, counted half), "
+                f"95% CI {_interval(preference['ci95'], 3)}, "
+                f"anytime {_interval(preference['anytime_ci95'], 3)}"
+            )
     decision = document["decision"]
     lines += [
         "",
@@ -455,6 +484,22 @@ def render_table(document: Mapping[str, Any]) -> str:
         + f" ({decision['reason']})",
     ]
     return "\n".join(lines)
+
+
+def _checks_pass(figure: Mapping[str, Any] | None) -> str:
+    if not figure or figure["rate"] is None:
+        return "-"
+    return _pct({"value": figure["rate"], "ci95": figure["ci95"]})
+
+
+def _failures(failures: Mapping[str, int] | None) -> str:
+    return ", ".join(f"{kind} {n}" for kind, n in failures.items()) if failures else "-"
+
+
+def _judge(score: Mapping[str, Any] | None) -> str:
+    if not score or score["mean"] is None:
+        return "-"
+    return f"{score['n']}, {_fmt(score['mean'])} {_interval(score['ci95'], 3)}"
 
 
 def _payback(even: Mapping[str, Any]) -> str:

@@ -62,6 +62,7 @@ def render_html(document: Mapping[str, Any]) -> str:
     ]
     if feedback:
         parts.append(_bars("feedback score", feedback, colour, 1.0))
+    parts += _quality_signals(names, colour, variants)
     parts.append("<h2>Cost (USD)</h2>")
     per_request = [
         (name, figure["value"], figure["ci95"])
@@ -262,7 +263,38 @@ def _shadow(shadow: Mapping[str, Any], comparison: Mapping[str, Any] | None) -> 
         "cost USD": _paired(shadow["cost_usd_difference"]),
     }
     parts.append(_forest({k: v for k, v in paired.items() if v}))
+    preference = shadow.get("preference")
+    if preference and preference["tuned_win_rate"] is not None:
+        rows = [("win rate", preference["tuned_win_rate"], preference["ci95"])]
+        title = (
+            f"judge preference for {comparison['a'] if comparison else 'a'} "
+            f"({preference['pairs']} pairs, {preference['ties']} ties count half)"
+        )
+        parts.append(_bars(title, rows, {"win rate": COLOURS[3 % len(COLOURS)]}, 1.0,
+                           percent=True))  # fmt: skip
     return "\n".join(parts)
+
+
+def _quality_signals(
+    names: Sequence[str], colour: Mapping[str, str], variants: Mapping[str, Any]
+) -> list[str]:
+    """Bars for the output checks' first-try pass rate and the judge's mean score."""
+    checks = [
+        (name, figure["rate"], figure["ci95"])
+        for name in names
+        if (figure := variants[name].get("checks_first_try_pass")) and figure["rate"] is not None
+    ]
+    judged = [
+        (name, figure["mean"], figure["ci95"])
+        for name in names
+        if (figure := variants[name].get("judge_score")) and figure["mean"] is not None
+    ]
+    parts = []
+    if checks:
+        parts.append(_bars("output checks passed first try", checks, colour, 1.0, percent=True))
+    if judged:
+        parts.append(_bars("judge score (score/10)", judged, colour, 1.0))
+    return parts
 
 
 def _paired(figure: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -31,6 +31,7 @@ from tunegate.errors import (
     UpstreamTimeout,
 )
 from tunegate.flow import router
+from tunegate.flow.judge import Judged, Judges
 from tunegate.flow.retry import Backoff, next_wait
 from tunegate.flow.router import Cumulative
 from tunegate.flow.shadow import Primary, Shadows
@@ -135,6 +136,7 @@ class Gateway:
         cache: Cache | None = None,
         recorders: Sequence[Recorder] = (),
         shadows: Shadows | None = None,
+        judges: Judges | None = None,
         weights: Callable[[str], Cumulative | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
@@ -146,6 +148,7 @@ class Gateway:
         self._cache = cache
         self._recorders = tuple(recorders)
         self._shadows = shadows
+        self._judges = judges
         self._weights = weights
         self._clock = clock
         self._random = (rng or random.Random()).random
@@ -207,9 +210,11 @@ class Gateway:
         raise self._give_up(call, trail)
 
     async def aclose(self) -> None:
-        """Let background shadow calls finish (bounded), at shutdown."""
+        """Let background shadow calls and judgements finish (bounded), at shutdown."""
         if self._shadows is not None:
             await self._shadows.aclose()
+        if self._judges is not None:
+            await self._judges.aclose()
 
     def record(self, outcome: Outcome) -> None:
         for recorder in self._recorders:
@@ -236,8 +241,15 @@ class Gateway:
         return self._served(call, trail, answer)
 
     def _served(self, call: Call, trail: _Trail, answer: Answer) -> Answer:
-        """Record an answer served by an upstream call, and start its shadow if sampled."""
+        """Record an answer served by an upstream call, start its shadow if sampled, and
+        its judgement if it is a sample the judge samples."""
         self.record(self._outcome(call, trail, answer.variant.name, "ok"))
+        if self._judges is not None and call.forced is None and not answer.fallback_from:
+            self._judges.point(
+                Judged(
+                    call.request_id, call.task, answer.variant.name, call.messages, answer.content
+                )
+            )
         shadows = self._shadows if call.task.routing.shadow is not None else None
         if shadows is not None and call.forced is None and not answer.fallback_from:
             shadow = shadows.wanted(call.task, answer.variant.name, self._random())
@@ -250,6 +262,7 @@ class Gateway:
                     messages=call.messages,
                     params=dict(call.params),
                     parsed=answer.parsed,
+                    text=answer.content,
                     seconds=sum(c.seconds for c in own),
                     cost_usd=trail.cost_usd,
                 )

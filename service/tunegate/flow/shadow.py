@@ -26,6 +26,7 @@ from typing import Any
 
 from tunegate.config.compiled import Task, Variant
 from tunegate.errors import UpstreamError
+from tunegate.flow.judge import Judged, Judges
 from tunegate.flow.upstream import Message, Upstreams
 from tunegate.pricing import PriceTable
 from tunegate.quality import jsonguard
@@ -49,6 +50,8 @@ class Primary:
     parsed: Any
     seconds: float
     cost_usd: float
+    # The answer's text as served, for a pairwise judge.
+    text: str = ""
 
 
 ShadowRecorder = Callable[[ShadowOutcome], None]
@@ -65,12 +68,14 @@ class Shadows:
         *,
         max_in_flight: int = MAX_IN_FLIGHT,
         clock: Callable[[], float] = time.monotonic,
+        judges: Judges | None = None,
     ) -> None:
         self._upstreams = upstreams
         self._prices = prices
         self._recorders = tuple(recorders)
         self._max_in_flight = max_in_flight
         self._clock = clock
+        self._judges = judges
         self._running: set[asyncio.Task[None]] = set()
 
     def wanted(self, task: Task, served: str, draw: float) -> Variant | None:
@@ -126,9 +131,16 @@ class Shadows:
                 self._record(self._outcome(variant, primary, "invalid", None, seconds, cost or 0.0))
                 return
             agree = verdict.value == primary.parsed
+            text = verdict.text
         else:
             agree = completion.content.strip() == str(primary.parsed).strip()
+            text = completion.content
         self._record(self._outcome(variant, primary, "ok", agree, seconds, cost or 0.0))
+        if self._judges is not None:
+            self._judges.pair(
+                Judged(primary.request_id, task, primary.variant, primary.messages, primary.text),
+                Judged(primary.request_id, task, variant.name, primary.messages, text),
+            )
 
     def _outcome(
         self,

@@ -61,7 +61,7 @@ from tunegate.errors import ConfigError
 
 if TYPE_CHECKING:  # the gateway imports the whole request flow; records need none of it
     from tunegate.experiments.adaptive import Split
-    from tunegate.records import Outcome, ShadowOutcome
+    from tunegate.records import JudgeOutcome, Outcome, ShadowOutcome
 
 NO_VARIANT = "none"
 CACHE_RESULTS = ("hit", "miss", "bypass", "error")
@@ -182,6 +182,22 @@ SHADOW_COST = Family(
     "Upstream cost of shadow calls in USD, apart from the callers' cost.",
     ("task", "variant", "model"),
 )
+JUDGE_REQUESTS = Family(
+    "tunegate_judge_requests_total",
+    "Judgements by kind (point, pair) and result (ok, invalid, error, skipped).",
+    ("task", "kind", "result"),
+)
+JUDGE_COST = Family(
+    "tunegate_judge_cost_usd_total",
+    "Upstream cost of judge calls in USD, apart from the callers' cost.",
+    ("task", "model"),
+)
+JUDGE_SCORE = Family(
+    "tunegate_judge_score",
+    "Judge scores of served samples, score/10 (0..1), by the judged variant.",
+    ("task", "variant"),
+    FEEDBACK_BUCKETS,
+)
 IN_FLIGHT = Family("tunegate_in_flight_requests", "Task requests being served now.", ())
 
 # Experiment gauges, read from the shared store (the same in every worker), so exported
@@ -231,6 +247,9 @@ FAMILIES = (
     FEEDBACK_SCORE,
     SHADOW_REQUESTS,
     SHADOW_COST,
+    JUDGE_REQUESTS,
+    JUDGE_COST,
+    JUDGE_SCORE,
 )
 EXPERIMENT_FAMILIES = (
     EXPERIMENT_WEIGHT,
@@ -360,6 +379,18 @@ class Metrics:
         if outcome.cost_usd:
             self._counts[SHADOW_COST].add(
                 (outcome.task, outcome.shadow, outcome.model), outcome.cost_usd
+            )
+        if self._files is not None and not self._flush_pending:
+            self._schedule_flush()
+
+    def record_judgement(self, outcome: JudgeOutcome) -> None:
+        """Record one judgement: its result, its cost (apart) and a pointwise score."""
+        self._counts[JUDGE_REQUESTS].add((outcome.task, outcome.kind, outcome.status))
+        if outcome.cost_usd:
+            self._counts[JUDGE_COST].add((outcome.task, outcome.model), outcome.cost_usd)
+        if outcome.score is not None:
+            self._observations[JUDGE_SCORE].observe(
+                (outcome.task, outcome.variant), outcome.score / 10
             )
         if self._files is not None and not self._flush_pending:
             self._schedule_flush()
