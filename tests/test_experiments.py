@@ -155,7 +155,7 @@ def test_fallbacks_cache_hits_and_forced_variants(
     assert few["requests"] == 0
     raw = redis.Redis.from_url(server.url)
     for pattern, ttl_s in (
-        ("tunegate:exp:fb:*", AGGREGATE_TTL_S),
+        ("tunegate:exp:{fb}:*", AGGREGATE_TTL_S),
         ("tunegate:req:*", REQUEST_TTL_S),
     ):
         stored = list(raw.scan_iter(match=pattern))

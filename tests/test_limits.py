@@ -106,8 +106,8 @@ def api_key(name: str = "k", rpm: int | None = None, budget: float | None = None
 
 def test_store_keys_are_prefixed_and_name_the_digest_never_the_key() -> None:
     key = api_key(budget=1)
-    assert window_key(key) == "tunegate:limit:" + key.sha256
-    assert budget_key(key, utc(2024, 3, 9, 12)) == f"tunegate:budget:{key.sha256}:2024-03-09"
+    assert window_key(key) == "tunegate:limit:{" + key.sha256 + "}"
+    assert budget_key(key, utc(2024, 3, 9, 12)) == f"tunegate:budget:{{{key.sha256}}}:2024-03-09"
     assert "key-k" not in window_key(key) + budget_key(key, 0)
 
 

@@ -1,7 +1,7 @@
 """Experiment figures in the store: what each sample adds, the recorder that adds it, and
 feedback scores (SPEC §4, §7 "Experiment samples").
 
-Per task and variant one hash, `tunegate:exp:{task}:{variant}`, of counters and sums only
+Per task and variant one hash, `tunegate:exp:{<task>}:<variant>`, of counters and sums only
 (bounded memory, shared by every instance). Fields, for the samples the variant was
 chosen for (the `Outcome.sample` requests, rejected ones excluded):
 
@@ -20,10 +20,10 @@ chosen for (the `Outcome.sample` requests, rejected ones excluded):
 
 The hash expires `AGGREGATE_TTL_S` after its latest sample or score, so every key the
 experiments write has a TTL. A request that got an answer also leaves
-`tunegate:req:{id}` (task, tenant, served, chosen, sample) for `REQUEST_TTL_S`, so
-feedback can find the serving variant; `tunegate:fb:{id}` marks a scored request.
+`tunegate:req:<id>` (task, tenant, served, chosen, sample) for `REQUEST_TTL_S`, so
+feedback can find the serving variant; `tunegate:fb:<id>` marks a scored request.
 
-Shadow calls (`shadow.py`) add to `tunegate:pair:{task}:{primary}:{shadow}`: `n` calls,
+Shadow calls (`shadow.py`) add to `tunegate:pair:{<task>}:<primary>:<shadow>`: `n` calls,
 `answered`, `invalid`, `agree` (parsed outputs equal), `dl`/`dl_sq` and `dc`/`dc_sq`
 (shadow minus primary latency and cost, over answered calls) and `cost` (the shadow's);
 pairwise judgements add `jp_n` judged pairs, `jp_ties` and `jp_primary` (primary better).
@@ -95,11 +95,11 @@ return 1
 
 
 def aggregate_key(task: str, variant: str) -> str:
-    return f"tunegate:exp:{task}:{variant}"
+    return f"tunegate:exp:{{{task}}}:{variant}"
 
 
 def pair_key(task: str, primary: str, shadow: str) -> str:
-    return f"tunegate:pair:{task}:{primary}:{shadow}"
+    return f"tunegate:pair:{{{task}}}:{primary}:{shadow}"
 
 
 def request_key(request_id: str) -> str:

@@ -54,7 +54,8 @@ def cache_key_for(
     canonical = orjson.dumps(
         [KEY_VERSION, tenant, task, fingerprint, messages, params], option=orjson.OPT_SORT_KEYS
     )
-    return KEY_PREFIX + hashlib.blake2b(canonical, digest_size=20).hexdigest()
+    # The digest is the key's hash tag: the entry and its lock share one cluster slot.
+    return KEY_PREFIX + "{" + hashlib.blake2b(canonical, digest_size=20).hexdigest() + "}"
 
 
 _MISSING = object()
@@ -160,8 +161,8 @@ class Cache:
     it spent waiting on the store, for the overhead metric.
 
     A miss costs two round trips to Redis, a hit one: the lookup claims the lock, and the
-    leader's save releases it. (Both keys of a script must live on one node: a Redis
-    Cluster would need them under one hash tag.)"""
+    leader's save releases it. Both keys of a script share the hash tag `{digest}`, so on
+    a Redis Cluster they live in one slot."""
 
     def __init__(
         self,

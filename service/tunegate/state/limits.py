@@ -2,14 +2,14 @@
 at 00:00 UTC), shared by every gateway instance through the store.
 
 Requests per minute: a sliding-window log, one sorted set per key
-(`tunegate:limit:<key sha256>`) holding the admission times of the last 60 s, so a key
+(`tunegate:limit:{<key sha256>}`) holding the admission times of the last 60 s, so a key
 never gets more than `rpm` requests into any 60-second window, across all instances, and a
 refused caller is told exactly when the oldest admission leaves the window
 (`Retry-After`). Times come from the Redis server (`TIME`), so instances with skewed clocks
 share one timeline. Memory is O(rpm) per active key and each entry expires with the
 window; GCRA would be O(1) but lets a key take up to twice its `rpm` in one window.
 
-Daily budget: the USD spent today (`tunegate:budget:<key sha256>:<YYYY-MM-DD>`, UTC),
+Daily budget: the USD spent today (`tunegate:budget:{<key sha256>}:<YYYY-MM-DD>`, UTC),
 added after each request from its `Outcome` (every upstream call it made, re-asks and
 failed 502/504 answers included; cache hits cost 0). A request is refused once the spend
 has reached the budget; requests already in flight when it is crossed still finish and
@@ -17,7 +17,9 @@ are charged, so the spend can pass the budget by what they cost.
 
 One Lua script admits a request: budget first, then the window, and only an admitted
 request is written to the window, so a refused request (by either limit) consumes
-nothing. Requests refused before the check (401/403/404/400/413) never reach it.
+nothing. Requests refused before the check (401/403/404/400/413) never reach it. Both
+keys carry the key's digest as their hash tag (`{sha256}`), so the script touches one slot
+of a Redis Cluster.
 
 Keys with neither limit, and open mode, cost no store call at all. When the store is
 unreachable the key's limits follow `auth.on_store_error`: `open` lets the request through,
@@ -109,11 +111,11 @@ def budget_day(now: float) -> str:
 
 
 def window_key(key: ApiKey) -> str:
-    return LIMIT_PREFIX + key.sha256
+    return f"{LIMIT_PREFIX}{{{key.sha256}}}"
 
 
 def budget_key(key: ApiKey, now: float) -> str:
-    return f"{BUDGET_PREFIX}{key.sha256}:{budget_day(now)}"
+    return f"{BUDGET_PREFIX}{{{key.sha256}}}:{budget_day(now)}"
 
 
 def decision_of(reply: object) -> tuple[int, float] | None:
