@@ -290,3 +290,26 @@ def test_keys_file_adds_keys_and_names_its_own_problems(tmp_path: Path) -> None:
     keys.unlink()
     with pytest.raises(ConfigError, match=r"auth\.keys_file: .*cannot read"):
         load_config(write(tmp_path, data))
+
+
+def test_every_real_problem_is_reported_once_without_follow_on_errors(tmp_path: Path) -> None:
+    data = good()
+    triage = data["tasks"]["triage"]
+    triage["variants"]["few_shot"]["upstream"] = "nope"
+    triage["routing"]["shadow"] = {"variant": "ghost"}  # and no rate: a shape error
+    data["tasks"]["other"] = task_config(weights={"tuned": 1, "fewshot": 1})
+    data["auth"] = {
+        "keys": [{"name": "k", "sha256": "ab" * 32, "tenant": "t", "tasks": ["triage"]}]
+    }
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, data))
+    found = sorted(line.split(": ", 1)[1] for line in str(caught.value).splitlines())
+    assert found == [
+        "tasks.other.routing.weights.fewshot: no variant named 'fewshot'; "
+        "use one of: tuned, few_shot.",
+        "tasks.triage.routing.shadow.rate: required key is missing: add it",
+        "tasks.triage.routing.shadow.variant: no variant named 'ghost'; "
+        "use one of: tuned, few_shot.",
+        "tasks.triage.variants.few_shot.upstream: unknown upstream 'nope'; "
+        "define it under `upstreams:` or use one of: sim.",
+    ]

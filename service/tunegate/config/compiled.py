@@ -13,7 +13,7 @@ the fix: `gateway.yaml:12: tasks.triage.routing.weights.ghost: no variant named 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -224,27 +224,91 @@ def load_config(path: Path) -> GatewayConfig:
     """Read, validate and compile the config at `path`; raise `ConfigError` listing
     every problem found."""
     raw, lines = read_yaml(path)
-    try:
-        parsed = GatewayFile.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_describe(lines, exc)) from None
-    tasks = dict(parsed.tasks)
     problems: list[str] = []
+    parsed, broken = _validate(path, raw, lines, problems)
+    if parsed is None:
+        raise ConfigError("\n".join(problems))
+    tasks = dict(parsed.tasks)
     sources = [lines]
     if parsed.tasks_dir is not None:
         tasks_dir = (path.parent / parsed.tasks_dir).resolve()
-        _load_tasks_dir(tasks_dir, tasks, problems, sources)
+        _load_tasks_dir(tasks_dir, tasks, problems, sources, broken)
     if parsed.auth is not None and parsed.auth.keys_file is not None:
         parsed = _with_keys_file(path, parsed, parsed.auth, problems)
-    if problems:
-        raise ConfigError("\n".join(problems))
-    if not tasks:
+    if not tasks and not broken and not problems:
         raise ConfigError(f"{path}: tasks: no task is defined; add one under `tasks:`.")
+    config = None
     try:
-        return _compile(path, parsed, tasks)
+        config = _compile(path, parsed, tasks, broken)
     except ConfigError as exc:
-        located = [_locate(problem, path, sources) for problem in str(exc).split("\n")]
-        raise ConfigError("\n".join(located)) from None
+        problems.extend(str(exc).split("\n"))
+    if problems or config is None:
+        raise ConfigError("\n".join(_locate(problem, path, sources) for problem in problems))
+    return config
+
+
+def _validate(
+    path: Path, raw: Any, lines: Lines, problems: list[str]
+) -> tuple[GatewayFile | None, set[str]]:
+    """The validated file and the names of the tasks whose shape is wrong. Problems that
+    lie inside tasks do not hide the others: the file is checked again without those
+    tasks, so every real problem is reported once (and keys naming a broken task are no
+    follow-on error). None when the problems lie outside `tasks`."""
+    try:
+        return GatewayFile.model_validate(raw), set()
+    except ValidationError as exc:
+        problems.append(_describe(lines, exc))
+        locs = [err["loc"] for err in exc.errors()]
+    if not isinstance(raw, dict) or not isinstance(raw.get("tasks"), dict):
+        return None, set()
+    if not all(len(loc) >= 2 and loc[0] == "tasks" for loc in locs):
+        return None, set()
+    broken = {loc[1] for loc in locs}
+    for name in broken:
+        upstreams = raw.get("upstreams")
+        known = list(upstreams) if isinstance(upstreams, dict) else []
+        problems.extend(_raw_references(path, str(name), raw["tasks"][name], known))
+    rest = {**raw, "tasks": {n: t for n, t in raw["tasks"].items() if n not in broken}}
+    try:
+        return GatewayFile.model_validate(rest), {str(name) for name in broken}
+    except ValidationError:
+        return None, set()
+
+
+def _raw_references(path: Path, name: str, task: Any, upstreams: list[str]) -> list[str]:
+    """Upstreams and variants named by a task whose shape is wrong (so `_compile_task`
+    cannot run) that do not exist: `shadow: {variant: ghost}` names the ghost even
+    without a rate."""
+    variants = task.get("variants") if isinstance(task, dict) else None
+    if not isinstance(variants, dict):
+        return []
+    problems = [
+        f"{path}: tasks.{name}.variants.{v}.upstream: unknown upstream {body['upstream']!r}; "
+        f"define it under `upstreams:` or use one of: {', '.join(sorted(upstreams))}."
+        for v, body in variants.items()
+        if isinstance(body, dict)
+        and isinstance(body.get("upstream"), str)
+        and body["upstream"] not in upstreams
+    ]
+    routing = task.get("routing")
+    if not isinstance(routing, dict):
+        return problems
+    named: list[tuple[str, Any]] = []
+    for key in ("weights", "fallback", "compare"):
+        value = routing.get(key)
+        if isinstance(value, dict):
+            named += [(f"{key}.{v}", v) for v in value]
+        elif isinstance(value, list):
+            named += [(f"{key}.{i}", v) for i, v in enumerate(value)]
+    shadow = routing.get("shadow")
+    if isinstance(shadow, dict):
+        named.append(("shadow.variant", shadow.get("variant")))
+    names = [str(v) for v in variants]
+    return problems + [
+        _missing_variant(f"{path}: tasks.{name}.routing.{where}", variant, names)
+        for where, variant in named
+        if isinstance(variant, str) and variant not in variants
+    ]
 
 
 def missing_secrets(config: GatewayConfig, environ: Mapping[str, str]) -> list[str]:
@@ -258,7 +322,11 @@ def missing_secrets(config: GatewayConfig, environ: Mapping[str, str]) -> list[s
 
 
 def _load_tasks_dir(
-    tasks_dir: Path, tasks: dict[str, TaskFile], problems: list[str], sources: list[Lines]
+    tasks_dir: Path,
+    tasks: dict[str, TaskFile],
+    problems: list[str],
+    sources: list[Lines],
+    broken: set[str],
 ) -> None:
     if not tasks_dir.is_dir():
         problems.append(f"tasks_dir: {tasks_dir} is not a directory; create it or fix the path.")
@@ -275,8 +343,10 @@ def _load_tasks_dir(
             sources.append(lines)
         except ValidationError as exc:
             problems.append(_describe(lines, exc))
+            broken.add(name)
         except ConfigError as exc:
             problems.append(str(exc))
+            broken.add(name)
 
 
 def _with_keys_file(
@@ -338,7 +408,14 @@ def _locate(problem: str, path: Path, sources: list[Lines]) -> str:
     return f"{best[1]}: {where}{sep}{message}"
 
 
-def _compile(path: Path, parsed: GatewayFile, tasks: Mapping[str, TaskFile]) -> GatewayConfig:
+def _compile(
+    path: Path,
+    parsed: GatewayFile,
+    tasks: Mapping[str, TaskFile],
+    broken: Collection[str] = (),
+) -> GatewayConfig:
+    """Compile the valid `tasks`; `broken` names the tasks already refused for their
+    shape (a key may still name them without a follow-on error)."""
     problems: list[str] = []
     upstreams = {
         name: Upstream(
@@ -358,7 +435,7 @@ def _compile(path: Path, parsed: GatewayFile, tasks: Mapping[str, TaskFile]) -> 
         result = _compile_task(path, name, task, parsed, upstreams, detector, problems)
         if result is not None:
             compiled[name] = result
-    keys = _compile_keys(path, parsed.auth, compiled, problems)
+    keys = _compile_keys(path, parsed.auth, {*tasks, *broken}, problems)
     if problems:
         raise ConfigError("\n".join(problems))
     return GatewayConfig(
@@ -662,7 +739,7 @@ def _missing_variant(at: str, name: str, names: Sequence[str]) -> str:
 
 
 def _compile_keys(
-    path: Path, auth: AuthFile | None, tasks: Mapping[str, Task], problems: list[str]
+    path: Path, auth: AuthFile | None, tasks: Collection[str], problems: list[str]
 ) -> tuple[ApiKey, ...]:
     if auth is None:
         return ()
