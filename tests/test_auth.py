@@ -27,6 +27,7 @@ from tests.harness import (
     running_gateway,
     task_config,
 )
+from tests.openai_shapes import checked_sdk
 from tunegate.auth import OPEN, authenticate, hash_key, keys_by_hash, require_admin, task_for
 from tunegate.config.compiled import ApiKey, GatewayConfig, load_config
 from tunegate.errors import AuthenticationFailed, NotFound, PermissionDenied
@@ -220,6 +221,23 @@ def test_models_lists_only_the_keys_tasks(gw: Gateway, sdk: SDK) -> None:
     assert {m.id for m in sdk(gw, "acme").models.list()} == {"triage"}
     assert {m.id for m in sdk(gw, "globex").models.list()} == {"triage", "globex-forecast"}
     assert {m.id for m in sdk(gw, "ops").models.list()} == set(TASKS)
+
+
+def test_models_retrieve_answers_only_the_keys_tasks(gw: Gateway, http: httpx.Client) -> None:
+    acme = checked_sdk(f"{gw.url}/v1", "key-acme")
+    model = acme.models.retrieve("triage")
+    assert (model.id, model.object, model.owned_by) == ("triage", "model", "tunegate")
+    # A task of another tenant and a task that does not exist: the same 404.
+    for name in ("globex-forecast", "ghost"):
+        with pytest.raises(openai.NotFoundError) as caught:
+            acme.models.retrieve(name)
+        assert caught.value.code == "model_not_found"
+        assert "triage" not in caught.value.message  # names no task the key may see
+    with pytest.raises(openai.AuthenticationError):
+        checked_sdk(f"{gw.url}/v1", "key-nobody").models.retrieve("triage")
+    assert checked_sdk(f"{gw.url}/v1", "key-ops").models.retrieve("globex-forecast").id == (
+        "globex-forecast"
+    )
 
 
 def test_a_404_reveals_no_other_tenants_tasks(gw: Gateway, http: httpx.Client) -> None:

@@ -17,7 +17,7 @@ from tunegate.api.chat import chat_completions
 from tunegate.api.drain import drain_on_sigterm
 from tunegate.api.errors import install_error_handlers
 from tunegate.api.experiments import get_experiments, post_feedback
-from tunegate.api.service import healthz, list_models, metrics_endpoint, readyz
+from tunegate.api.service import healthz, list_models, metrics_endpoint, readyz, retrieve_model
 from tunegate.api.services import Runtime, Services
 from tunegate.api.tasks import run_task
 from tunegate.auth import keys_by_hash
@@ -74,6 +74,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
     app.add_route("/v1/tasks/{task}", run_task, methods=["POST"])
     app.add_route("/v1/models", list_models, methods=["GET"])
+    app.add_route("/v1/models/{task}", retrieve_model, methods=["GET"])
     app.add_route("/admin/reload", reload_config, methods=["POST"])
     app.add_route("/v1/feedback", post_feedback, methods=["POST"])
     app.add_route("/v1/experiments/{task}", get_experiments, methods=["GET"])

@@ -8,6 +8,7 @@ from starlette.responses import Response
 
 from tunegate.api.incoming import caller
 from tunegate.api.services import services_of, started_services
+from tunegate.errors import NotFound
 
 
 def _json(data: object, status: int = 200) -> Response:
@@ -19,12 +20,27 @@ async def list_models(request: Request) -> Response:
     runtime = services_of(request).runtime
     principal = caller(runtime, request)
     created = int(runtime.started_at)
-    data = [
-        {"id": name, "object": "model", "created": created, "owned_by": "tunegate"}
-        for name in runtime.config.tasks
-        if principal.may_call(name)
-    ]
+    data = [_model(name, created) for name in runtime.config.tasks if principal.may_call(name)]
     return _json({"object": "list", "data": data})
+
+
+async def retrieve_model(request: Request) -> Response:
+    """`GET /v1/models/{task}`: the task as OpenAI's `Model`; 404 `model_not_found` for a
+    task that does not exist or that this caller may not call (the same answer for both,
+    so a key learns nothing of other tenants' tasks)."""
+    runtime = services_of(request).runtime
+    principal = caller(runtime, request)
+    name = request.path_params["task"]
+    if name not in runtime.config.tasks or not principal.may_call(name):
+        raise NotFound(
+            f"The model {name!r} does not exist or you do not have access to it.",
+            code="model_not_found",
+        )
+    return _json(_model(name, int(runtime.started_at)))
+
+
+def _model(name: str, created: int) -> dict[str, object]:
+    return {"id": name, "object": "model", "created": created, "owned_by": "tunegate"}
 
 
 async def healthz(request: Request) -> Response:
