@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import redis
 import yaml
@@ -252,3 +253,27 @@ def test_two_instances_share_the_figures(
     assert "task shared" in table
     assert re.search(r"samples\s+30\s+0", table)
     assert cli.main(["report", "nope", "--config", str(path)]) == 1
+
+
+def test_feedback_takes_the_completion_id_and_the_task_native_id(
+    sim: Simulator, server: RedisServer, tmp_path: Path
+) -> None:
+    config = config_with_keys(sim, {"fbk": perfect_task()})
+    with running_gateway(tmp_path, config, redis_url=server.url) as gw:
+        client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="key-acme", max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(
+            model="fbk", messages=[{"role": "user", "content": "I was charged twice"}]
+        )
+        completion = raw.parse()
+        assert completion.id.startswith("chatcmpl-")
+        by_completion_id = feedback(gw, {"request_id": completion.id, "score": 1})
+        assert by_completion_id.status_code == 200, by_completion_id.text
+        assert by_completion_id.json()["request_id"] == raw.headers["x-request-id"]
+        # The same request under its x-request-id: already scored.
+        again = feedback(gw, {"request_id": raw.headers["x-request-id"], "score": 0})
+        assert again.status_code == 409
+        native = ask(gw, "fbk", key="acme").json()["id"]
+        assert feedback(gw, {"request_id": native, "score": 0.5}).status_code == 200
+        unknown = feedback(gw, {"request_id": "chatcmpl-nope", "score": 1})
+        assert unknown.status_code == 404
+        client.close()

@@ -37,6 +37,9 @@ from tunegate.flow.upstream import Delta
 from tunegate.pricing import format_usd
 from tunegate.records import Answer
 
+# A completion's `id` is its request id behind OpenAI's prefix (feedback takes either).
+COMPLETION_ID_PREFIX = "chatcmpl-"
+
 
 @task_endpoint
 async def chat_completions(request: Request, incoming: Incoming) -> Response:
@@ -89,7 +92,7 @@ def completion_body(answer: Answer) -> dict[str, Any]:
 
 def _head(answer: Answer, kind: str) -> dict[str, Any]:
     head: dict[str, Any] = {
-        "id": f"chatcmpl-{answer.request_id}",
+        "id": f"{COMPLETION_ID_PREFIX}{answer.request_id}",
         "object": kind,
         "created": answer.created,
         "model": answer.variant.model,

@@ -9,6 +9,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tunegate.api.chat import COMPLETION_ID_PREFIX
 from tunegate.api.incoming import caller, read_body
 from tunegate.api.services import services_of
 from tunegate.errors import (
@@ -64,8 +65,15 @@ def _feedback_body(body: bytes) -> tuple[str, float, str | None]:
     if not isinstance(data, dict):
         raise InvalidRequest("The body must be a JSON object.")
     request_id = data.get("request_id")
+    if isinstance(request_id, str):
+        # A completion's `id` is its request id behind OpenAI's prefix.
+        request_id = request_id.removeprefix(COMPLETION_ID_PREFIX)
     if not isinstance(request_id, str) or not request_id:
-        raise InvalidRequest("`request_id` must be a non-empty string.", param="request_id")
+        raise InvalidRequest(
+            "`request_id` must be a non-empty string: the x-request-id, the completion's "
+            "`id` or the task-native `id`.",
+            param="request_id",
+        )
     raw = data.get("score")
     if isinstance(raw, bool):
         score = 1.0 if raw else 0.0
