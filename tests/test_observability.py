@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from tests.harness import (
+    TRIAGE_SCHEMA,
     TUNED,
     Simulator,
     free_port,
@@ -68,6 +69,10 @@ PANELS = {
     "First-try JSON valid, difference",
     "Cost per valid answer, difference",
     "Experiment samples",
+    "Output checks passed",
+    "Judge score by variant",
+    "Judge calls by result, and their cost",
+    "Judge preference, tuned win rate - 0.5",
 }
 # No traffic in these tests records feedback (a later feature): the query must run, but
 # has nothing to show.
@@ -78,6 +83,13 @@ TRIAGE = "ticket-triage"
 NOTES = "notes"
 AB = "ab-test"  # both variants chosen, so the experiment figures have two sides
 DIFFERENCES = {"First-try JSON valid, difference", "Cost per valid answer, difference"}
+# The JSON tasks carry output checks and a judge (pairwise where there is a shadow).
+QUALITY = {
+    "Output checks passed",
+    "Judge score by variant",
+    "Judge calls by result, and their cost",
+    "Judge preference, tuned win rate - 0.5",
+}
 WINDOW = "1m"  # what Grafana's $__rate_interval stands for in these tests
 SCRAPE_INTERVAL = "1s"
 
@@ -148,6 +160,7 @@ def test_every_alert_has_a_runbook_and_a_test_where_it_fires() -> None:
         "TunegateHighLatencyP95",
         "TunegateCacheStoreErrors",
         "TunegateCostBurn",
+        "TunegateCheckPassRateDrop",
     }
     fired = {
         case["alertname"]
@@ -316,10 +329,12 @@ def stack(tools: Tools, tmp_path_factory: pytest.TempPathFactory) -> Iterator[St
     workdir = tmp_path_factory.mktemp("observability")
     sim = Simulator()
     shadow = {"shadow": {"variant": "few_shot", "rate": 1.0}}
+    checked = {"type": "json", "schema": TRIAGE_SCHEMA, "checks": [{"contains": "category"}]}
+    judge = {"upstream": "sim", "model": "gpt-4o-mini", "rate": 1.0, "rubric": "Right category."}
     tasks = {
-        TRIAGE: task_config(routing=shadow),
+        TRIAGE: task_config(output=checked, routing=shadow, judge={**judge, "pairwise": True}),
         NOTES: task_config(output={"type": "text"}),
-        AB: task_config(weights={"tuned": 50, "few_shot": 50}),
+        AB: task_config(output=checked, weights={"tuned": 50, "few_shot": 50}, judge=judge),
     }
     try:
         with running_gateway(workdir, gateway_config(sim.url, tasks)) as gateway:
@@ -401,7 +416,7 @@ def test_the_dashboard_variables_list_tasks_and_variants(stack: Stack) -> None:
         (
             NOTES,
             "tuned",
-            WITHOUT_DATA | {"JSON validity by variant", *FAULTS, *SHADOW, *DIFFERENCES},
+            WITHOUT_DATA | {"JSON validity by variant", *FAULTS, *SHADOW, *DIFFERENCES, *QUALITY},
         ),
         (f"{TRIAGE}|{NOTES}", "tuned|few_shot", WITHOUT_DATA | DIFFERENCES),  # multi-value form
     ],

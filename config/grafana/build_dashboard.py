@@ -21,6 +21,8 @@ DATASOURCE = {"type": "prometheus", "uid": "prometheus"}  # provisioning/datasou
 RATE = "$__rate_interval"
 
 TASK = 'task=~"$task"'
+CHECKS = "tunegate_check_results_total"
+PASSED = 'result="pass"'
 VARIANT = 'variant=~"$variant"'
 ANSWERED = 'outcome!="rejected"'
 
@@ -318,6 +320,56 @@ PANELS: list[dict[str, Any]] = [
         ],
         max_value=1,
     ),
+    row("Quality signals: output checks and judge"),
+    panel(
+        "Output checks passed",
+        "Share of evaluated answers that passed each output check (output.checks), by "
+        "variant and check kind, over the last 30 minutes; re-asked answers count each "
+        "time. Alert TunegateCheckPassRateDrop fires below 80%.",
+        "percentunit",
+        [
+            (
+                rate(series(CHECKS, TASK, VARIANT, PASSED), "variant, check")
+                + " / "
+                + rate(series(CHECKS, TASK, VARIANT), "variant, check"),
+                "{{variant}} {{check}}",
+            )
+        ],
+        max_value=1,
+    ),
+    panel(
+        "Judge score by variant",
+        "Mean judge score (score/10) of judged samples over the last hour, by the variant "
+        "that made the answer.",
+        "percentunit",
+        [
+            (
+                " / ".join(
+                    f"sum by (variant) (increase({series(name, TASK, VARIANT)}[1h]))"
+                    for name in ("tunegate_judge_score_sum", "tunegate_judge_score_count")
+                ),
+                "{{variant}}",
+            )
+        ],
+        max_value=1,
+    ),
+    panel(
+        "Judge calls by result, and their cost",
+        "Judgements per second by kind (point, pair) and result (ok, invalid, error, "
+        "skipped: more than 16 in flight); the judge's cost per hour, apart from callers'.",
+        "reqps",
+        [
+            (
+                rate(series("tunegate_judge_requests_total", TASK), "kind, result"),
+                "{{kind}} {{result}}",
+            ),
+            (
+                f"{rate(series('tunegate_judge_cost_usd_total', TASK), 'model')} * 3600",
+                "USD/h {{model}}",
+            ),
+        ],
+    ),
+    difference("Judge preference, tuned win rate - 0.5", "preference", "percentunit"),
     row("Experiments"),
     panel(
         "Traffic split",
