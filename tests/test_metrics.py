@@ -50,6 +50,7 @@ SPEC_METRICS = {
     "tunegate_judge_requests": ("counter", {"task", "kind", "result"}),
     "tunegate_judge_cost_usd": ("counter", {"task", "model"}),
     "tunegate_judge_score": ("histogram", {"task", "variant"}),
+    "tunegate_capture": ("counter", {"task", "result"}),
     "tunegate_experiment_weight": ("gauge", {"task", "variant"}),
     "tunegate_experiment_state": ("gauge", {"task", "state"}),
     "tunegate_experiment_samples": ("gauge", {"task", "variant"}),
@@ -167,6 +168,7 @@ def test_every_spec_metric_is_exposed_with_its_type_and_labels() -> None:
         )
     )
     metrics.record_feedback(TASK, "tuned", 1.0)
+    metrics.record_capture(TASK, "kept")
     metrics.record_shadow(shadow_outcome())
     metrics.record_judgement(
         JudgeOutcome("r1", TASK, "point", "gpt-4o-mini", "ok", "tuned", score=8.0, cost_usd=1e-5)

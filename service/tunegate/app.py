@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from tunegate import __version__
 from tunegate.api.admin import Reloader, reload_config, watch_sighup
+from tunegate.api.capture import get_capture
 from tunegate.api.chat import chat_completions
 from tunegate.api.drain import drain_on_sigterm
 from tunegate.api.errors import install_error_handlers
@@ -25,6 +26,7 @@ from tunegate.config.compiled import GatewayConfig, load_config, missing_secrets
 from tunegate.config.settings import Settings
 from tunegate.errors import ConfigError
 from tunegate.experiments.adaptive import Watcher
+from tunegate.experiments.capture import Capture
 from tunegate.experiments.recorder import Experiments
 from tunegate.flow.gateway import Gateway
 from tunegate.flow.judge import Judges
@@ -76,6 +78,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_route("/v1/models", list_models, methods=["GET"])
     app.add_route("/v1/models/{task}", retrieve_model, methods=["GET"])
     app.add_route("/admin/reload", reload_config, methods=["POST"])
+    app.add_route("/admin/capture/{task}", get_capture, methods=["GET"])
     app.add_route("/v1/feedback", post_feedback, methods=["POST"])
     app.add_route("/v1/experiments/{task}", get_experiments, methods=["GET"])
     app.add_route("/healthz", healthz, methods=["GET"])
@@ -101,11 +104,15 @@ async def open_services(stack: AsyncExitStack, settings: Settings, metrics: Metr
     stack.push_async_callback(limits.aclose)
     experiments = Experiments(store)
     stack.push_async_callback(experiments.drain)  # before the store closes
+    capture = Capture(store, counted=metrics.record_capture)
+    stack.push_async_callback(capture.drain)  # before the store closes
     cache = Cache(store)
     watcher = Watcher(experiments, metrics.publish_experiment)
 
     def build(config: GatewayConfig, upstreams: Upstreams) -> Runtime:
-        return build_runtime(config, upstreams, cache, metrics, limits, experiments, watcher)
+        return build_runtime(
+            config, upstreams, cache, metrics, limits, experiments, watcher, capture
+        )
 
     upstreams = Upstreams(config.upstreams, settings.environ)
     reloader = Reloader(build(config, upstreams), settings, upstreams, build)
@@ -119,7 +126,7 @@ async def open_services(stack: AsyncExitStack, settings: Settings, metrics: Metr
             "auth: no keys configured, running in OPEN MODE: any caller may use "
             "every task and force variants; configure auth.keys for production"
         )
-    return Services(metrics, store, limits, experiments, watcher, reloader)
+    return Services(metrics, store, limits, experiments, watcher, reloader, capture=capture)
 
 
 def _store_url(stack: AsyncExitStack, settings: Settings) -> str:
@@ -149,6 +156,7 @@ def build_runtime(
     limits: Limits | None = None,
     experiments: Experiments | None = None,
     watcher: Watcher | None = None,
+    capture: Capture | None = None,
 ) -> Runtime:
     prices = PriceTable({m: Price(i, o) for m, (i, o) in config.pricing.items()})
     # The first lookup of a model costs tens of ms: pay it at start-up, not on a request.
@@ -162,6 +170,8 @@ def build_runtime(
         recorders.append(experiments.record)
         shadow_recorders.append(experiments.record_shadow)
         judge_recorders.append(experiments.record_judgement)
+    if capture is not None:
+        recorders.append(capture.record)
     judges = Judges(upstreams, prices, judge_recorders)
     shadows = Shadows(upstreams, prices, shadow_recorders, judges=judges)
     gateway = Gateway(

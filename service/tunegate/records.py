@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tunegate.config.compiled import Task, Variant
+from tunegate.config.compiled import CapturePolicy, Task, Variant
 from tunegate.quality.checks import CheckVerdict
 
 Message = Mapping[str, Any]
@@ -32,6 +32,9 @@ class Call:
     cache_read: bool = True
     cache_write: bool = True
     key_digest: str | None = None  # the caller's API key (sha256); None in open mode
+    # Asked as a stream; `capture` False for keys with `capture: false` (SPEC §9).
+    stream: bool = False
+    capture: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +48,20 @@ class UpstreamCall:
     completion_tokens: int = 0
     cost_usd: float = 0.0
     error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """What capture (SPEC §9) may keep of an answered request of a task that captures:
+    the caller's messages, the validated answer the caller got, and what bars keeping it
+    (a stream, a key that opted out). Only on answers made by an upstream call for this
+    request (never cache hits) that no one forced."""
+
+    messages: tuple[Message, ...]
+    answer: str
+    policy: CapturePolicy
+    stream: bool
+    opted_out: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +95,7 @@ class Outcome:
     ttft_seconds: float | None = None
     saved_usd: float = 0.0
     key_digest: str | None = None  # the `Call`'s: whose budget the cost counts against
+    exchange: Exchange | None = None
 
     @property
     def cost_usd(self) -> float:

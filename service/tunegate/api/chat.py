@@ -57,6 +57,7 @@ async def chat_completions(request: Request, incoming: Incoming) -> Response:
         chat_params(body, task),
         body.user,
         cache_mode(request.headers),
+        stream=bool(body.stream),
     )
     await admit(incoming.services, admission)
     gateway = runtime.gateway

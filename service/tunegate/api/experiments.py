@@ -45,6 +45,9 @@ async def post_feedback(request: Request) -> Response:
     if not recorded:
         raise Conflict(f"The request {request_id!r} already has feedback.")
     services.metrics.record_feedback(record.task, record.served, score)
+    task = services.runtime.config.tasks.get(record.task)
+    if task is not None and task.capture is not None and services.capture is not None:
+        await services.capture.add_score(task.name, task.capture, request_id, score)
     return _json(
         {
             "request_id": request_id,

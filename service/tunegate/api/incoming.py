@@ -125,6 +125,8 @@ def make_call(
     params: Mapping[str, Any],
     user: str | None,
     cache: tuple[bool, bool],
+    *,
+    stream: bool = False,
 ) -> tuple[Call, Admission]:
     """The call for the gateway, and the admission to check before it runs (after every
     400/403 the request can get, so a refused request takes no slot of the key's)."""
@@ -156,6 +158,8 @@ def make_call(
         cache_read=cache[0],
         cache_write=cache[1],
         key_digest=principal.key.sha256 if principal.key is not None else None,
+        stream=stream,
+        capture=principal.key.capture if principal.key is not None else True,
     )
     return call, Admission(principal.key, request_id)
 

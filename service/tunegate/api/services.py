@@ -13,6 +13,7 @@ from starlette.requests import Request
 
 from tunegate.config.compiled import ApiKey, GatewayConfig
 from tunegate.experiments.adaptive import Watcher
+from tunegate.experiments.capture import Capture
 from tunegate.experiments.recorder import Experiments
 from tunegate.flow.gateway import Gateway
 from tunegate.observability.metrics import Metrics
@@ -63,6 +64,7 @@ class Services:
     load: Load = field(default_factory=Load)
     draining: bool = False
     drain_task: asyncio.Task[None] | None = None
+    capture: Capture | None = None
 
     @property
     def runtime(self) -> Runtime:

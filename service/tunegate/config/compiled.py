@@ -139,6 +139,17 @@ class CachePolicy:
 
 
 @dataclass(frozen=True)
+class CapturePolicy:
+    """`capture:` compiled: `variants` is the set whose answers may be kept."""
+
+    rate: float
+    variants: frozenset[str]
+    only_valid: bool
+    ttl_s: int
+    max_examples: int
+
+
+@dataclass(frozen=True)
 class TuningTarget:
     """`tuning:` of a task: the system prompt, base model and upstream of its next tuned
     model (each None when not given; `config/tuning.py` resolves the defaults)."""
@@ -176,6 +187,7 @@ class Task:
     # `output.checks` compiled, with `on_fail`; None when the task has none.
     checks: output_checks.CheckSet | None = None
     judge: Judge | None = None
+    capture: CapturePolicy | None = None
 
     @property
     def is_json(self) -> bool:
@@ -197,6 +209,7 @@ class ApiKey:
     rpm: int | None
     daily_budget_usd: float | None
     admin: bool
+    capture: bool = True
 
 
 @dataclass(frozen=True)
@@ -503,6 +516,7 @@ def _compile_task(
             f"use one of: {', '.join(sorted(upstreams))}."
         )
     judge = _compile_judge(f"{at}.judge", task, upstreams, problems)
+    capture = _compile_capture(f"{at}.capture", task, routing, problems)
     if len(problems) > before or routing is None:
         return None
     cache_file = task.cache or CacheFile()
@@ -530,6 +544,30 @@ def _compile_task(
         tuning=TuningTarget(tuning.system, tuning.base_model, tuning.upstream) if tuning else None,
         checks=checks,
         judge=judge,
+        capture=capture,
+    )
+
+
+def _compile_capture(
+    at: str, task: TaskFile, routing: Routing | None, problems: list[str]
+) -> CapturePolicy | None:
+    """`capture:`; its `variants` default to the arms (weight above 0)."""
+    capture = task.capture
+    if capture is None or routing is None:
+        return None
+    if capture.variants is None:
+        variants = [n for n, w in routing.weights.items() if w > 0]
+    else:
+        variants = capture.variants
+        for i, vname in enumerate(variants):
+            if vname not in task.variants:
+                problems.append(_missing_variant(f"{at}.variants.{i}", vname, list(task.variants)))
+    return CapturePolicy(
+        rate=capture.rate,
+        variants=frozenset(variants),
+        only_valid=capture.only_valid,
+        ttl_s=capture.ttl_days * 86400,
+        max_examples=capture.max_examples,
     )
 
 
@@ -763,6 +801,7 @@ def _compile_keys(
                 rpm=key.rpm,
                 daily_budget_usd=key.daily_budget_usd,
                 admin=key.admin,
+                capture=key.capture,
             )
         )
     return tuple(keys)

@@ -119,9 +119,15 @@ class RoutingFile(FileModel):
 
 
 class CaptureFile(FileModel):
+    """`capture:` of a task (SPEC §9, §12): keep a sample of its validated exchanges for
+    fine-tuning."""
+
     rate: float = Field(ge=0, le=1)
+    # Which serving variants' answers are kept; default: the arms (weight above 0).
+    variants: list[str] | None = None
     only_valid: bool = True
-    ttl_days: int = Field(default=30, ge=1)
+    ttl_days: int = Field(default=30, ge=1, le=3650)
+    max_examples: int = Field(default=50_000, ge=1, le=10_000_000)
 
 
 class TuningFile(FileModel):
@@ -165,6 +171,8 @@ class KeyFile(FileModel):
     rpm: int | None = Field(default=None, ge=1)
     daily_budget_usd: float | None = Field(default=None, gt=0)
     admin: bool = False
+    # False: this caller's exchanges are never captured (SPEC §9).
+    capture: bool = True
 
 
 class AuthFile(FileModel):

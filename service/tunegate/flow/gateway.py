@@ -40,7 +40,16 @@ from tunegate.pricing import PriceTable, format_usd
 from tunegate.quality import jsonguard
 from tunegate.quality.checks import CheckVerdict
 from tunegate.quality.checks import corrective_message as checks_corrective
-from tunegate.records import Answer, CacheState, Call, Message, Outcome, Status, UpstreamCall
+from tunegate.records import (
+    Answer,
+    CacheState,
+    Call,
+    Exchange,
+    Message,
+    Outcome,
+    Status,
+    UpstreamCall,
+)
 from tunegate.state.cache import Cache, Entry, Write, cache_key_for
 
 log = logging.getLogger("tunegate.gateway")
@@ -243,7 +252,7 @@ class Gateway:
     def _served(self, call: Call, trail: _Trail, answer: Answer) -> Answer:
         """Record an answer served by an upstream call, start its shadow if sampled, and
         its judgement if it is a sample the judge samples."""
-        self.record(self._outcome(call, trail, answer.variant.name, "ok"))
+        self.record(self._outcome(call, trail, answer.variant.name, "ok", answer.content))
         if self._judges is not None and call.forced is None and not answer.fallback_from:
             self._judges.point(
                 Judged(
@@ -501,7 +510,8 @@ class Gateway:
             raise AllAttemptsFailed(f"The stream broke off: {exc}") from None
         finally:
             await deltas.aclose()  # type: ignore[attr-defined]  # an async generator
-            self.record(self._outcome(call, trail, variant.name, status))
+            answered = "".join(text) if status == "ok" else None
+            self.record(self._outcome(call, trail, variant.name, status, answered))
 
     # -- bookkeeping --------------------------------------------------------------------
 
@@ -578,9 +588,22 @@ class Gateway:
             system_fingerprint=completion.system_fingerprint,
         )
 
-    def _outcome(self, call: Call, trail: _Trail, served: str | None, status: Status) -> Outcome:
+    def _outcome(
+        self,
+        call: Call,
+        trail: _Trail,
+        served: str | None,
+        status: Status,
+        answered: str | None = None,
+    ) -> Outcome:
+        """How the request ended; `answered` is the text an upstream call produced for it
+        (kept on the outcome as an `Exchange` when the task captures)."""
         if status == "ok" and trail.failures:
             status = "fallback"
+        exchange = None
+        policy = call.task.capture
+        if policy is not None and answered is not None and call.forced is None:
+            exchange = Exchange(call.messages, answered, policy, call.stream, not call.capture)
         return Outcome(
             request_id=call.request_id,
             task=call.task.name,
@@ -602,4 +625,5 @@ class Gateway:
             ttft_seconds=trail.ttft_seconds,
             saved_usd=trail.saved_usd,
             key_digest=call.key_digest,
+            exchange=exchange,
         )

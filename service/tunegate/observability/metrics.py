@@ -230,6 +230,11 @@ EXPERIMENT_SAMPLES = Family(
     ("task", "variant"),
 )
 
+CAPTURE = Family(
+    "tunegate_capture_total",
+    "Sampled exchanges kept for fine-tuning, or skipped (opted-out key, failed check, stream).",
+    ("task", "result"),
+)
 FAMILIES = (
     REQUESTS,
     REQUEST_DURATION,
@@ -242,6 +247,7 @@ FAMILIES = (
     CACHE_SAVED,
     JSON_VALIDATION,
     CHECK_RESULTS,
+    CAPTURE,
     UPSTREAM_ERRORS,
     FALLBACKS,
     FEEDBACK_SCORE,
@@ -426,6 +432,12 @@ class Metrics:
         overall = document["decision"].get("recommendation") or "undecided"
         gauges[EXPERIMENT_DECISION][(task, "overall", overall)] = 1.0
         self._experiments[task] = gauges
+
+    def record_capture(self, task: str, result: str) -> None:
+        """Count one sampled exchange, `kept` or `skipped` (SPEC §9)."""
+        self._counts[CAPTURE].add((task, result))
+        if self._files is not None and not self._flush_pending:
+            self._schedule_flush()
 
     def record_feedback(self, task: str, variant: str, score: float) -> None:
         """Record a feedback score (0..1; true/false as 1/0) for the serving variant."""
