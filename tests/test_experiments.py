@@ -25,6 +25,7 @@ from tests.harness import (
     TUNED,
     Gateway,
     Simulator,
+    free_port,
     gateway_config,
     running_gateway,
     simulator_with,
@@ -277,3 +278,17 @@ def test_feedback_takes_the_completion_id_and_the_task_native_id(
         unknown = feedback(gw, {"request_id": "chatcmpl-nope", "score": 1})
         assert unknown.status_code == 404
         client.close()
+
+
+def test_a_store_that_fails_is_an_error_not_zero_figures(
+    sim: Simulator, server: RedisServer, tmp_path: Path
+) -> None:
+    config = config_with_keys(sim, {"fresh": task_config()})
+    with running_gateway(tmp_path, config, redis_url=server.url) as gw:
+        empty = figures(gw, "fresh")  # no samples yet: zeros
+        assert empty["variants"]["tuned"]["requests"] == 0
+    down = f"redis://127.0.0.1:{free_port()}"  # nothing listens there
+    with running_gateway(tmp_path, config, redis_url=down) as gw:
+        failed = experiments(gw, "fresh")
+        assert failed.status_code == 503
+        assert failed.json()["error"]["code"] == "not_ready"

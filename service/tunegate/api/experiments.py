@@ -19,7 +19,6 @@ from tunegate.errors import (
     PermissionDenied,
     Unavailable,
 )
-from tunegate.experiments.report import build_document
 
 MAX_COMMENT_CHARS = 2000
 FEEDBACK_BODY_LIMIT = 64 * 1024
@@ -100,8 +99,7 @@ async def get_experiments(request: Request) -> Response:
     task = runtime.config.tasks.get(name)
     if task is None:
         raise NotFound(f"The task {name!r} does not exist.")
-    experiments = services.experiments
-    await experiments.settle()
-    sums = await experiments.read(task.name, task.variants)
-    pairs = await experiments.read_pairs(task.name, task.variants)
-    return _json(build_document(task, sums, pairs=pairs))
+    document = await services.experiments.document(task)
+    if document is None:
+        raise Unavailable("The store is unavailable; retry shortly.", code="not_ready")
+    return _json(document)

@@ -166,7 +166,6 @@ async def _report_from_store(task_name: str, config_path: Path | None) -> dict[s
     from tunegate.config.compiled import load_config
     from tunegate.config.settings import settings_from_env
     from tunegate.experiments.recorder import Experiments
-    from tunegate.experiments.report import build_document
     from tunegate.state.store import Store
 
     settings = settings_from_env(config_path=config_path)
@@ -177,14 +176,12 @@ async def _report_from_store(task_name: str, config_path: Path | None) -> dict[s
         raise RuntimeError(f"no task {task_name!r} in {settings.config_path}")
     store = Store(settings.redis_url, socket_timeout_ms=2000, connect_timeout_ms=2000)
     try:
-        experiments = Experiments(store)
-        sums = await experiments.read(task.name, task.variants)
-        pairs = await experiments.read_pairs(task.name, task.variants)
-        if store.state != "ok":
-            raise RuntimeError(f"cannot read the store at {settings.redis_url}")
+        document = await Experiments(store).document(task)
     finally:
         await store.close()
-    return build_document(task, sums, pairs=pairs)
+    if document is None:  # the URL is not shown: it can hold the store's password
+        raise RuntimeError("cannot read the store at REDIS_URL")
+    return document
 
 
 def _keys_hash(args: argparse.Namespace) -> int:

@@ -30,7 +30,6 @@ from typing import Any, Literal
 
 from tunegate.config.compiled import GatewayConfig, Task, cumulative_weights
 from tunegate.experiments.recorder import Experiments
-from tunegate.experiments.report import build_document
 from tunegate.flow.router import Cumulative
 
 log = logging.getLogger("tunegate.adaptive")
@@ -171,7 +170,6 @@ class Watcher:
         async with self._lock:
             if self._finished > arrived and config is self._config:
                 return
-            await self._experiments.settle()
             await self._refresh(config)
 
     async def _refresh(self, config: GatewayConfig) -> None:
@@ -182,11 +180,9 @@ class Watcher:
         for task in config.tasks.values():
             if len(task.variants) < 2:
                 continue
-            sums = await self._experiments.read(task.name, task.variants)
-            if self._experiments.store_degraded:
+            document = await self._experiments.document(task)
+            if document is None:  # the store failed: the last split stands
                 continue
-            pairs = await self._experiments.read_pairs(task.name, task.variants)
-            document = build_document(task, sums, pairs=pairs)
             self._update(task, document)
             self._publish(task.name, document, self._splits[task.name])
         self._finished = number

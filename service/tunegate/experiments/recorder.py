@@ -36,9 +36,13 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
+from tunegate.config.compiled import Task
+from tunegate.experiments import fields as f
+from tunegate.experiments.report import build_document
 from tunegate.experiments.stats import bucket_of
 from tunegate.records import JudgeOutcome, Outcome, ShadowOutcome
 from tunegate.state.store import Store
@@ -53,8 +57,8 @@ FLUSH_S = 0.02
 
 # One batch of samples. KEYS: the request records, then the aggregate hashes. ARGV[1]:
 # JSON {"records": [value...], "record_ttl": s, "sums": [[{field: int}, {field: float}]...],
-# "now": unix time, "aggregate_ttl": s}; every number but the counts and TTLs is a string,
-# so no float is rounded on its way through Lua.
+# "now": unix time, "aggregate_ttl": s, "first_ts"/"last_ts": the names of those fields};
+# every number but the counts and TTLs is a string, so no float is rounded through Lua.
 _RECORD = """
 local batch = cjson.decode(ARGV[1])
 local records = #batch.records
@@ -65,8 +69,8 @@ for j, sums in ipairs(batch.sums) do
     local key = KEYS[records + j]
     for field, n in pairs(sums[1]) do redis.call("HINCRBY", key, field, n) end
     for field, x in pairs(sums[2]) do redis.call("HINCRBYFLOAT", key, field, x) end
-    redis.call("HSETNX", key, "first_ts", batch.now)
-    redis.call("HSET", key, "last_ts", batch.now)
+    redis.call("HSETNX", key, batch.first_ts, batch.now)
+    redis.call("HSET", key, batch.last_ts, batch.now)
     redis.call("EXPIRE", key, batch.aggregate_ttl)
 end
 return 1
@@ -80,16 +84,17 @@ end
 return result
 """
 
-# KEYS: [feedback marker, aggregate hash]. ARGV: [marker value, ttl, prefix, score,
-# score squared, aggregate ttl]. 1 when recorded, 0 when the request already had feedback.
+# KEYS: [feedback marker, aggregate hash]. ARGV: [marker value, ttl, score, score squared,
+# aggregate ttl, the count, sum and sum-of-squares fields]. 1 when recorded, 0 when the
+# request already had feedback.
 _FEEDBACK = """
 if not redis.call("SET", KEYS[1], ARGV[1], "NX", "EX", tonumber(ARGV[2])) then
     return 0
 end
-redis.call("HINCRBY", KEYS[2], ARGV[3] .. "_n", 1)
-redis.call("HINCRBYFLOAT", KEYS[2], ARGV[3] .. "_s", ARGV[4])
-redis.call("HINCRBYFLOAT", KEYS[2], ARGV[3] .. "_ss", ARGV[5])
-redis.call("EXPIRE", KEYS[2], tonumber(ARGV[6]))
+redis.call("HINCRBY", KEYS[2], ARGV[6], 1)
+redis.call("HINCRBYFLOAT", KEYS[2], ARGV[7], ARGV[3])
+redis.call("HINCRBYFLOAT", KEYS[2], ARGV[8], ARGV[4])
+redis.call("EXPIRE", KEYS[2], tonumber(ARGV[5]))
 return 1
 """
 
@@ -129,21 +134,21 @@ def sample_fields(outcome: Outcome) -> SampleFields | None:
     answered = [c for c in own if c.error is None]
     cost = sum(c.cost_usd for c in own)
     ints = {
-        "n": 1,
-        "ok": ok,
-        "first_valid": int(bool(checks) and checks[0] == "valid"),
-        "repaired": int("repaired" in checks or len(checks) > 1),
-        "calls": len(answered),
-        "pt": sum(c.prompt_tokens for c in answered),
-        "ct": sum(c.completion_tokens for c in answered),
-        f"h:{bucket_of(outcome.seconds)}": 1,
+        f.N: 1,
+        f.OK: ok,
+        f.FIRST_VALID: int(bool(checks) and checks[0] == "valid"),
+        f.REPAIRED: int("repaired" in checks or len(checks) > 1),
+        f.CALLS: len(answered),
+        f.PROMPT_TOKENS: sum(c.prompt_tokens for c in answered),
+        f.COMPLETION_TOKENS: sum(c.completion_tokens for c in answered),
+        f.histogram(bucket_of(outcome.seconds)): 1,
     }
     floats = {
-        "lat": outcome.seconds,
-        "lat_sq": outcome.seconds**2,
-        "cost": cost,
-        "cost_sq": cost * cost,
-        "cost_ok": cost * ok,
+        f.LATENCY: outcome.seconds,
+        f.squared(f.LATENCY): outcome.seconds**2,
+        f.COST: cost,
+        f.squared(f.COST): cost * cost,
+        f.COST_OK: cost * ok,
     }
     first = next((v for name, v in outcome.check_results if name == chosen), None)
     if first is not None:
@@ -177,16 +182,21 @@ def shadow_fields(outcome: ShadowOutcome) -> SampleFields | None:
         return None
     answered = outcome.status == "ok"
     ints = {
-        "n": 1,
-        "answered": int(answered),
-        "invalid": int(outcome.status == "invalid"),
-        "agree": int(bool(outcome.agree)),
+        f.N: 1,
+        f.ANSWERED: int(answered),
+        f.INVALID: int(outcome.status == "invalid"),
+        f.AGREE: int(bool(outcome.agree)),
     }
-    floats = {"cost": outcome.cost_usd}
+    floats = {f.COST: outcome.cost_usd}
     if answered:
         d_lat = outcome.seconds - outcome.primary_seconds
         d_cost = outcome.cost_usd - outcome.primary_cost_usd
-        floats |= {"dl": d_lat, "dl_sq": d_lat * d_lat, "dc": d_cost, "dc_sq": d_cost * d_cost}
+        floats |= {
+            f.D_LATENCY: d_lat,
+            f.squared(f.D_LATENCY): d_lat * d_lat,
+            f.D_COST: d_cost,
+            f.squared(f.D_COST): d_cost * d_cost,
+        }
     return SampleFields(ints, floats)
 
 
@@ -324,6 +334,8 @@ class Experiments:
             ],
             "now": repr(self._clock()),
             "aggregate_ttl": AGGREGATE_TTL_S,
+            "first_ts": f.FIRST_TS,
+            "last_ts": f.LAST_TS,
         }
         keys = [*batch.records, *batch.sums]
         write = asyncio.get_running_loop().create_task(
@@ -342,14 +354,26 @@ class Experiments:
     async def drain(self) -> None:
         await self.settle(timeout_s=5.0)
 
-    async def read(self, task: str, variants: Iterable[str]) -> dict[str, dict[str, float]]:
-        """The hash of each variant of `task`, field -> number (empty when absent or the
-        store failed)."""
+    async def document(self, task: Task) -> dict[str, Any] | None:
+        """`task`'s experiments document as the store has it now (this process's gathered
+        samples written first); None when the store failed: no figures, not zeros."""
+        await self.settle()
+        sums = await self.read(task.name, task.variants)
+        if sums is None:
+            return None
+        pairs = await self.read_pairs(task.name, task.variants)
+        if pairs is None:
+            return None
+        return build_document(task, sums, pairs=pairs)
+
+    async def read(self, task: str, variants: Iterable[str]) -> dict[str, dict[str, float]] | None:
+        """The hash of each variant of `task`, field -> number (empty when absent); None
+        when the store failed."""
         names = list(variants)
         reply = await self._store.run(self._read_script, [aggregate_key(task, v) for v in names])
-        sums: dict[str, dict[str, float]] = {name: {} for name in names}
         if not isinstance(reply, list):
-            return sums
+            return None
+        sums: dict[str, dict[str, float]] = {name: {} for name in names}
         for name, flat in zip(names, reply, strict=False):
             if isinstance(flat, list):
                 sums[name] = _parse_hash(flat)
@@ -357,17 +381,18 @@ class Experiments:
 
     async def read_pairs(
         self, task: str, variants: Iterable[str]
-    ) -> dict[tuple[str, str], dict[str, float]]:
+    ) -> dict[tuple[str, str], dict[str, float]] | None:
         """The shadow pair hashes of `task`, by (primary, shadow), for every ordered pair
-        of `variants` (empty when absent or the store failed)."""
+        of `variants` (empty when absent); None when the store failed."""
         names = list(variants)
         pairs = [(a, b) for a in names for b in names if a != b]
         reply = await self._store.run(self._read_script, [pair_key(task, a, b) for a, b in pairs])
+        if not isinstance(reply, list):
+            return None
         sums: dict[tuple[str, str], dict[str, float]] = {pair: {} for pair in pairs}
-        if isinstance(reply, list):
-            for pair, flat in zip(pairs, reply, strict=False):
-                if isinstance(flat, list):
-                    sums[pair] = _parse_hash(flat)
+        for pair, flat in zip(pairs, reply, strict=False):
+            if isinstance(flat, list):
+                sums[pair] = _parse_hash(flat)
         return sums
 
     async def request(self, request_id: str) -> RequestRecord | None:
@@ -401,10 +426,10 @@ class Experiments:
             [
                 marker,
                 self._request_ttl_s,
-                "fb" if record.sample else "fbx",
                 repr(score),
                 repr(score * score),
                 AGGREGATE_TTL_S,
+                *f.feedback(f.FEEDBACK if record.sample else f.FEEDBACK_NOT_SAMPLED),
             ],
         )
         if reply is None:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from tunegate.config.compiled import Task, Variant
+from tunegate.experiments import fields as f
 from tunegate.experiments import quality, stats
 from tunegate.experiments.stats import Comparison, Interval, Moments, Policy, RatioSums
 
@@ -86,27 +87,27 @@ def _shadow(
     the parsed outputs, and a - b differences of latency and cost on the same inputs."""
     a, b = names
     a_first, b_first = pairs.get((a, b), {}), pairs.get((b, a), {})
-    calls = _count(a_first, "n") + _count(b_first, "n")
+    calls = _count(a_first, f.N) + _count(b_first, f.N)
     if not calls:
         return None
-    answered = _count(a_first, "answered") + _count(b_first, "answered")
-    agree = _count(a_first, "agree") + _count(b_first, "agree")
+    answered = _count(a_first, f.ANSWERED) + _count(b_first, f.ANSWERED)
+    agree = _count(a_first, f.AGREE) + _count(b_first, f.AGREE)
 
     def paired(field: str) -> dict[str, Any]:
         # Stored as shadow - primary: b - a when a answered the caller, a - b otherwise.
         total = b_first.get(field, 0.0) - a_first.get(field, 0.0)
-        total_sq = a_first.get(f"{field}_sq", 0.0) + b_first.get(f"{field}_sq", 0.0)
+        total_sq = a_first.get(f.squared(field), 0.0) + b_first.get(f.squared(field), 0.0)
         return _mean_json(Moments(answered, total, total_sq), alpha)
 
     return {
         "calls": calls,
-        "by_primary": {a: _count(a_first, "n"), b: _count(b_first, "n")},
+        "by_primary": {a: _count(a_first, f.N), b: _count(b_first, f.N)},
         "answered": answered,
-        "invalid": _count(a_first, "invalid") + _count(b_first, "invalid"),
+        "invalid": _count(a_first, f.INVALID) + _count(b_first, f.INVALID),
         "agreement": _rate(agree, answered, alpha),
-        "latency_s_difference": paired("dl"),
-        "cost_usd_difference": paired("dc"),
-        "shadow_cost_usd": a_first.get("cost", 0.0) + b_first.get("cost", 0.0),
+        "latency_s_difference": paired(f.D_LATENCY),
+        "cost_usd_difference": paired(f.D_COST),
+        "shadow_cost_usd": a_first.get(f.COST, 0.0) + b_first.get(f.COST, 0.0),
     }
 
 
@@ -119,7 +120,7 @@ def _pair(task: Task, sums: Mapping[str, Sums]) -> tuple[str, str] | None:
     tuned = next((n for n in names if task.variants[n].is_tuned), None)
     if tuned is None:
         return names[0], names[1]
-    others = sorted((n for n in names if n != tuned), key=lambda n: -sums.get(n, {}).get("n", 0))
+    others = sorted((n for n in names if n != tuned), key=lambda n: -sums.get(n, {}).get(f.N, 0))
     return tuned, others[0]
 
 
@@ -127,19 +128,19 @@ def _count(s: Sums, field: str) -> int:
     return int(s.get(field, 0))
 
 
-def _moments(s: Sums, prefix: str, count: str = "n") -> Moments:
-    return Moments(_count(s, count), s.get(prefix, 0.0), s.get(f"{prefix}_sq", 0.0))
+def _moments(s: Sums, field: str) -> Moments:
+    return Moments(_count(s, f.N), s.get(field, 0.0), s.get(f.squared(field), 0.0))
 
 
 def _feedback(s: Sums, prefix: str) -> Moments:
-    return Moments(_count(s, f"{prefix}_n"), s.get(f"{prefix}_s", 0.0), s.get(f"{prefix}_ss", 0.0))
+    n, total, total_sq = f.feedback(prefix)
+    return Moments(_count(s, n), s.get(total, 0.0), s.get(total_sq, 0.0))
 
 
 def _ratio(s: Sums) -> RatioSums:
-    ok = s.get("ok", 0.0)
-    return RatioSums(
-        _count(s, "n"), s.get("cost", 0.0), s.get("cost_sq", 0.0), ok, ok, s.get("cost_ok", 0.0)
-    )
+    ok = s.get(f.OK, 0.0)
+    cost, cost_sq = s.get(f.COST, 0.0), s.get(f.squared(f.COST), 0.0)
+    return RatioSums(_count(s, f.N), cost, cost_sq, ok, ok, s.get(f.COST_OK, 0.0))
 
 
 def _pair_json(interval: Interval | None) -> list[float] | None:
@@ -155,20 +156,22 @@ def _mean_json(m: Moments, alpha: float) -> dict[str, Any]:
 
 
 def _variant_figures(task: Task, variant: Variant, s: Sums, policy: Policy) -> dict[str, Any]:
-    n, ok = _count(s, "n"), _count(s, "ok")
+    n, ok = _count(s, f.N), _count(s, f.OK)
     alpha = policy.alpha
-    histogram = {int(k[2:]): int(v) for k, v in s.items() if k.startswith("h:")}
-    cost = _moments(s, "cost")
+    histogram = {
+        int(k.removeprefix(f.HISTOGRAM)): int(v) for k, v in s.items() if k.startswith(f.HISTOGRAM)
+    }
+    cost = _moments(s, f.COST)
     return {
         "model": variant.model,
         "tuned": variant.is_tuned,
         "requests": n,
         "successes": ok,
         "success_rate": _rate(ok, n, alpha),
-        "first_try_valid": _rate(_count(s, "first_valid"), n, alpha) if task.is_json else None,
-        "repair_rate": _rate(_count(s, "repaired"), n, alpha) if task.is_json else None,
+        "first_try_valid": _rate(_count(s, f.FIRST_VALID), n, alpha) if task.is_json else None,
+        "repair_rate": _rate(_count(s, f.REPAIRED), n, alpha) if task.is_json else None,
         "latency_s": {
-            "mean": _moments(s, "lat").mean,
+            "mean": _moments(s, f.LATENCY).mean,
             "p50": stats.histogram_quantile(histogram, 0.5),
             "p95": stats.histogram_quantile(histogram, 0.95),
             # [low, high, count] per non-empty bucket, for charts.
@@ -179,31 +182,31 @@ def _variant_figures(task: Task, variant: Variant, s: Sums, policy: Policy) -> d
             ],
         },
         "tokens_per_request": {
-            "prompt": s.get("pt", 0.0) / n if n else None,
-            "completion": s.get("ct", 0.0) / n if n else None,
+            "prompt": s.get(f.PROMPT_TOKENS, 0.0) / n if n else None,
+            "completion": s.get(f.COMPLETION_TOKENS, 0.0) / n if n else None,
         },
         "cost_usd_per_request": {
             "value": cost.mean,
             "ci95": _pair_json(stats.mean_interval(cost, alpha)),
         },
-        "cost_usd_per_valid_answer": s.get("cost", 0.0) / ok if ok else None,
+        "cost_usd_per_valid_answer": s.get(f.COST, 0.0) / ok if ok else None,
         "valid_answers": ok,
-        "feedback": _mean_json(_feedback(s, "fb"), alpha),
-        "feedback_not_sampled": _mean_json(_feedback(s, "fbx"), alpha),
+        "feedback": _mean_json(_feedback(s, f.FEEDBACK), alpha),
+        "feedback_not_sampled": _mean_json(_feedback(s, f.FEEDBACK_NOT_SAMPLED), alpha),
         "checks_first_try_pass": (
             quality.checks_first_try_pass(s, alpha) if task.checks is not None else None
         ),
         "check_failures": quality.check_failures(s) if task.checks is not None else None,
         "judge_score": quality.judge_score(s, policy) if task.judge is not None else None,
-        "first_sample_at": s.get("first_ts"),
-        "last_sample_at": s.get("last_ts"),
+        "first_sample_at": s.get(f.FIRST_TS),
+        "last_sample_at": s.get(f.LAST_TS),
     }
 
 
 def _compare(
     task: Task, a: Sums, b: Sums, names: tuple[str, str], policy: Policy
 ) -> dict[str, Comparison]:
-    n_a, n_b = _count(a, "n"), _count(b, "n")
+    n_a, n_b = _count(a, f.N), _count(b, f.N)
 
     def proportion(field: str, higher_is_better: bool = True) -> Comparison:
         return stats.compare_proportions(
@@ -216,19 +219,19 @@ def _compare(
             higher_is_better=higher_is_better,
         )
 
-    figures = {"success_rate": proportion("ok")}
+    figures = {"success_rate": proportion(f.OK)}
     if task.is_json:
-        figures["first_try_valid"] = proportion("first_valid")
+        figures["first_try_valid"] = proportion(f.FIRST_VALID)
     figures["latency_s"] = stats.compare_means(
-        _moments(a, "lat"), _moments(b, "lat"), names, policy, higher_is_better=False
+        _moments(a, f.LATENCY), _moments(b, f.LATENCY), names, policy, higher_is_better=False
     )
     figures["cost_usd_per_request"] = stats.compare_means(
-        _moments(a, "cost"), _moments(b, "cost"), names, policy, higher_is_better=False
+        _moments(a, f.COST), _moments(b, f.COST), names, policy, higher_is_better=False
     )
     figures["cost_usd_per_valid_answer"] = stats.compare_ratios(_ratio(a), _ratio(b), names, policy)
     figures["feedback_score"] = stats.compare_means(
-        _feedback(a, "fb"),
-        _feedback(b, "fb"),
+        _feedback(a, f.FEEDBACK),
+        _feedback(b, f.FEEDBACK),
         names,
         policy,
         higher_is_better=True,
@@ -238,7 +241,7 @@ def _compare(
 
 
 def _comparison_json(c: Comparison, a: Sums, b: Sums) -> dict[str, Any]:
-    have = min(_count(a, "n"), _count(b, "n"))
+    have = min(_count(a, f.N), _count(b, f.N))
     return {
         "difference": c.difference,
         "ci95": _pair_json(c.interval),
@@ -268,8 +271,8 @@ def _break_even(
     tuned, other = (a, b) if task.variants[a].is_tuned else (None, b)
     few = task.variants[other]
     s_few = sums.get(other, {})
-    calls = _count(s_few, "calls")
-    prompt_per_call = s_few.get("pt", 0.0) / calls if calls else None
+    calls = _count(s_few, f.CALLS)
+    prompt_per_call = s_few.get(f.PROMPT_TOKENS, 0.0) / calls if calls else None
     est = example_tokens(few)
     cost_of = {name: figures[name]["cost_usd_per_request"]["value"] for name in names}
     saving = None
@@ -298,9 +301,9 @@ def _break_even(
 
 def _requests_per_day(sums: Mapping[str, Sums]) -> float | None:
     """Samples per day over all variants, from the first to the latest sample."""
-    firsts = [s["first_ts"] for s in sums.values() if "first_ts" in s]
-    lasts = [s["last_ts"] for s in sums.values() if "last_ts" in s]
-    total = sum(_count(s, "n") for s in sums.values())
+    firsts = [s[f.FIRST_TS] for s in sums.values() if f.FIRST_TS in s]
+    lasts = [s[f.LAST_TS] for s in sums.values() if f.LAST_TS in s]
+    total = sum(_count(s, f.N) for s in sums.values())
     if not firsts or not lasts or max(lasts) <= min(firsts):
         return None
     return total * 86400.0 / (max(lasts) - min(firsts))
@@ -339,7 +342,7 @@ def _decision(
     a, b = names
     decision = _no_decision(policy, "")
     decision["figures"] = {name: c.decision for name, c in comparisons.items()}
-    have = min(_count(sums.get(a, {}), "n"), _count(sums.get(b, {}), "n"))
+    have = min(_count(sums.get(a, {}), f.N), _count(sums.get(b, {}), f.N))
     if have < policy.min_samples:
         decision["reason"] = f"fewer than {policy.min_samples} samples for a variant"
         return decision
