@@ -64,3 +64,15 @@ def test_the_command_line_lists_its_targets() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "direct,sdk,tunegate-1,tunegate-2,litellm" in done.stdout.replace("\n", "")
+
+
+def test_capacity_model_sizes_pods_and_shards_and_names_the_first_limit() -> None:
+    from bench.capacity_model import PathFigures, plan
+
+    figures = PathFigures("miss", 500.0, 0.2, 20.0, 5.0)
+    small, large = plan(1_000, figures), plan(100_000, figures)
+    assert (small.pods, small.shards, small.first_limit) == (4, 1, "nothing")
+    assert large.pods == 334 and large.shards == 40
+    # one Redis is full at 2,500 req/s, the HPA's 30 pods at 9,000 req/s
+    assert large.first_limit.startswith("one Redis") and "2,500 req/s" in large.first_limit
+    assert "maxReplicas (30 pods) at 9,000 req/s" in large.first_limit
