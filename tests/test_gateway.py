@@ -154,6 +154,31 @@ def test_a_500_is_retried_on_the_same_variant(client: openai.OpenAI, sim: Simula
     assert len(sim.requests(TUNED)) == 2
 
 
+def test_an_input_the_model_refuses_is_the_callers_400_without_fallback(
+    client: openai.OpenAI, gw: Gateway, sim: Simulator
+) -> None:
+    def samples() -> int:
+        document = HTTP.get(f"{gw.url}/v1/experiments/triage").json()
+        return int(document["variants"]["tuned"]["requests"])
+
+    before = samples()
+    sim.script(TUNED, "400")  # the simulator's 400 is context_length_exceeded
+    with pytest.raises(openai.BadRequestError) as caught:
+        ask(client, "triage")
+    assert caught.value.code == "context_length_exceeded"
+    assert caught.value.param == "messages"
+    assert caught.value.response.headers["x-request-id"]
+    assert len(sim.requests(TUNED)) == 1 and sim.requests(BASE) == []
+    assert samples() == before
+    sim.script(TUNED, "400")
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="reply", messages=[{"role": "user", "content": "long"}], stream=True
+        )
+    assert caught.value.code == "context_length_exceeded"
+    assert sim.requests(BASE) == []
+
+
 def test_insufficient_quota_is_not_retried_and_falls_back(
     client: openai.OpenAI, sim: Simulator
 ) -> None:

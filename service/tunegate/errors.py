@@ -14,6 +14,7 @@ into `UpstreamError`s; the config module turns YAML and pydantic errors into
     │   ├── UpstreamTimeout            the attempt timed out          retryable
     │   ├── UpstreamConnectionError    refused, reset, dropped        retryable
     │   ├── UpstreamBadRequest         400/404/409/422                final
+    │   │   └── UpstreamInputRefused   400 blaming the caller's input  final, no fallback
     │   ├── UpstreamAuthError          401/403                        final
     │   └── UpstreamInvalidOutput      answer failed the JSON guard   final for this attempt
     └── GatewayError                   what a caller sees: status, code, OpenAI error type
@@ -82,6 +83,15 @@ class UpstreamConnectionError(UpstreamError):
 
 class UpstreamBadRequest(UpstreamError):
     kind = "bad_request"
+
+
+class UpstreamInputRefused(UpstreamBadRequest):
+    """The upstream refused the caller's input (`context_length_exceeded`): no variant
+    would take it, so the caller gets a 400 with the upstream's `code`."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class UpstreamAuthError(UpstreamError):

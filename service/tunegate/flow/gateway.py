@@ -26,7 +26,9 @@ from tunegate.errors import (
     AllAttemptsFailed,
     DeadlineExceeded,
     GatewayError,
+    InvalidRequest,
     UpstreamError,
+    UpstreamInputRefused,
     UpstreamInvalidOutput,
     UpstreamTimeout,
 )
@@ -210,7 +212,7 @@ class Gateway:
                     call, variant, trail, partial(self._open, call, variant)
                 )
             except UpstreamError as exc:
-                self._failed(trail, name, exc, order)
+                self._failed(call, trail, name, exc, order)
                 continue
             trail.ttft_seconds = self._clock() - trail.started
             opened = Completion("", "stop", 0, 0, first.system_fingerprint)
@@ -239,7 +241,7 @@ class Gateway:
             try:
                 completion, verdict = await self._serve_with(call, variant, trail)
             except UpstreamError as exc:
-                self._failed(trail, name, exc, order)
+                self._failed(call, trail, name, exc, order)
                 continue
             return self._answer(call, variant, completion, verdict, trail)
         raise self._give_up(call, trail)
@@ -525,15 +527,35 @@ class Gateway:
             )
         )
 
-    def _failed(self, trail: _Trail, name: str, exc: UpstreamError, order: tuple[str, ...]) -> None:
+    def _failed(
+        self, call: Call, trail: _Trail, name: str, exc: UpstreamError, order: tuple[str, ...]
+    ) -> None:
+        """Note a variant's failure before the next is tried; raise at once when the
+        caller's input is at fault, which no other variant would take either."""
+        log.info(
+            "variant failed",
+            extra={
+                "request_id": call.request_id,
+                "task": call.task.name,
+                "variant": name,
+                "kind": exc.kind,
+                "detail": str(exc),
+            },
+        )
+        if isinstance(exc, UpstreamInputRefused):
+            # A 400 like any refused request: no fallback, no sample (SPEC §12); the
+            # endpoint records it as rejected.
+            raise InvalidRequest(
+                f"The model of the task {call.task.name!r} refused the input ({exc.code}); "
+                "shorten or correct the messages.",
+                code=exc.code,
+                param="messages",
+                headers={"x-tunegate-cost-usd": format_usd(trail.cost_usd)},
+            ) from None
         trail.failures.append((name, exc))
         position = order.index(name)
         if position + 1 < len(order):
             trail.fallbacks.append((name, order[position + 1], exc.kind))
-        log.info(
-            "variant failed",
-            extra={"variant": name, "kind": exc.kind, "detail": str(exc)},
-        )
 
     def _give_up(self, call: Call, trail: _Trail) -> GatewayError:
         cost = {"x-tunegate-cost-usd": format_usd(trail.cost_usd)}

@@ -27,6 +27,7 @@ from tunegate.errors import (
     UpstreamBadRequest,
     UpstreamConnectionError,
     UpstreamError,
+    UpstreamInputRefused,
     UpstreamQuotaExhausted,
     UpstreamRateLimited,
     UpstreamServerError,
@@ -239,6 +240,12 @@ def _completion_from(body: Any, variant: Variant) -> Completion:
         raise UpstreamServerError(f"{variant.model}: answered without a choice") from None
 
 
+def _blames_input(exc: openai.APIStatusError, code: str | None) -> bool:
+    """A 400 about the caller's messages: too long for the model, or a message refused."""
+    param = exc.param if isinstance(exc.param, str) else ""
+    return code == "context_length_exceeded" or param.startswith("messages")
+
+
 def _text_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
@@ -272,6 +279,8 @@ def _status_error(exc: openai.APIStatusError, model: str) -> UpstreamError:
         return UpstreamRateLimited(label, retry_after_s=retry_after)
     if status in (401, 403):
         return UpstreamAuthError(label)
+    if status == 400 and _blames_input(exc, code):
+        return UpstreamInputRefused(label, code=code or "invalid_request")
     if status >= 500 or status == 408:
         return UpstreamServerError(label)
     return UpstreamBadRequest(label)
