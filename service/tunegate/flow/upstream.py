@@ -108,16 +108,9 @@ class Upstreams:
                 "/chat/completions",
                 body={"model": variant.model, "messages": messages, **request},
                 cast_to=httpx2.Response,
-                options={"timeout": timeout_s},
+                options={"timeout": timeout_s, "headers": {_RAW_RESPONSE: "stream"}},
             )
-            content = raw.content
-            if len(content) > limit:
-                # Beyond what `max_tokens` allows: a broken upstream. Nothing of it is
-                # parsed (a JSON repair of megabytes would hold the event loop for seconds).
-                raise UpstreamServerError(
-                    f"{variant.model}: answered {len(content):,} bytes, over the "
-                    f"{limit:,} its max_tokens allow"
-                )
+            content = await _read_at_most(raw, limit, variant.model)
             body = orjson.loads(content)
         except openai.OpenAIError as exc:
             _translate(exc, variant)
@@ -207,6 +200,42 @@ def _client_for(upstream: Upstream, environ: Mapping[str, str]) -> openai.AsyncO
         max_retries=0,
         timeout=upstream.timeout_s,
         http_client=openai.DefaultAioHttpClient(limits=limits, timeout=upstream.timeout_s),
+    )
+
+
+# The SDK's own switch (what `with_streaming_response` sets) for handing back the response
+# with its body unread, so it can be read here in pieces and cut at the limit.
+_RAW_RESPONSE = "X-Stainless-Raw-Response"
+
+
+async def _read_at_most(response: httpx2.Response, limit: int, model: str) -> bytes:
+    """The body of a streamed response, or `UpstreamServerError` as soon as it passes
+    `limit` bytes: an oversized answer costs at most `limit` bytes of memory, never its
+    size (nothing of it is parsed either; a JSON repair of megabytes would hold the event
+    loop for seconds). The connection is closed, not drained, after a cut."""
+    pieces: list[bytes] = []
+    size = 0
+    try:
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise _oversized(model, int(declared), limit)
+        async for piece in response.aiter_bytes():
+            size += len(piece)
+            if size > limit:
+                raise _oversized(model, size, limit)
+            pieces.append(piece)
+    except httpx2.TimeoutException:
+        raise UpstreamTimeout(f"{model}: timed out") from None
+    except httpx2.HTTPError:
+        raise UpstreamConnectionError(f"{model}: connection failed while answering") from None
+    finally:
+        await response.aclose()
+    return b"".join(pieces)
+
+
+def _oversized(model: str, size: int, limit: int) -> UpstreamServerError:
+    return UpstreamServerError(
+        f"{model}: answered {size:,} bytes or more, over the {limit:,} its max_tokens allow"
     )
 
 
