@@ -28,7 +28,7 @@ import yaml
 
 from tunegate.flow.upstream import CallerError, caller_client
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE_CONFIG = ROOT / "config" / "gateway.yaml"
 SCENARIO = ROOT / "config" / "simulator" / "demo.yaml"
 
@@ -78,15 +78,18 @@ def run_demo(requests: int = 300, concurrency: int = 8, seed: int = 7) -> int:
             _process("simulator", _simulator_argv(seed), workdir, "/v1/models")
         )
         env = {"OPENAI_BASE_URL": f"{sim_url}/v1", "OPENAI_API_KEY": "demo-key-not-secret"}
+        config = _demo_config(workdir)
         gateway_url = stack.enter_context(
-            _process("gateway", _gateway_argv(EXAMPLE_CONFIG), workdir, "/readyz", env=env)
+            _process("gateway", _gateway_argv(config), workdir, "/readyz", env=env)
         )
         print(f"  simulator {sim_url}   gateway {gateway_url}   logs in {workdir}", flush=True)
         results = asyncio.run(_workload(gateway_url, sim_url, requests, concurrency, seed))
-        reports = [_experiment_report(gateway_url, task) for task in ("ticket-triage", "reply-de")]
+        _wait_for_judgements(gateway_url)
+        documents = [_experiments(gateway_url, task) for task in ("ticket-triage", "reply-de")]
     _print_summary(results, time.monotonic() - started)
-    for report in reports:
-        print(f"\n{report}")
+    for document in documents:
+        print(f"\n{_experiment_report(document)}")
+    print(_quality_summary(documents[1]))
     failed = sum(1 for r in results if r.status != 200)
     return 0 if failed <= len(results) // 10 else 1
 
@@ -171,19 +174,82 @@ async def _workload(
     return list(results)
 
 
-def _experiment_report(gateway_url: str, task: str) -> str:
+def _demo_config(workdir: Path) -> Path:
+    """The example config, with reply-de judged on every sample and shadowed on half, so
+    a short run gathers enough judgements and pairs to show intervals."""
+    data = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    reply = data["tasks"]["reply-de"]
+    reply["judge"]["rate"] = 1.0
+    reply["routing"]["shadow"]["rate"] = 0.5
+    path = workdir / "gateway.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def _wait_for_judgements(gateway_url: str, timeout_s: float = 10.0) -> None:
+    """Judgements run after the answers: wait until their count stops moving."""
+    deadline, last = time.monotonic() + timeout_s, -1.0
+    while time.monotonic() < deadline:
+        text = httpx.get(f"{gateway_url}/metrics", timeout=10).text
+        count = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("tunegate_judge_requests_total{")
+        )
+        if count == last:
+            return
+        last = count
+        time.sleep(0.5)
+
+
+def _experiments(gateway_url: str, task: str) -> dict[str, Any] | None:
+    response = httpx.get(f"{gateway_url}/v1/experiments/{task}", timeout=10)
+    if response.status_code != 200:
+        return None
+    document: dict[str, Any] = response.json()
+    return document
+
+
+def _experiment_report(document: dict[str, Any] | None) -> str:
     """The `tunegate report TASK` table, read from the running gateway; its charts
     (`--html`) go to a file in the temporary directory, named at the end."""
     from tunegate.experiments.report import render_table
     from tunegate.experiments.report_html import render_html
 
-    response = httpx.get(f"{gateway_url}/v1/experiments/{task}", timeout=10)
-    if response.status_code != 200:
-        return f"experiments of {task}: HTTP {response.status_code}"
-    document = response.json()
-    charts = Path(tempfile.gettempdir()) / f"tunegate-demo-{task}.html"
+    if document is None:
+        return "experiments: not available"
+    charts = Path(tempfile.gettempdir()) / f"tunegate-demo-{document['task']}.html"
     charts.write_text(render_html(document), encoding="utf-8")
     return f"{render_table(document)}\ncharts: {charts}"
+
+
+def _quality_summary(document: dict[str, Any] | None) -> str:
+    """reply-de's quality signals in three lines: checks, judge scores, preference."""
+    if document is None:
+        return ""
+
+    def interval(pair: list[float] | None) -> str:
+        return f"[{pair[0]:.2f}, {pair[1]:.2f}]" if pair else "[-]"
+
+    lines = ["", "reply-de quality signals (95% intervals; anytime-valid in braces):"]
+    for name, v in document["variants"].items():
+        checks, score = v.get("checks_first_try_pass") or {}, v.get("judge_score") or {}
+        passed = f"{checks['rate']:.2f} {interval(checks['ci95'])}" if checks.get("rate") else "-"
+        judged = f"{score['mean']:.2f} {interval(score['ci95'])}" if score.get("mean") else "-"
+        lines.append(
+            f"  {name:<9} checks passed first try {passed}   judge score "
+            f"(n={score.get('n', 0)}) {judged}   failures {v.get('check_failures') or {}}"
+        )
+    preference = (document.get("shadow") or {}).get("preference")
+    if preference:
+        lines.append(
+            f"  judge preference: tuned wins {preference['tuned_win_rate']:.2f} of "
+            f"{preference['pairs']} pairs ({preference['ties']} ties count half) "
+            f"{interval(preference['ci95'])} {{{interval(preference['anytime_ci95'])[1:-1]}}}"
+        )
+    else:
+        lines.append("  judge preference: no judged pairs yet")
+    return "\n".join(lines)
 
 
 def _tuned_model() -> str:

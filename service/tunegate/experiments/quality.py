@@ -26,6 +26,11 @@ def _pair(interval: Interval | None) -> list[float] | None:
     return [interval.low, interval.high] if interval else None
 
 
+def _share(interval: Interval | None) -> list[float] | None:
+    """An interval of a figure that lies in [0, 1], clipped to it."""
+    return [max(0.0, interval.low), min(1.0, interval.high)] if interval else None
+
+
 def _count(s: Sums, field: str) -> int:
     return int(s.get(field, 0))
 
@@ -60,8 +65,8 @@ def judge_score(s: Sums, policy: Policy) -> dict[str, Any]:
     return {
         "n": m.n,
         "mean": m.mean,
-        "ci95": _pair(stats.mean_interval(m, policy.alpha)),
-        "anytime_ci95": _pair(_anytime(m, policy)),
+        "ci95": _share(stats.mean_interval(m, policy.alpha)),
+        "anytime_ci95": _share(_anytime(m, policy)),
     }
 
 
@@ -89,8 +94,8 @@ def preference(
         "pairs": m.n,
         "ties": ties,
         "tuned_win_rate": m.mean,
-        "ci95": _pair(stats.mean_interval(m, policy.alpha)),
-        "anytime_ci95": _pair(_anytime(m, policy)),
+        "ci95": _share(stats.mean_interval(m, policy.alpha)),
+        "anytime_ci95": _share(_anytime(m, policy)),
     }
 
 

@@ -100,7 +100,13 @@ def answer(
     last = _last_user_text(messages)
     category, priority = triage(last)
     system = _system_text(messages)
-    outcome = forced if forced is not None else _draw_outcome(behaviour, seed, model, messages)
+    german = _GERMAN.search(system) is not None and not wants_json(request, messages)
+    outcome = forced
+    if outcome is None and german and behaviour.quality.text_valid is not None:
+        key = b"text:%d:%s:%s" % (seed, model.encode(), orjson.dumps(messages))
+        outcome = "valid" if _uniform(key) < behaviour.quality.text_valid else "english"
+    if outcome is None:
+        outcome = _draw_outcome(behaviour, seed, model, messages)
     if judging.is_judge_prompt(last):
         if outcome != "valid":
             return Answer(_JUDGE_PROSE, outcome)
@@ -108,7 +114,6 @@ def answer(
         return Answer(judging.judgement(last, behaviour.judge_noise, key), "valid")
     if _json_format(request) or _JSON.search(system):
         return Answer(render_triage(category, priority, outcome), outcome)
-    german = _GERMAN.search(system) is not None
     if outcome == "valid" or not german:
         return Answer(reply(category, german, None), "valid")
     flaw = outcome if outcome in TEXT_FLAWS else "english"

@@ -21,6 +21,7 @@ A scenario file looks like this (every key is optional; unknown keys are errors)
           valid_with_examples: 0.92   # when the request carries few-shot examples
           breakages: {invalid_json: 1, prose: 1}  # relative weights of the wrong answers
           text_flaws: {english: 2, too_long: 1}   # ... and of the wrong German replies
+          text_valid: 0.8             # German replies right this often (else as valid)
       "*": {}                     # any other model; without it they get 404 model_not_found
     fine_tuning:                  # the files and fine-tuning jobs API (`tuning.py`)
       validating_s: 1             # seconds a job spends in each state before the next
@@ -82,6 +83,8 @@ class Quality:
     breakages: tuple[tuple[str, float], ...] = tuple((kind, 1.0) for kind in BREAKAGES)
     # (flaw, relative weight) of the wrong German replies (`replies.TEXT_FLAWS`).
     text_flaws: tuple[tuple[str, float], ...] = (("english", 1.0),)
+    # How often a German reply is right; None: as `valid` / `valid_with_examples`.
+    text_valid: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +196,7 @@ def _behaviour(m: _ModelFile) -> ModelBehaviour:
         per_token_ms=m.per_token_ms,
         slow_chunk_ms=m.slow_chunk_ms,
         retry_after_s=m.retry_after_s,
-        quality=Quality(q.valid, q.valid_with_examples, breakages, flaws),
+        quality=Quality(q.valid, q.valid_with_examples, breakages, flaws, q.text_valid),
         faults=tuple((kind, rate) for kind, rate in m.faults.items() if rate > 0),
         judge_noise=m.judge_noise,
     )
@@ -220,6 +223,7 @@ class _QualityFile(_FileModel):
     valid_with_examples: float | None = Field(default=None, ge=0, le=1)
     breakages: dict[str, float] | None = None
     text_flaws: dict[str, float] | None = None
+    text_valid: float | None = Field(default=None, ge=0, le=1)
 
     @field_validator("breakages", "text_flaws")
     @classmethod
