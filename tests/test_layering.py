@@ -20,6 +20,7 @@ LAYERS = (
     "flow",
     "state",
     "records",
+    "spans",
     "auth",
     "config",
     "quality",

@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
@@ -32,14 +33,21 @@ from tunegate.flow.gateway import Gateway
 from tunegate.flow.judge import Judges
 from tunegate.flow.shadow import Shadows
 from tunegate.flow.upstream import Upstreams
+from tunegate.observability.logs import stamp_log_lines
 from tunegate.observability.metrics import Metrics, mark_process_dead
 from tunegate.pricing import Price, PriceTable
+from tunegate.spans import NO_SPANS
 from tunegate.state.cache import Cache
 from tunegate.state.embedded import EmbeddedServer
 from tunegate.state.limits import Limits
 from tunegate.state.store import Store
 
+if TYPE_CHECKING:  # imported at run time only when tracing is on (no SDK otherwise)
+    from tunegate.observability.tracing import Tracing
+
 log = logging.getLogger("tunegate.app")
+# Probes and scrapes: no span each.
+UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -49,7 +57,11 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            services = await open_services(stack, settings, metrics)
+            if tracing is not None:
+                tracing.open()
+                stack.callback(tracing.close)  # last: flushes every span, shadows' too
+                stack.callback(stamp_log_lines(tracing.log_fields))
+            services = await open_services(stack, settings, metrics, tracing)
             install_signals(stack, services)
             app.state.services = services
             log.info(
@@ -71,6 +83,8 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        # The gateway makes its own spans (observability/tracing.py), only when asked.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app)
     app.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
@@ -84,10 +98,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_route("/healthz", healthz, methods=["GET"])
     app.add_route("/readyz", readyz, methods=["GET"])
     app.add_route("/metrics", metrics_endpoint, methods=["GET"])
+    tracing = _tracing(app, settings)
     return app
 
 
-async def open_services(stack: AsyncExitStack, settings: Settings, metrics: Metrics) -> Services:
+async def open_services(
+    stack: AsyncExitStack, settings: Settings, metrics: Metrics, tracing: Tracing | None = None
+) -> Services:
     """Load the config and open every service the gateway uses, each closed by `stack`
     in the reverse order (shadow calls first, the store last)."""
     config = load_config(settings.config_path)
@@ -111,7 +128,7 @@ async def open_services(stack: AsyncExitStack, settings: Settings, metrics: Metr
 
     def build(config: GatewayConfig, upstreams: Upstreams) -> Runtime:
         return build_runtime(
-            config, upstreams, cache, metrics, limits, experiments, watcher, capture
+            config, upstreams, cache, metrics, limits, experiments, watcher, capture, tracing
         )
 
     upstreams = Upstreams(config.upstreams, settings.environ)
@@ -157,6 +174,7 @@ def build_runtime(
     experiments: Experiments | None = None,
     watcher: Watcher | None = None,
     capture: Capture | None = None,
+    tracing: Tracing | None = None,
 ) -> Runtime:
     prices = PriceTable({m: Price(i, o) for m, (i, o) in config.pricing.items()})
     # The first lookup of a model costs tens of ms: pay it at start-up, not on a request.
@@ -172,8 +190,11 @@ def build_runtime(
         judge_recorders.append(experiments.record_judgement)
     if capture is not None:
         recorders.append(capture.record)
+    spans = tracing or NO_SPANS
+    if tracing is not None:
+        recorders.append(tracing.record)
     judges = Judges(upstreams, prices, judge_recorders)
-    shadows = Shadows(upstreams, prices, shadow_recorders, judges=judges)
+    shadows = Shadows(upstreams, prices, shadow_recorders, judges=judges, spans=spans)
     gateway = Gateway(
         upstreams,
         prices,
@@ -182,8 +203,21 @@ def build_runtime(
         shadows=shadows,
         judges=judges,
         weights=watcher.cumulative if watcher else None,
+        spans=spans,
     )
     return Runtime(config=config, gateway=gateway, keys=keys, started_at=time.time())
+
+
+def _tracing(app: FastAPI, settings: Settings) -> Tracing | None:
+    """With an OTLP endpoint set: the process's spans, and a server span per request."""
+    if settings.tracing is None:
+        return None
+    from tunegate.observability.tracing import ServerSpans, Tracing
+
+    tracing = Tracing(settings.tracing)
+    routes = {getattr(r, "endpoint", None): getattr(r, "path", "") for r in app.routes}
+    app.add_middleware(ServerSpans, tracing=tracing, skip=UNTRACED, routes=routes)
+    return tracing
 
 
 def app_from_env() -> FastAPI:

@@ -52,6 +52,7 @@ from tunegate.records import (
     Status,
     UpstreamCall,
 )
+from tunegate.spans import NO_SPANS, AttemptSpan, Purpose, Spans
 from tunegate.state.cache import Cache, Entry, Write, cache_key_for
 
 log = logging.getLogger("tunegate.gateway")
@@ -153,6 +154,7 @@ class Gateway:
         rng: random.Random | None = None,
         backoff: Backoff = DEFAULT_BACKOFF,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        spans: Spans = NO_SPANS,
     ) -> None:
         self._upstreams = upstreams
         self._prices = prices
@@ -165,6 +167,7 @@ class Gateway:
         self._random = (rng or random.Random()).random
         self._backoff = backoff
         self._sleep = sleep
+        self._spans = spans
 
     # -- entry points -------------------------------------------------------------------
 
@@ -176,8 +179,10 @@ class Gateway:
         if key is None or not call.cache_read or self._cache is None:
             return await self._serve_and_save(call, trail, order)
         produced: list[Answer] = []
+        lookup = self._spans.cache_lookup()
 
         async def compute() -> Write | None:
+            lookup.found("miss")  # the lookup is over once the computation starts
             answer = await self._serve(call, trail, order)
             produced.append(answer)
             return self._write_of(call, answer)
@@ -186,6 +191,8 @@ class Gateway:
         read = await self._cache.read_through(key, call.task.deadline_s, compute, local_ttl_s)
         trail.store_seconds += read.waited
         trail.cache_lookup = read.lookup
+        if not read.computed:
+            lookup.found(read.lookup)
         if produced:
             return self._served(call, trail, produced[0])
         if read.entry is None or read.entry.variant not in call.task.variants:
@@ -208,7 +215,7 @@ class Gateway:
         for name in order:
             variant = call.task.variants[name]
             try:
-                deltas, first = await self._with_retries(
+                deltas, first, span = await self._with_retries(
                     call, variant, trail, partial(self._open, call, variant)
                 )
             except UpstreamError as exc:
@@ -217,7 +224,7 @@ class Gateway:
             trail.ttft_seconds = self._clock() - trail.started
             opened = Completion("", "stop", 0, 0, first.system_fingerprint)
             head = self._answer(call, variant, opened, None, trail)
-            return head, self._rest_of_stream(call, variant, trail, first, deltas)
+            return head, self._rest_of_stream(call, variant, trail, first, deltas, span)
         raise self._give_up(call, trail)
 
     async def aclose(self) -> None:
@@ -298,7 +305,9 @@ class Gateway:
 
     async def _lookup(self, call: Call, trail: _Trail, key: str) -> Entry | None:
         assert self._cache is not None
+        span = self._spans.cache_lookup()
         entry, result, waited = await self._cache.lookup(key, call.task.cache.local_ttl_s)
+        span.found(result)
         trail.store_seconds += waited
         trail.cache_lookup = result
         if entry is not None and entry.variant not in call.task.variants:
@@ -382,7 +391,8 @@ class Gateway:
                 call,
                 variant,
                 trail,
-                partial(self._upstreams.complete, variant, messages, call.params),
+                partial(self._complete, variant, messages, call.params),
+                "reask" if reask else None,
             )
             verdict, correction = self._inspect(task, variant, completion, trail)
             if correction is None:
@@ -424,28 +434,35 @@ class Gateway:
         call: Call,
         variant: Variant,
         trail: _Trail,
-        attempt: Callable[[float], Awaitable[T]],
+        attempt: Callable[[float, AttemptSpan], Awaitable[T]],
+        purpose: Purpose | None = None,
     ) -> T:
-        """Run `attempt(timeout_s)` under the task's retry policy and deadline."""
+        """Run `attempt(timeout_s, span)` under the task's retry policy and deadline; an
+        attempt that answers ends its span, one that fails has it ended here."""
         retries = call.task.routing.retries
         retry_number = 0
+        first = purpose or ("first" if variant.name == trail.chosen else "fallback")
         while True:
             remaining = trail.deadline - self._clock()
             if remaining <= 0:
                 raise UpstreamTimeout(f"{variant.model}: no time left before the deadline")
             timeout = min(self._upstreams.timeout_for(variant), remaining)
             started = self._clock()
+            span = self._spans.attempt(
+                call.task, variant, call.messages, "retry" if retry_number else first
+            )
             try:
                 # A hard bound on top of the client's own timeouts, which aiohttp applies
                 # per socket read: an answer dripping slowly must still end in time.
                 async with asyncio.timeout(timeout):
-                    result = await attempt(timeout)
+                    result = await attempt(timeout, span)
             except (UpstreamError, TimeoutError) as caught:
                 exc = (
                     caught
                     if isinstance(caught, UpstreamError)
                     else UpstreamTimeout(f"{variant.model}: no answer within {timeout:.3g} s")
                 )
+                span.failed(exc.kind)
                 elapsed = self._clock() - started
                 trail.calls.append(
                     UpstreamCall(variant.name, variant.model, elapsed, error=exc.kind)
@@ -457,15 +474,33 @@ class Gateway:
                 await self._sleep(wait)
                 retry_number += 1
                 continue
+            except BaseException as exc:  # cancelled (the caller left), or a defect
+                span.failed(type(exc).__name__)
+                raise
             if isinstance(result, Completion):
                 self._charge(
                     trail, variant, started, result.prompt_tokens, result.completion_tokens
                 )
             return result
 
+    async def _complete(
+        self,
+        variant: Variant,
+        messages: list[Message],
+        params: Mapping[str, Any],
+        timeout_s: float,
+        span: AttemptSpan,
+    ) -> Completion:
+        done = await self._upstreams.complete(variant, messages, params, timeout_s)
+        model = done.model or variant.model
+        span.answered(
+            model, done.finish_reason, done.prompt_tokens, done.completion_tokens, done.content
+        )
+        return done
+
     async def _open(
-        self, call: Call, variant: Variant, timeout_s: float
-    ) -> tuple[AsyncIterator[Delta], Delta]:
+        self, call: Call, variant: Variant, timeout_s: float, span: AttemptSpan
+    ) -> tuple[AsyncIterator[Delta], Delta, AttemptSpan]:
         messages = [*variant.prefix, *call.messages]
         deltas = self._upstreams.stream(variant, messages, call.params, timeout_s)
         try:
@@ -473,7 +508,8 @@ class Gateway:
         except BaseException:
             await deltas.aclose()  # type: ignore[attr-defined]  # an async generator
             raise
-        return deltas, first
+        span.first_token()
+        return deltas, first, span
 
     async def _rest_of_stream(
         self,
@@ -482,11 +518,14 @@ class Gateway:
         trail: _Trail,
         first: Delta,
         deltas: AsyncIterator[Delta],
+        span: AttemptSpan,
     ) -> AsyncIterator[Delta]:
         """Pass the deltas on within the deadline; the last one carries the request's
-        whole cost. A failure now can no longer fall back (SPEC §7 Streams)."""
+        whole cost. A failure now can no longer fall back (SPEC §7 Streams). The
+        attempt's span ends with the stream."""
         started = self._clock()
         status: Status = "error"
+        error_type = "cancelled"
         text: list[str] = []
         last = first
         try:
@@ -503,14 +542,25 @@ class Gateway:
                     yield delta
                     delta = await anext(deltas, None)
             status = "ok"
-            head = self._answer(call, variant, _completed("".join(text), last), None, trail)
+            done = _completed("".join(text), last)
+            span.answered(
+                last.model or variant.model,
+                done.finish_reason,
+                done.prompt_tokens,
+                done.completion_tokens,
+                done.content,
+            )
+            head = self._answer(call, variant, done, None, trail)
             await self._save(call, trail, head)
         except TimeoutError:
-            status = "deadline"
+            status, error_type = "deadline", "timeout"
             raise DeadlineExceeded("The task's deadline passed during the stream.") from None
         except UpstreamError as exc:
+            error_type = exc.kind
             raise AllAttemptsFailed(f"The stream broke off: {exc}") from None
         finally:
+            if status != "ok":
+                span.failed(error_type)
             await deltas.aclose()  # type: ignore[attr-defined]  # an async generator
             answered = "".join(text) if status == "ok" else None
             self.record(self._outcome(call, trail, variant.name, status, answered))

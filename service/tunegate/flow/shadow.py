@@ -31,6 +31,7 @@ from tunegate.flow.upstream import Message, Upstreams
 from tunegate.pricing import PriceTable
 from tunegate.quality import jsonguard
 from tunegate.records import ShadowOutcome, ShadowStatus
+from tunegate.spans import NO_SPANS, Spans
 
 log = logging.getLogger("tunegate.shadow")
 
@@ -69,6 +70,7 @@ class Shadows:
         max_in_flight: int = MAX_IN_FLIGHT,
         clock: Callable[[], float] = time.monotonic,
         judges: Judges | None = None,
+        spans: Spans = NO_SPANS,
     ) -> None:
         self._upstreams = upstreams
         self._prices = prices
@@ -76,6 +78,7 @@ class Shadows:
         self._max_in_flight = max_in_flight
         self._clock = clock
         self._judges = judges
+        self._spans = spans
         self._running: set[asyncio.Task[None]] = set()
 
     def wanted(self, task: Task, served: str, draw: float) -> Variant | None:
@@ -107,8 +110,14 @@ class Shadows:
             await asyncio.wait(late)
 
     async def _run(self, variant: Variant, primary: Primary) -> None:
+        name = f"shadow {variant.name}"
+        with self._spans.background(name, primary.task, variant, primary.request_id):
+            await self._ask(variant, primary)
+
+    async def _ask(self, variant: Variant, primary: Primary) -> None:
         task = primary.task
         started = self._clock()
+        span = self._spans.attempt(task, variant, primary.messages, "shadow")
         try:
             completion = await self._upstreams.complete(
                 variant,
@@ -117,10 +126,18 @@ class Shadows:
                 self._upstreams.timeout_for(variant),
             )
         except UpstreamError as exc:
+            span.failed(exc.kind)
             seconds = self._clock() - started
             log.info("shadow call failed", extra={"variant": variant.name, "kind": exc.kind})
             self._record(self._outcome(variant, primary, "error", None, seconds, 0.0))
             return
+        span.answered(
+            completion.model or variant.model,
+            completion.finish_reason,
+            completion.prompt_tokens,
+            completion.completion_tokens,
+            completion.content,
+        )
         seconds = self._clock() - started
         cost = self._prices.cost_usd(
             variant.model, completion.prompt_tokens, completion.completion_tokens

@@ -48,6 +48,7 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     system_fingerprint: str | None = None
+    model: str | None = None  # as the upstream names it
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,7 @@ class Delta:
     completion_tokens: int = 0
     cost_usd: float = 0.0
     system_fingerprint: str | None = None
+    model: str | None = None  # on the last one: the model as the upstream names it
 
 
 class Upstreams:
@@ -145,9 +147,11 @@ class Upstreams:
             finish_reason = "stop"
             prompt_tokens = completion_tokens = 0
             fingerprint: str | None = None
+            model: str | None = None
             async with chunks:
                 async for chunk in chunks:
                     fingerprint = chunk.system_fingerprint or fingerprint
+                    model = chunk.model or model
                     if chunk.usage is not None:
                         prompt_tokens = chunk.usage.prompt_tokens
                         completion_tokens = chunk.usage.completion_tokens
@@ -174,6 +178,7 @@ class Upstreams:
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             system_fingerprint=fingerprint,
+            model=model,
         )
 
 
@@ -264,6 +269,7 @@ def _completion_from(body: Any, variant: Variant) -> Completion:
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
             system_fingerprint=_text_or_none(body.get("system_fingerprint")),
+            model=_text_or_none(body.get("model")),
         )
     except (KeyError, IndexError, TypeError, ValueError, AttributeError):
         raise UpstreamServerError(f"{variant.model}: answered without a choice") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -38,6 +39,32 @@ def configure_logging(level: str) -> None:
     # The HTTP clients log every request at INFO: a line per upstream call, no news.
     for noisy in _NOISY:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+class _Stamp(logging.Filter):
+    def __init__(self, fields: Callable[[], Mapping[str, str]]) -> None:
+        super().__init__()
+        self._fields = fields
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in self._fields().items():
+            setattr(record, key, value)
+        return True
+
+
+def stamp_log_lines(fields: Callable[[], Mapping[str, str]]) -> Callable[[], None]:
+    """From now on, every line the root handlers write carries `fields()` taken where it
+    is logged (tracing's `trace_id` and `span_id`); returns the undo."""
+    stamp = _Stamp(fields)
+    handlers = list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(stamp)
+
+    def undo() -> None:
+        for handler in handlers:
+            handler.removeFilter(stamp)
+
+    return undo
 
 
 _NOISY = ("httpx", "httpx2", "openai", "aiohttp")
