@@ -19,7 +19,7 @@ import uvicorn
 import yaml
 
 from tunegate.app import create_app
-from tunegate.config.settings import Settings
+from tunegate.config.settings import Settings, TracingSettings
 
 TUNED = "ft:gpt-3.5-turbo-0613:acme::7qTVM5AR"
 BASE = "gpt-3.5-turbo"
@@ -169,6 +169,7 @@ class Gateway:
         config_path: Path,
         environ: Mapping[str, str] | None = None,
         redis_url: str | None = None,
+        tracing: TracingSettings | None = None,
     ) -> None:
         self.config_path = config_path  # rewrite it, then reload, to change the config
         self.port = free_port()
@@ -178,6 +179,7 @@ class Gateway:
             redis_url=redis_url,
             port=self.port,
             environ=dict(environ or {"SIM_KEY": "sk-upstream-secret"}),
+            tracing=tracing,
         )
         config = uvicorn.Config(
             create_app(settings),
@@ -207,11 +209,12 @@ def running_gateway(
     config: Mapping[str, Any],
     environ: Mapping[str, str] | None = None,
     redis_url: str | None = None,
+    tracing: TracingSettings | None = None,
 ) -> Iterator[Gateway]:
     """The gateway serving `config`; on the Redis at `redis_url`, else an embedded one."""
     path = tmp_path / f"gateway-{free_port()}.yaml"
     path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
-    gateway = Gateway(path, environ, redis_url)
+    gateway = Gateway(path, environ, redis_url, tracing)
     try:
         yield gateway
     finally:

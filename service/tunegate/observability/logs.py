@@ -41,28 +41,21 @@ def configure_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
-class _Stamp(logging.Filter):
-    def __init__(self, fields: Callable[[], Mapping[str, str]]) -> None:
-        super().__init__()
-        self._fields = fields
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        for key, value in self._fields().items():
-            setattr(record, key, value)
-        return True
-
-
 def stamp_log_lines(fields: Callable[[], Mapping[str, str]]) -> Callable[[], None]:
-    """From now on, every line the root handlers write carries `fields()` taken where it
-    is logged (tracing's `trace_id` and `span_id`); returns the undo."""
-    stamp = _Stamp(fields)
-    handlers = list(logging.getLogger().handlers)
-    for handler in handlers:
-        handler.addFilter(stamp)
+    """From now on, every log record carries `fields()`, taken where it is made (tracing's
+    `trace_id` and `span_id`), whichever handler writes it; returns the undo."""
+    previous = logging.getLogRecordFactory()
+
+    def stamped(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        record.__dict__.update(fields())
+        return record
+
+    logging.setLogRecordFactory(stamped)
 
     def undo() -> None:
-        for handler in handlers:
-            handler.removeFilter(stamp)
+        if logging.getLogRecordFactory() is stamped:
+            logging.setLogRecordFactory(previous)
 
     return undo
 

@@ -195,13 +195,17 @@ class _Lookup:
 
 
 class ServerSpans:
-    """ASGI middleware: one server span per HTTP request but the probes, continuing a
-    caller's `traceparent`, named `{method} {route}` once the router has matched."""
+    """ASGI middleware: one server span per HTTP request but to the paths in `skip`,
+    continuing a caller's `traceparent`, named `{method} {route}` once the router has
+    matched an endpoint (`routes` maps each endpoint to its path template)."""
 
-    def __init__(self, app: ASGIApp, tracing: Tracing, skip: frozenset[str]) -> None:
+    def __init__(
+        self, app: ASGIApp, tracing: Tracing, skip: frozenset[str], routes: Mapping[Any, str]
+    ) -> None:
         self._app = app
         self._tracing = tracing
         self._skip = skip
+        self._routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self._skip:
@@ -229,7 +233,7 @@ class ServerSpans:
             await self._app(scope, receive, send_noting_status)
         finally:
             context.detach(token)
-            _finish(span, scope, status)
+            _finish(span, scope, status, self._routes.get(scope.get("endpoint")))
 
 
 def _http(scope: Scope) -> dict[str, Any]:
@@ -245,9 +249,8 @@ def _http(scope: Scope) -> dict[str, Any]:
     return attributes
 
 
-def _finish(span: trace.Span, scope: Scope, status: int) -> None:
-    route = getattr(scope.get("route"), "path", None)
-    if isinstance(route, str):
+def _finish(span: trace.Span, scope: Scope, status: int, route: str | None) -> None:
+    if route is not None:
         span.update_name(f"{scope['method']} {route}")
         span.set_attribute("http.route", route)
     span.set_attribute("http.response.status_code", status)

@@ -1,0 +1,385 @@
+"""Tracing (SPEC §11, §12): the gateway under real uvicorn, the simulator upstream, and a
+real OTLP/HTTP receiver decoding what the gateway exports."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.harness import BASE, TUNED, Gateway, Simulator, gateway_config, running_gateway
+from tests.harness import task_config as base_task
+from tests.otlp_receiver import Received, Receiver, otlp_receiver
+from tests.redis_server import RedisServer
+from tunegate.auth import hash_key
+from tunegate.config.settings import TracingSettings, settings_from_env, tracing_from_env
+from tunegate.errors import ConfigError
+
+CALLER_KEY = "key-ops-" + secrets.token_hex(8)
+UPSTREAM_KEY = "sk-upstream-secret"
+HEADERS = {"authorization": f"Bearer {CALLER_KEY}"}
+SHADOW = {"shadow": {"variant": "few_shot", "rate": 1.0}}
+# The GenAI names the gateway may use: the conventions' own, nothing invented under gen_ai.
+GEN_AI = {
+    "gen_ai.operation.name",
+    "gen_ai.provider.name",
+    "gen_ai.request.model",
+    "gen_ai.response.model",
+    "gen_ai.usage.input_tokens",
+    "gen_ai.usage.output_tokens",
+    "gen_ai.response.finish_reasons",
+    "gen_ai.input.messages",
+    "gen_ai.output.messages",
+}
+
+
+def task_config(**fields: Any) -> dict[str, Any]:
+    # Retries stay quick: a failed attempt waits its full-jitter backoff before the next.
+    task = base_task(**fields)
+    task["routing"]["retries"] = 1
+    return task
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    with otlp_receiver() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def gw(
+    sim: Simulator,
+    server: RedisServer,
+    receiver: Receiver,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Gateway]:
+    tasks = {
+        "triage": task_config(),
+        "triage-logged": task_config(log_payloads=True),
+        "reply": task_config(output={"type": "text"}),
+        "shadowed": task_config(routing=SHADOW),
+    }
+    keys = [{"name": "ops", "sha256": hash_key(CALLER_KEY), "tenant": "ops", "tasks": ["*"]}]
+    config = gateway_config(sim.url, tasks, auth={"keys": keys})
+    tracing = TracingSettings(
+        endpoint=f"{receiver.url}/v1/traces", service_name="tunegate-test", schedule_delay_ms=50
+    )
+    directory = tmp_path_factory.mktemp("tracing")
+    with running_gateway(directory, config, redis_url=server.url, tracing=tracing) as gateway:
+        yield gateway
+
+
+@pytest.fixture(autouse=True)
+def clean_script(sim: Simulator) -> Iterator[None]:
+    yield
+    sim.reset()
+
+
+def chat(
+    gw: Gateway, task: str, text: str, *, stream: bool = False, **headers: str
+) -> httpx.Response:
+    body = {"model": task, "messages": [{"role": "user", "content": text}], "stream": stream}
+    return httpx.post(
+        f"{gw.url}/v1/chat/completions", json=body, headers={**HEADERS, **headers}, timeout=30
+    )
+
+
+def ticket() -> str:
+    return f"I was charged twice (ticket {uuid.uuid4().hex})"
+
+
+def trace_of(receiver: Receiver, response: httpx.Response) -> tuple[Received, list[Received]]:
+    """The request's server span, once exported, and its children in start order."""
+    request_id = response.headers["x-request-id"]
+    [server] = receiver.wait_for(
+        lambda s: s.kind == "server" and s.attributes.get("tunegate.request_id") == request_id
+    )
+    children = [s for s in receiver.spans() if s.parent_id == server.span_id]
+    return server, sorted(children, key=lambda s: s.start_ns)
+
+
+def test_a_miss_is_a_server_span_with_a_cache_lookup_and_an_attempt(
+    gw: Gateway, receiver: Receiver
+) -> None:
+    trace_id, parent_id = secrets.token_hex(16), secrets.token_hex(8)
+    response = chat(gw, "triage", ticket(), traceparent=f"00-{trace_id}-{parent_id}-01")
+    assert response.status_code == 200, response.text
+    server, children = trace_of(receiver, response)
+    assert (server.name, server.trace_id, server.parent_id) == (
+        "POST /v1/chat/completions",
+        trace_id,
+        parent_id,
+    )
+    assert server.service == "tunegate-test"
+    assert (
+        server.attributes
+        | {
+            "http.request.method": "POST",
+            "http.route": "/v1/chat/completions",
+            "http.response.status_code": 200,
+            "tunegate.task": "triage",
+            "tunegate.variant": "tuned",
+            "tunegate.cache": "miss",
+            "tunegate.sample": True,
+        }
+        == server.attributes
+    )
+    assert [s.name for s in children] == ["cache lookup", f"chat {TUNED}"]
+    lookup, attempt = children
+    assert lookup.attributes["tunegate.cache.lookup"] == "miss"
+    assert attempt.kind == "client" and not attempt.error
+    assert attempt.attributes["gen_ai.operation.name"] == "chat"
+    assert attempt.attributes["gen_ai.provider.name"] == "openai"
+    assert attempt.attributes["gen_ai.request.model"] == TUNED
+    assert attempt.attributes["gen_ai.response.model"] == TUNED
+    assert attempt.attributes["gen_ai.response.finish_reasons"] == ["stop"]
+    assert attempt.attributes["gen_ai.usage.input_tokens"] > 0
+    assert attempt.attributes["gen_ai.usage.output_tokens"] > 0
+    assert attempt.attributes["tunegate.attempt"] == "first"
+    assert "error.type" not in attempt.attributes
+    for span in (server, *children):
+        assert {k for k in span.attributes if k.startswith("gen_ai.")} <= GEN_AI
+
+
+def test_a_hit_has_a_lookup_and_no_attempt(gw: Gateway, receiver: Receiver) -> None:
+    text = ticket()
+    assert chat(gw, "triage", text).status_code == 200
+    response = chat(gw, "triage", text)
+    assert response.headers["x-tunegate-cache"] == "hit"
+    server, children = trace_of(receiver, response)
+    assert server.attributes["tunegate.cache"] == "hit"
+    assert server.attributes["tunegate.sample"] is False
+    assert [(s.name, s.attributes["tunegate.cache.lookup"]) for s in children] == [
+        ("cache lookup", "hit")
+    ]
+
+
+def test_a_failed_attempt_has_its_error_type_and_the_fallback_its_own_span(
+    gw: Gateway, sim: Simulator, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim.script(TUNED, "quota")
+    with caplog.at_level(logging.INFO, logger="tunegate.gateway"):
+        response = chat(gw, "triage", ticket())
+    assert response.headers["x-tunegate-fallback"] == "tuned"
+    server, children = trace_of(receiver, response)
+    failed, fallback = [s for s in children if s.kind == "client"]
+    assert (failed.name, failed.attributes["error.type"], failed.error) == (
+        f"chat {TUNED}",
+        "quota_exhausted",
+        True,
+    )
+    assert "gen_ai.usage.output_tokens" not in failed.attributes
+    assert (fallback.name, fallback.attributes["tunegate.attempt"], fallback.error) == (
+        f"chat {BASE}",
+        "fallback",
+        False,
+    )
+    assert server.attributes["tunegate.variant"] == "few_shot"
+    assert server.attributes["tunegate.status"] == "fallback"
+    # Log lines written during the request carry its trace and span ids.
+    [line] = [r for r in caplog.records if r.getMessage() == "variant failed"]
+    assert (getattr(line, "trace_id", None), getattr(line, "span_id", None)) == (
+        server.trace_id,
+        server.span_id,
+    )
+
+
+def test_a_retry_and_a_failed_request(gw: Gateway, sim: Simulator, receiver: Receiver) -> None:
+    sim.script(TUNED, "500", "401")
+    sim.script(BASE, "401")
+    response = chat(gw, "triage", ticket())
+    assert response.status_code == 502
+    server, children = trace_of(receiver, response)
+    attempts = [
+        (
+            s.attributes["gen_ai.request.model"],
+            s.attributes["tunegate.attempt"],
+            s.attributes["error.type"],
+        )
+        for s in children
+        if s.kind == "client"
+    ]
+    assert attempts == [
+        (TUNED, "first", "server_error"),
+        (TUNED, "retry", "auth"),
+        (BASE, "fallback", "auth"),
+    ]
+    assert server.error and server.attributes["error.type"] == "502"
+    assert server.attributes["http.response.status_code"] == 502
+
+
+def test_a_stream_attempt_ends_with_the_stream_and_has_its_first_token_time(
+    gw: Gateway, receiver: Receiver
+) -> None:
+    response = chat(gw, "reply", ticket(), stream=True)
+    assert response.status_code == 200 and response.text.endswith("data: [DONE]\n\n")
+    server, children = trace_of(receiver, response)
+    [attempt] = [s for s in children if s.kind == "client"]
+    assert attempt.attributes["tunegate.time_to_first_token_s"] > 0
+    assert attempt.attributes["tunegate.time_to_first_token_s"] * 1e9 <= (
+        attempt.end_ns - attempt.start_ns
+    )
+    assert attempt.attributes["gen_ai.usage.output_tokens"] > 0
+    assert attempt.attributes["gen_ai.response.finish_reasons"] == ["stop"]
+    assert attempt.end_ns <= server.end_ns
+
+
+def test_a_shadow_call_is_its_own_trace_linked_to_the_request(
+    gw: Gateway, receiver: Receiver
+) -> None:
+    response = chat(gw, "shadowed", ticket())
+    server, _ = trace_of(receiver, response)
+    request_id = response.headers["x-request-id"]
+    [shadow] = receiver.wait_for(
+        lambda s: s.name == "shadow few_shot" and s.attributes["tunegate.request_id"] == request_id
+    )
+    assert shadow.parent_id == "" and shadow.trace_id != server.trace_id
+    assert shadow.links == ((server.trace_id, server.span_id),)
+    [attempt] = [s for s in receiver.spans() if s.parent_id == shadow.span_id]
+    assert (attempt.name, attempt.attributes["tunegate.attempt"]) == (f"chat {BASE}", "shadow")
+
+
+def test_no_prompt_answer_or_secret_in_any_attribute_unless_the_task_logs_payloads(
+    gw: Gateway, receiver: Receiver
+) -> None:
+    hidden, logged = ticket(), ticket()
+    quiet = chat(gw, "triage", hidden)
+    loud = chat(gw, "triage-logged", logged)
+    trace_of(receiver, quiet)
+    _, children = trace_of(receiver, loud)
+    [attempt] = [s for s in children if s.kind == "client"]
+    sent = json.loads(attempt.attributes["gen_ai.input.messages"])
+    assert {"role": "user", "parts": [{"type": "text", "content": logged}]} in sent
+    said = json.loads(attempt.attributes["gen_ai.output.messages"])
+    answer = loud.json()["choices"][0]["message"]["content"]
+    assert json.loads(said[0]["parts"][0]["content"]) == json.loads(answer)
+    for span in receiver.spans():
+        for value in map(str, span.attributes.values()):
+            for secret in (hidden, CALLER_KEY, UPSTREAM_KEY):
+                assert secret not in value, (span.name, value)
+            if span.attributes.get("tunegate.task") != "triage-logged":
+                assert "billing" not in value, (span.name, value)  # the answer
+
+
+# -- on only when configured -------------------------------------------------------------
+
+PROBE = """
+import sys, httpx
+from pathlib import Path
+from tests.harness import gateway_config, running_gateway, task_config
+from tunegate.config.settings import settings_from_env
+
+tracing = settings_from_env().tracing
+config = gateway_config(sys.argv[1], {"triage": task_config()})
+with running_gateway(Path(sys.argv[2]), config, tracing=tracing) as gw:
+    body = {"model": "triage", "messages": [{"role": "user", "content": "hi"}]}
+    assert httpx.post(gw.url + "/v1/chat/completions", json=body).status_code == 200
+# FastAPI and redis import parts of OpenTelemetry on their own (its API, the metrics SDK);
+# the trace SDK, the exporters and the gateway's tracing are what tracing would load.
+TRACING = ("opentelemetry.sdk.trace", "opentelemetry.exporter", "tunegate.observability.tracing")
+print(sorted({m for m in sys.modules if m.startswith(TRACING)}))
+"""
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_without_an_endpoint_no_trace_sdk_is_loaded(
+    sim: Simulator, receiver: Receiver, tmp_path: Path, traced: bool
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    if traced:
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.url
+    probe = subprocess.run(
+        [sys.executable, "-c", PROBE, sim.url, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert probe.returncode == 0, probe.stderr
+    loaded = probe.stdout.strip().splitlines()[-1]
+    assert (loaded == "[]") is not traced, loaded
+
+
+# -- the settings ------------------------------------------------------------------------
+
+
+def test_tracing_is_off_without_an_endpoint() -> None:
+    assert tracing_from_env({"OTEL_SERVICE_NAME": "x", "OTEL_TRACES_SAMPLER": "always_on"}) is None
+    assert settings_from_env({}).tracing is None
+    disabled = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_SDK_DISABLED": "true"}
+    assert tracing_from_env(disabled) is None
+
+
+@pytest.mark.parametrize(
+    ("env", "endpoint", "protocol"),
+    [
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318/"},
+            "http://c:4318/v1/traces",
+            "http/protobuf",
+        ),
+        (
+            {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/t"},
+            "http://c:4318/t",
+            "http/protobuf",
+        ),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+            "http://c:4317",
+            "grpc",
+        ),
+    ],
+)
+def test_the_endpoint_and_protocol(env: Mapping[str, str], endpoint: str, protocol: str) -> None:
+    tracing = tracing_from_env(env)
+    assert tracing is not None
+    assert (tracing.endpoint, tracing.protocol) == (endpoint, protocol)
+
+
+def test_service_name_sampler_and_headers() -> None:
+    tracing = tracing_from_env(
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318",
+            "OTEL_SERVICE_NAME": "gw-eu",
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": "0.25",
+            "OTEL_EXPORTER_OTLP_HEADERS": "x-api-key=s3cr%3Dt, team = ops",
+        }
+    )
+    assert tracing is not None
+    assert (tracing.service_name, tracing.sampler, tracing.ratio) == (
+        "gw-eu",
+        "parentbased_traceidratio",
+        0.25,
+    )
+    assert tracing.headers == {"x-api-key": "s3cr=t", "team": "ops"}
+    assert "s3cr" not in repr(tracing)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ("OTEL_TRACES_SAMPLER", "jaeger_remote"),
+        ("OTEL_TRACES_SAMPLER_ARG", "1.5"),
+        ("OTEL_TRACES_SAMPLER_ARG", "half"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "0"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "token-without-a-name"),
+    ],
+)
+def test_a_value_the_exporter_cannot_honour_is_refused(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        tracing_from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", name: value})
+    assert name in str(refused.value)
+    if name.endswith("HEADERS"):
+        assert value not in str(refused.value)
