@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tunegate.commands import tune
+from tunegate.commands import dataset, tune
 from tunegate.errors import ConfigError
 
 
@@ -69,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.set_defaults(run=_report)
 
+    dataset.add_parser(commands)
     tune.add_parser(commands)
 
     keys = commands.add_parser("keys", help="API keys").add_subparsers(title="keys commands")
