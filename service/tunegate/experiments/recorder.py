@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,18 +55,14 @@ AGGREGATE_TTL_S = 90 * 86400
 MAX_PENDING = 10_000  # samples gathered and not yet written
 FLUSH_S = 0.02
 
-# One batch of samples. KEYS: the request records, then the aggregate hashes. ARGV[1]:
-# JSON {"records": [value...], "record_ttl": s, "sums": [[{field: int}, {field: float}]...],
+# One task's sums of a batch (its keys share the hash tag `{task}`: one cluster slot).
+# KEYS: the aggregate hashes. ARGV[1]: JSON {"sums": [[{field: int}, {field: float}]...],
 # "now": unix time, "aggregate_ttl": s, "first_ts"/"last_ts": the names of those fields};
 # every number but the counts and TTLs is a string, so no float is rounded through Lua.
-_RECORD = """
+_RECORD = """-- tunegate:experiments.sums:v2
 local batch = cjson.decode(ARGV[1])
-local records = #batch.records
-for i, value in ipairs(batch.records) do
-    redis.call("SET", KEYS[i], value, "EX", batch.record_ttl)
-end
 for j, sums in ipairs(batch.sums) do
-    local key = KEYS[records + j]
+    local key = KEYS[j]
     for field, n in pairs(sums[1]) do redis.call("HINCRBY", key, field, n) end
     for field, x in pairs(sums[2]) do redis.call("HINCRBYFLOAT", key, field, x) end
     redis.call("HSETNX", key, batch.first_ts, batch.now)
@@ -76,7 +72,7 @@ end
 return 1
 """
 
-_READ = """
+_READ = """-- tunegate:experiments.read:v1
 local result = {}
 for i, key in ipairs(KEYS) do
     result[i] = redis.call("HGETALL", key)
@@ -84,17 +80,20 @@ end
 return result
 """
 
-# KEYS: [feedback marker, aggregate hash]. ARGV: [marker value, ttl, score, score squared,
-# aggregate ttl, the count, sum and sum-of-squares fields]. 1 when recorded, 0 when the
-# request already had feedback.
-_FEEDBACK = """
-if not redis.call("SET", KEYS[1], ARGV[1], "NX", "EX", tonumber(ARGV[2])) then
-    return 0
-end
-redis.call("HINCRBY", KEYS[2], ARGV[6], 1)
-redis.call("HINCRBYFLOAT", KEYS[2], ARGV[7], ARGV[3])
-redis.call("HINCRBYFLOAT", KEYS[2], ARGV[8], ARGV[4])
-redis.call("EXPIRE", KEYS[2], tonumber(ARGV[5]))
+# Feedback in two steps, since a script never mixes per-request and per-task keys (SPEC
+# §12): the marker claims the request (1, or 0 when it already had feedback), then the
+# score goes to the task's hash. KEYS: [feedback marker]. ARGV: [marker value, ttl].
+_FEEDBACK_MARK = """-- tunegate:experiments.feedback-mark:v1
+if redis.call("SET", KEYS[1], ARGV[1], "NX", "EX", tonumber(ARGV[2])) then return 1 end
+return 0
+"""
+# KEYS: [aggregate hash]. ARGV: [score, score squared, aggregate ttl, the count, sum and
+# sum-of-squares fields].
+_FEEDBACK_SUMS = """-- tunegate:experiments.feedback-sums:v1
+redis.call("HINCRBY", KEYS[1], ARGV[4], 1)
+redis.call("HINCRBYFLOAT", KEYS[1], ARGV[5], ARGV[1])
+redis.call("HINCRBYFLOAT", KEYS[1], ARGV[6], ARGV[2])
+redis.call("EXPIRE", KEYS[1], tonumber(ARGV[3]))
 return 1
 """
 
@@ -238,8 +237,9 @@ class _Batch:
 class Experiments:
     """The recorder and the reads and writes of experiment figures (through `Store`).
 
-    `record` never waits on the store: samples gather for `flush_s` and go in one store
-    call (one Lua script, sums merged per variant), in the background. `settle` writes
+    `record` never waits on the store: samples gather for `flush_s` and go in the
+    background, one Lua script per task (sums merged per variant, keys under the task's
+    hash tag) and one SET per answered request's record. `settle` writes
     what is gathered and waits for this process's writes (read-your-writes), `drain` at
     shutdown. A process killed outright loses at most its last `flush_s` of samples."""
 
@@ -257,7 +257,8 @@ class Experiments:
         self._flush_s = flush_s
         self._record_script = store.register(_RECORD)
         self._read_script = store.register(_READ)
-        self._feedback_script = store.register(_FEEDBACK)
+        self._feedback_mark = store.register(_FEEDBACK_MARK)
+        self._feedback_sums = store.register(_FEEDBACK_SUMS)
         self._batch = _Batch()
         self._timer: asyncio.TimerHandle | None = None
         self._pending: set[asyncio.Task[object]] = set()
@@ -325,24 +326,28 @@ class Experiments:
         batch, self._batch = self._batch, _Batch()
         if not batch.size:
             return
-        plan = {
-            "records": list(batch.records.values()),
-            "record_ttl": self._request_ttl_s,
-            "sums": [
-                [ints, {name: repr(x) for name, x in floats.items()}]
-                for ints, floats in batch.sums.values()
-            ],
-            "now": repr(self._clock()),
-            "aggregate_ttl": AGGREGATE_TTL_S,
-            "first_ts": f.FIRST_TS,
-            "last_ts": f.LAST_TS,
-        }
-        keys = [*batch.records, *batch.sums]
-        write = asyncio.get_running_loop().create_task(
-            self._store.run(self._record_script, keys, [orjson.dumps(plan)])
-        )
-        self._pending.add(write)
-        write.add_done_callback(self._pending.discard)
+        now = repr(self._clock())
+        writes: list[Coroutine[Any, Any, object]] = [
+            self._store.set(key, value.encode(), self._request_ttl_s)
+            for key, value in batch.records.items()
+        ]
+        for sums in _by_task(batch.sums).values():
+            plan = {
+                "sums": [
+                    [ints, {name: repr(x) for name, x in floats.items()}]
+                    for ints, floats in sums.values()
+                ],
+                "now": now,
+                "aggregate_ttl": AGGREGATE_TTL_S,
+                "first_ts": f.FIRST_TS,
+                "last_ts": f.LAST_TS,
+            }
+            writes.append(self._store.run(self._record_script, list(sums), [orjson.dumps(plan)]))
+        loop = asyncio.get_running_loop()
+        for write in writes:
+            task = loop.create_task(write)
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
 
     async def settle(self, timeout_s: float = 1.0) -> None:
         """Write what is gathered and wait (at most `timeout_s`) for this process's writes."""
@@ -421,24 +426,38 @@ class Experiments:
         failed."""
         marker = orjson.dumps({"score": score, "comment": comment, "at": self._clock()})
         reply = await self._store.run(
-            self._feedback_script,
-            [feedback_key(request_id), aggregate_key(record.task, record.served)],
+            self._feedback_mark, [feedback_key(request_id)], [marker, self._request_ttl_s]
+        )
+        if reply is None:
+            return None
+        if reply != 1:
+            return False
+        await self._store.run(
+            self._feedback_sums,
+            [aggregate_key(record.task, record.served)],
             [
-                marker,
-                self._request_ttl_s,
                 repr(score),
                 repr(score * score),
                 AGGREGATE_TTL_S,
                 *f.feedback(f.FEEDBACK if record.sample else f.FEEDBACK_NOT_SAMPLED),
             ],
         )
-        if reply is None:
-            return None
-        return reply == 1
+        return True
 
     @property
     def store_degraded(self) -> bool:
         return self._store.state == "degraded"
+
+
+def _by_task(
+    sums: dict[str, tuple[dict[str, int], dict[str, float]]],
+) -> dict[str, dict[str, tuple[dict[str, int], dict[str, float]]]]:
+    """`sums` grouped by their keys' hash tag (`{task}`): one script call per slot."""
+    groups: dict[str, dict[str, tuple[dict[str, int], dict[str, float]]]] = {}
+    for key, value in sums.items():
+        tag = key[key.index("{") : key.index("}") + 1]
+        groups.setdefault(tag, {})[key] = value
+    return groups
 
 
 def _parse_hash(flat: list[object]) -> dict[str, float]:

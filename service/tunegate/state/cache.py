@@ -138,19 +138,19 @@ class Read:
 
 
 # One round trip for a lookup that, on a miss, claims the key's single-flight lock.
-_LOOKUP_OR_CLAIM = """
+_LOOKUP_OR_CLAIM = """-- tunegate:cache.lookup-or-claim:v2
 local value = redis.call("GET", KEYS[1])
 if value then return {1, value} end
 if redis.call("SET", KEYS[2], ARGV[1], "NX", "PX", ARGV[2]) then return {0, 1} end
 return {0, 0}
 """
 # One round trip for the leader's save and the release of its lock (if still its own).
-_SAVE_AND_RELEASE = """
+_SAVE_AND_RELEASE = """-- tunegate:cache.save-and-release:v2
 redis.call("SET", KEYS[1], ARGV[1], "EX", ARGV[2])
 if redis.call("GET", KEYS[2]) == ARGV[3] then redis.call("DEL", KEYS[2]) end
 return 1
 """
-_RELEASE = """
+_RELEASE = """-- tunegate:cache.release:v2
 if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end
 return 0
 """

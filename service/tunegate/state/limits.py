@@ -55,7 +55,7 @@ LimitsState = Literal["off", "ok", "open", "closed"]
 # ARGV: rpm (0: none), budget in USD (0: none), a unique member, the window in ms, and
 # now in ms ("": the server's TIME).
 # Returns {0, 0} admitted, {1, ms until a slot frees} rate limited, {2, 0} over budget.
-_ADMIT = """
+_ADMIT = """-- tunegate:limits.admit:v2
 local budget = tonumber(ARGV[2])
 if budget > 0 then
     local spent = tonumber(redis.call("GET", KEYS[2]) or "0")
@@ -85,7 +85,7 @@ return {0, 0}
 """
 
 # KEYS[1] the key's spend today; ARGV: USD to add, TTL in seconds.
-_CHARGE = """
+_CHARGE = """-- tunegate:limits.charge:v2
 local spent = redis.call("INCRBYFLOAT", KEYS[1], ARGV[1])
 redis.call("EXPIRE", KEYS[1], ARGV[2])
 return spent
