@@ -29,6 +29,7 @@ CALLER_KEY = "key-ops-" + secrets.token_hex(8)
 UPSTREAM_KEY = "sk-upstream-secret"
 HEADERS = {"authorization": f"Bearer {CALLER_KEY}"}
 SHADOW = {"shadow": {"variant": "few_shot", "rate": 1.0}}
+JUDGE = "gpt-4o-mini"
 # The GenAI names the gateway may use: the conventions' own, nothing invented under gen_ai.
 GEN_AI = {
     "gen_ai.operation.name",
@@ -68,7 +69,10 @@ def gw(
         "triage-logged": task_config(log_payloads=True),
         "reply": task_config(output={"type": "text"}),
         "shadowed": task_config(routing=SHADOW),
+        "judged": task_config(output={"type": "text"}, routing=SHADOW),
     }
+    judge = {"upstream": "sim", "model": JUDGE, "rate": 1.0, "rubric": "Polite.", "pairwise": True}
+    tasks["judged"]["judge"] = judge
     keys = [{"name": "ops", "sha256": hash_key(CALLER_KEY), "tenant": "ops", "tasks": ["*"]}]
     config = gateway_config(sim.url, tasks, auth={"keys": keys})
     tracing = TracingSettings(
@@ -247,6 +251,26 @@ def test_a_shadow_call_is_its_own_trace_linked_to_the_request(
     assert shadow.links == ((server.trace_id, server.span_id),)
     [attempt] = [s for s in receiver.spans() if s.parent_id == shadow.span_id]
     assert (attempt.name, attempt.attributes["tunegate.attempt"]) == (f"chat {BASE}", "shadow")
+
+
+def test_judge_calls_are_their_own_traces_linked_to_the_request(
+    gw: Gateway, receiver: Receiver
+) -> None:
+    response = chat(gw, "judged", ticket())
+    server, _ = trace_of(receiver, response)
+    request_id = response.headers["x-request-id"]
+    for name in ("judge point", "judge pair"):
+
+        def wanted(span: Received, name: str = name) -> bool:
+            return span.name == name and span.attributes["tunegate.request_id"] == request_id
+
+        [judge] = receiver.wait_for(wanted)
+        assert judge.parent_id == "" and judge.trace_id != server.trace_id
+        assert judge.links == ((server.trace_id, server.span_id),)  # the pair's too
+        attempts = [s for s in receiver.spans() if s.parent_id == judge.span_id]
+        assert {(s.name, s.attributes["tunegate.attempt"]) for s in attempts} == {
+            (f"chat {JUDGE}", "judge")
+        }
 
 
 def test_no_prompt_answer_or_secret_in_any_attribute_unless_the_task_logs_payloads(

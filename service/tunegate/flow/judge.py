@@ -27,6 +27,7 @@ from tunegate.flow.upstream import Completion, Message
 from tunegate.pricing import PriceTable
 from tunegate.quality import jsonguard
 from tunegate.records import JudgeOutcome, JudgeStatus
+from tunegate.spans import NO_SPANS, Spans
 
 log = logging.getLogger("tunegate.judge")
 
@@ -98,12 +99,14 @@ class Judges:
         *,
         max_in_flight: int = MAX_IN_FLIGHT,
         rng: random.Random | None = None,
+        spans: Spans = NO_SPANS,
     ) -> None:
         self._upstreams = upstreams
         self._prices = prices
         self._recorders = tuple(recorders)
         self._max_in_flight = max_in_flight
         self._random = (rng or random.Random()).random
+        self._spans = spans
         self._point_schema = jsonguard.compile_schema(POINT_SCHEMA)
         self._pair_schema = jsonguard.compile_schema(PAIR_SCHEMA)
         self._running: set[asyncio.Task[None]] = set()
@@ -155,7 +158,8 @@ class Judges:
 
     async def _point(self, judge: Judge, judged: Judged) -> JudgeOutcome:
         prompt = point_prompt(judge.rubric, judged.messages, judged.text)
-        status, value, cost = await self._ask(judge, prompt, self._point_schema)
+        with self._spans.background("judge point", judged.task, judge.variant, judged.request_id):
+            status, value, cost = await self._ask(judge, judged.task, prompt, self._point_schema)
         score = float(value["score"]) if status == "ok" else None
         return JudgeOutcome(
             judged.request_id, judged.task.name, "point", judge.variant.model, status,
@@ -166,7 +170,9 @@ class Judges:
         # Random order: a judge that favours a position favours neither variant.
         first, second = (shadow, primary) if self._random() < 0.5 else (primary, shadow)
         prompt = pair_prompt(judge.rubric, primary.messages, first.text, second.text)
-        status, value, cost = await self._ask(judge, prompt, self._pair_schema)
+        task = primary.task
+        with self._spans.background("judge pair", task, judge.variant, primary.request_id):
+            status, value, cost = await self._ask(judge, task, prompt, self._pair_schema)
         winner = None
         if status == "ok":
             better = value["better"]
@@ -177,7 +183,7 @@ class Judges:
         )  # fmt: skip
 
     async def _ask(
-        self, judge: Judge, prompt: str, schema: jsonguard.CompiledSchema
+        self, judge: Judge, task: Task, prompt: str, schema: jsonguard.CompiledSchema
     ) -> tuple[JudgeStatus, Any, float]:
         """The judge's parsed answer: one call, and one corrective re-ask when it is not
         the JSON asked for. Returns (status, value, cost)."""
@@ -187,7 +193,7 @@ class Judges:
         ]
         cost = 0.0
         for reask in range(2):
-            completion = await self._call(judge.variant, messages)
+            completion = await self._call(task, judge.variant, messages)
             if completion is None:
                 return "error", None, cost
             price = self._prices.cost_usd(
@@ -204,16 +210,25 @@ class Judges:
                 ]
         return "invalid", None, cost
 
-    async def _call(self, variant: Variant, messages: Sequence[Message]) -> Completion | None:
+    async def _call(
+        self, task: Task, variant: Variant, messages: Sequence[Message]
+    ) -> Completion | None:
         """One attempt within the judge upstream's timeout; None when it failed."""
         timeout = self._upstreams.timeout_for(variant)
+        span = self._spans.attempt(task, variant, messages, "judge")
         try:
             async with asyncio.timeout(timeout):
-                return await self._upstreams.complete(variant, messages, variant.params, timeout)
+                done = await self._upstreams.complete(variant, messages, variant.params, timeout)
         except (UpstreamError, TimeoutError) as exc:
             kind = exc.kind if isinstance(exc, UpstreamError) else "timeout"
+            span.failed(kind)
             log.info("judge call failed", extra={"model": variant.model, "kind": kind})
             return None
+        model = done.model or variant.model
+        span.answered(
+            model, done.finish_reason, done.prompt_tokens, done.completion_tokens, done.content
+        )
+        return done
 
     def _record(self, outcome: JudgeOutcome) -> None:
         for recorder in self._recorders:

@@ -7,7 +7,7 @@ imports it only when an OTLP endpoint is configured, so with tracing off no SDK 
     ├── cache lookup                  tunegate.cache.lookup
     ├── chat {model}                  client span per upstream attempt (retries, re-asks,
     └── chat {model}                  fallbacks alike): GenAI attributes, error.type
-    shadow {variant}  (own trace, linked to the request's)
+    shadow {variant}, judge point, judge pair   (each its own trace, linked to the request's)
     └── chat {model}
 
 Attributes of the gateway's own live under `tunegate.*`. Prompt and answer text go on a
@@ -43,6 +43,9 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+# In a background call's context: the request it was made for (a judge of a shadow pair
+# links to the request, not to the shadow call it starts from).
+_REQUEST = context.create_key("tunegate.request")
 _CARRIED = (b"traceparent", b"tracestate")
 
 
@@ -104,7 +107,8 @@ class Tracing:
     def background(
         self, name: str, task: Task, variant: Variant, request_id: str
     ) -> Iterator[None]:
-        request = trace.get_current_span().get_span_context()
+        request = context.get_value(_REQUEST) or trace.get_current_span().get_span_context()
+        assert isinstance(request, trace.SpanContext)
         span = self.tracer.start_span(
             name,
             context=Context(),  # a root: its own trace
@@ -115,7 +119,9 @@ class Tracing:
                 "tunegate.request_id": request_id,
             },
         )
-        token = context.attach(trace.set_span_in_context(span))
+        token = context.attach(
+            trace.set_span_in_context(span, context.set_value(_REQUEST, request, Context()))
+        )
         try:
             yield
         finally:
