@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 
 from tunegate import __version__
+from tunegate.api.access import AccessLog
 from tunegate.api.admin import Reloader, reload_config, watch_sighup
 from tunegate.api.capture import get_capture
 from tunegate.api.chat import chat_completions
@@ -87,6 +88,7 @@ def create_app(settings: Settings) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app)
+    app.add_middleware(AccessLog)
     app.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
     app.add_route("/v1/tasks/{task}", run_task, methods=["POST"])
     app.add_route("/v1/models", list_models, methods=["GET"])

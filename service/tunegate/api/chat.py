@@ -11,13 +11,14 @@ the caller asks with `stream_options.include_usage`, as OpenAI does (SPEC §7).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from tunegate.api.access import report_cost
 from tunegate.api.bodies import ChatBody, cache_mode, chat_params, parse_body
 from tunegate.api.errors import error_body
 from tunegate.api.headers import answer_headers
@@ -64,7 +65,7 @@ async def chat_completions(request: Request, incoming: Incoming) -> Response:
     usage = body.stream_options is not None and body.stream_options.include_usage is True
     if body.stream and not task.buffers_streams:
         head, deltas = await cancel_on_disconnect(request, gateway.stream(call))
-        return _sse(head, _text_events(head, deltas, usage))
+        return _sse(head, _text_events(head, deltas, usage, report_cost(request)))
     answer = await cancel_on_disconnect(request, gateway.answer(call))
     if body.stream:
         # JSON tasks and tasks with checks stream only what passed: the whole answer.
@@ -151,7 +152,7 @@ async def _replay_events(answer: Answer, usage: bool) -> AsyncIterator[bytes]:
 
 
 async def _text_events(
-    head: Answer, deltas: AsyncIterator[Delta], usage: bool
+    head: Answer, deltas: AsyncIterator[Delta], usage: bool, report: Callable[[float], None]
 ) -> AsyncIterator[bytes]:
     chunks = _Chunks(head)
     yield chunks.delta({"role": "assistant", "content": "", "refusal": None})
@@ -161,6 +162,7 @@ async def _text_events(
                 yield chunks.delta({"content": delta.content})
                 continue
             yield chunks.delta({}, delta.finish_reason)
+            report(delta.cost_usd)
             if not usage:
                 continue
             yield chunks.usage(

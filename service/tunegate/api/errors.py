@@ -59,7 +59,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         if exc.status_code == 405:
-            return error_response(MethodNotAllowed(f"{request.method} is not allowed here."))
+            allowed = dict(exc.headers or {})  # Starlette's `Allow`
+            refused = MethodNotAllowed(f"{request.method} is not allowed here.", headers=allowed)
+            return error_response(refused)
         if exc.status_code == 404:
             return error_response(NotFound(f"No route {request.url.path}.", code="not_found"))
         return error_response(InvalidRequest(str(exc.detail)))
