@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -15,15 +14,10 @@ from pathlib import Path
 
 import httpx
 
+from tunegate.state.embedded import free_port as free_port
+
 TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 STORE_COMMANDS = ("valkey-server", "redis-server")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -5,7 +5,6 @@ and helpers to write configs that point at them."""
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import sys
 import threading
@@ -18,27 +17,14 @@ import httpx
 import uvicorn
 import yaml
 
+from testkit.configs import BASE as BASE
+from testkit.configs import TRIAGE_SCHEMA as TRIAGE_SCHEMA
+from testkit.configs import TUNED as TUNED
+from testkit.configs import gateway_config as gateway_config
+from testkit.configs import task_config as task_config
 from tunegate.app import create_app
 from tunegate.config.settings import Settings, TracingSettings
-
-TUNED = "ft:gpt-3.5-turbo-0613:acme::7qTVM5AR"
-BASE = "gpt-3.5-turbo"
-TRIAGE_SCHEMA = {
-    "type": "object",
-    "required": ["category", "priority"],
-    "additionalProperties": False,
-    "properties": {
-        "category": {"enum": ["billing", "bug", "account", "other"]},
-        "priority": {"enum": ["low", "medium", "high"]},
-    },
-}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tunegate.state.embedded import free_port as free_port
 
 
 def wait_for_http(url: str, timeout_s: float = 15.0) -> None:
@@ -108,57 +94,6 @@ def simulator_with(scenario: Mapping[str, Any], directory: Path) -> Iterator[Sim
         yield simulator
     finally:
         simulator.stop()
-
-
-def task_config(
-    *,
-    output: Mapping[str, Any] | None = None,
-    weights: Mapping[str, float] | None = None,
-    routing: Mapping[str, Any] | None = None,
-    **task: Any,
-) -> dict[str, Any]:
-    """A `ticket-triage`-like task with a tuned and a few-shot variant."""
-    return {
-        "output": dict(output or {"type": "json", "schema": TRIAGE_SCHEMA}),
-        "variants": {
-            "tuned": {
-                "upstream": "sim",
-                "model": TUNED,
-                "system": "Classify the support ticket as JSON.",
-                "params": {"temperature": 0, "max_tokens": 64},
-            },
-            "few_shot": {
-                "upstream": "sim",
-                "model": BASE,
-                "system": "You classify support tickets. Answer only with JSON.",
-                "examples": [
-                    {
-                        "user": "I was charged twice.",
-                        "assistant": '{"category": "billing", "priority": "high"}',
-                    }
-                ],
-                "params": {"temperature": 0, "max_tokens": 64},
-            },
-        },
-        "routing": {
-            "weights": dict(weights or {"tuned": 100, "few_shot": 0}),
-            "fallback": ["few_shot", "tuned"],
-            "retries": 1,
-            "json_retries": 1,
-            **(routing or {}),
-        },
-        **task,
-    }
-
-
-def gateway_config(sim_url: str, tasks: Mapping[str, Any], **top: Any) -> dict[str, Any]:
-    return {
-        "upstreams": {
-            "sim": {"base_url": f"{sim_url}/v1", "api_key_env": "SIM_KEY", "timeout_s": 5}
-        },
-        "tasks": dict(tasks),
-        **top,
-    }
 
 
 class Gateway:

@@ -12,6 +12,7 @@ import httpx
 import pytest
 import yaml
 
+from testkit.redis_server import RedisServer
 from tests.harness import (
     BASE,
     TUNED,
@@ -21,7 +22,6 @@ from tests.harness import (
     simulator_with,
     task_config,
 )
-from tests.redis_server import RedisServer
 from tunegate.config.compiled import GatewayConfig, Task, load_config
 from tunegate.errors import ConfigError
 from tunegate.experiments.adaptive import Split, Watcher, probability_a_better, split_for

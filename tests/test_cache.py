@@ -22,6 +22,7 @@ import yaml
 from openai._legacy_response import LegacyAPIResponse
 from openai.types.chat import ChatCompletion
 
+from testkit.redis_server import RedisServer, redis_server
 from tests.harness import (
     BASE,
     TUNED,
@@ -32,7 +33,6 @@ from tests.harness import (
     simulator_with,
     task_config,
 )
-from tests.redis_server import RedisServer, redis_server
 from tunegate.auth import hash_key
 from tunegate.config.compiled import load_config
 from tunegate.state.cache import KEY_PREFIX, LOCK_PREFIX, Cache, Entry, Write, cache_key_for

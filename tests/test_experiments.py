@@ -20,6 +20,7 @@ import pytest
 import redis
 import yaml
 
+from testkit.redis_server import RedisServer
 from tests.harness import (
     BASE,
     TUNED,
@@ -31,7 +32,6 @@ from tests.harness import (
     simulator_with,
     task_config,
 )
-from tests.redis_server import RedisServer
 from tunegate.auth import hash_key
 from tunegate.commands import cli
 from tunegate.experiments.recorder import AGGREGATE_TTL_S, REQUEST_TTL_S

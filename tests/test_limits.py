@@ -19,6 +19,7 @@ import redis
 from hypothesis import given
 from hypothesis import strategies as st
 
+from testkit.redis_server import RedisServer, redis_server
 from tests.harness import (
     BASE,
     TUNED,
@@ -28,7 +29,6 @@ from tests.harness import (
     running_gateway,
     task_config,
 )
-from tests.redis_server import RedisServer, redis_server
 from tunegate.auth import hash_key
 from tunegate.config.compiled import ApiKey
 from tunegate.errors import LimitExceeded, Unavailable

@@ -18,6 +18,7 @@ import httpx
 import pytest
 import yaml
 
+from testkit.redis_server import RedisServer, redis_server
 from tests.harness import (
     TUNED,
     Gateway,
@@ -28,7 +29,6 @@ from tests.harness import (
     task_config,
     wait_for_http,
 )
-from tests.redis_server import RedisServer, redis_server
 from tunegate.auth import hash_key
 
 

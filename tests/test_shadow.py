@@ -14,6 +14,7 @@ import httpx
 import pytest
 import yaml
 
+from testkit.redis_server import RedisServer
 from tests.harness import (
     BASE,
     TUNED,
@@ -25,7 +26,6 @@ from tests.harness import (
     task_config,
     wait_until,
 )
-from tests.redis_server import RedisServer
 from tunegate.commands import cli
 from tunegate.config.compiled import load_config
 from tunegate.experiments.report import build_document, render_table

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import socket
 import ssl
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from tunegate.simulator.scenario import (
     is_script_kind,
     load_scenario,
 )
+from tunegate.state.embedded import free_port
 
 KEY = "sk-sim-test-key"
 SEED = 3
@@ -54,18 +54,11 @@ TICKET: list[ChatCompletionMessageParam] = [
 RIGHT = '{"category": "billing", "priority": "high"}'
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     scenario = tmp_path_factory.mktemp("sim") / "scenario.yaml"
     scenario.write_text(SCENARIO, encoding="utf-8")
-    port = _free_port()
+    port = free_port()
     argv = [sys.executable, "-m", "tunegate.simulator", "--port", str(port)]
     process = subprocess.Popen([*argv, "--scenario", str(scenario), "--seed", str(SEED)])
     url = f"http://127.0.0.1:{port}"

@@ -17,8 +17,8 @@ import httpx
 import yaml
 
 from bench.processes import Server, free_port, start_server
-from tests.harness import BASE, TUNED, task_config
-from tests.redis_server import RedisServer
+from testkit.configs import BASE, TUNED, task_config
+from testkit.redis_server import RedisServer
 from tunegate.auth import hash_key
 from tunegate.state.embedded import EmbeddedServer
 
