@@ -25,11 +25,11 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from tunegate.api.incoming import caller
+from tunegate.api.responses import json_response
 from tunegate.api.services import Runtime, services_of
 from tunegate.auth import require_admin
 from tunegate.config.compiled import GatewayConfig, load_config, missing_secrets
@@ -182,4 +182,4 @@ async def reload_config(request: Request) -> Response:
         "keys": len(config.keys),
         "upstreams": "replaced" if reloaded.upstreams_replaced else "kept",
     }
-    return Response(orjson.dumps(body), media_type="application/json")
+    return json_response(body)

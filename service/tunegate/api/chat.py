@@ -21,7 +21,6 @@ from starlette.responses import Response, StreamingResponse
 from tunegate.api.access import report_cost
 from tunegate.api.bodies import ChatBody, cache_mode, chat_params, parse_body
 from tunegate.api.errors import error_body
-from tunegate.api.headers import answer_headers
 from tunegate.api.incoming import (
     Incoming,
     admit,
@@ -33,6 +32,7 @@ from tunegate.api.incoming import (
     task_endpoint,
 )
 from tunegate.api.messages import caller_turns
+from tunegate.api.responses import answer_headers
 from tunegate.errors import GatewayError
 from tunegate.flow.upstream import Delta
 from tunegate.pricing import format_usd

@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from tunegate.api.chat import COMPLETION_ID_PREFIX
 from tunegate.api.incoming import caller, read_body
+from tunegate.api.responses import json_response
 from tunegate.api.services import services_of
 from tunegate.errors import (
     Conflict,
@@ -22,10 +23,6 @@ from tunegate.errors import (
 
 MAX_COMMENT_CHARS = 2000
 FEEDBACK_BODY_LIMIT = 64 * 1024
-
-
-def _json(data: object, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
 async def post_feedback(request: Request) -> Response:
@@ -47,7 +44,7 @@ async def post_feedback(request: Request) -> Response:
     task = services.runtime.config.tasks.get(record.task)
     if task is not None and task.capture is not None and services.capture is not None:
         await services.capture.add_score(task.name, task.capture, request_id, score)
-    return _json(
+    return json_response(
         {
             "request_id": request_id,
             "task": record.task,
@@ -102,4 +99,4 @@ async def get_experiments(request: Request) -> Response:
     document = await services.experiments.document(task)
     if document is None:
         raise Unavailable("The store is unavailable; retry shortly.", code="not_ready")
-    return _json(document)
+    return json_response(document)

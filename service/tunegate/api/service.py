@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from tunegate.api.incoming import caller
+from tunegate.api.responses import json_response
 from tunegate.api.services import services_of, started_services
 from tunegate.errors import NotFound
-
-
-def _json(data: object, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
 async def list_models(request: Request) -> Response:
@@ -21,7 +17,7 @@ async def list_models(request: Request) -> Response:
     principal = caller(runtime, request)
     created = int(runtime.started_at)
     data = [_model(name, created) for name in runtime.config.tasks if principal.may_call(name)]
-    return _json({"object": "list", "data": data})
+    return json_response({"object": "list", "data": data})
 
 
 async def retrieve_model(request: Request) -> Response:
@@ -36,7 +32,7 @@ async def retrieve_model(request: Request) -> Response:
             f"The model {name!r} does not exist or you do not have access to it.",
             code="model_not_found",
         )
-    return _json(_model(name, int(runtime.started_at)))
+    return json_response(_model(name, int(runtime.started_at)))
 
 
 def _model(name: str, created: int) -> dict[str, object]:
@@ -44,17 +40,17 @@ def _model(name: str, created: int) -> dict[str, object]:
 
 
 async def healthz(request: Request) -> Response:
-    return _json({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 async def readyz(request: Request) -> Response:
     services = started_services(request)
     if services is None or services.draining:
         state = "draining" if services is not None else "starting"
-        return _json({"status": state}, status=503)
+        return json_response({"status": state}, status=503)
     runtime, store = services.runtime, services.store
     await store.ping()
-    return _json(
+    return json_response(
         {
             "status": "ready",
             "store": store.state,

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from tunegate.api.bodies import TaskBody, cache_mode, parse_body
-from tunegate.api.headers import answer_headers
 from tunegate.api.incoming import (
     Incoming,
     admit,
@@ -22,6 +20,7 @@ from tunegate.api.incoming import (
     task_endpoint,
 )
 from tunegate.api.messages import caller_turns
+from tunegate.api.responses import answer_headers, json_response
 
 
 @task_endpoint
@@ -55,6 +54,4 @@ async def run_task(request: Request, incoming: Incoming) -> Response:
         "cache": answer.cache,
         "fallback_from": answer.fallback_from,
     }
-    return Response(
-        orjson.dumps(output), headers=answer_headers(answer), media_type="application/json"
-    )
+    return json_response(output, headers=answer_headers(answer))

@@ -136,9 +136,6 @@ class Watcher:
         """The adaptive split of `task` as the router takes it; None: the configured one."""
         return self._cumulative.get(task)
 
-    def split(self, task: str) -> Split | None:
-        return self._splits.get(task)
-
     def start(self, current: Callable[[], GatewayConfig]) -> None:
         """Refresh every `interval_s` in the background, for the config `current` gives."""
 

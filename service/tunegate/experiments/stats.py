@@ -38,6 +38,7 @@ looks, where the normal approximation is weakest, undecided).
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 from collections.abc import Mapping, Sequence
@@ -383,14 +384,7 @@ LATENCY_EDGES = histogram_edges()
 def bucket_of(seconds: float, edges: Sequence[float] = LATENCY_EDGES) -> int:
     """The bucket index of `seconds`: i for edges[i-1] <= seconds < edges[i] (0 below the
     first edge, len(edges) above the last)."""
-    low, high = 0, len(edges)
-    while low < high:
-        middle = (low + high) // 2
-        if seconds < edges[middle]:
-            high = middle
-        else:
-            low = middle + 1
-    return low
+    return bisect.bisect_right(edges, seconds)
 
 
 def bucket_low(index: int, edges: Sequence[float] = LATENCY_EDGES) -> float:

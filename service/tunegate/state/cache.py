@@ -127,14 +127,20 @@ class Write:
 @dataclass(frozen=True, slots=True)
 class Read:
     """What `Cache.read_through` found or made. `entry` is None when the computation
-    stored nothing; `computed` is True when this caller's computation ran (its result is
-    the caller's own), False when the entry came from the store or another caller's
-    computation; `waited` is the time spent on the store."""
+    stored nothing; `waited` is the time spent on the store."""
 
     entry: Entry | None
     lookup: Lookup
-    computed: bool
     waited: float
+
+
+@dataclass(slots=True)
+class _Lock:
+    """A key's single-flight lock across instances: `held` once claimed, until released."""
+
+    key: str
+    token: str
+    held: bool = False
 
 
 # One round trip for a lookup that, on a miss, claims the key's single-flight lock.
@@ -220,65 +226,93 @@ class Cache:
         on their own. `compute` raising propagates to its caller only."""
         entry = self._recent.get(key)
         if entry is not None:
-            return Read(entry, "hit", computed=False, waited=0.0)
+            return Read(entry, "hit", waited=0.0)
         leader = self._leaders.get(key)
         if leader is not None:
-            entry, lookup = await asyncio.shield(leader)
-            if entry is not None:
-                return Read(entry, lookup, computed=False, waited=0.0)
-            return await self._compute_alone(compute, "miss", 0.0, local_ttl_s)
+            return await self._follow(leader, compute, local_ttl_s)
         future: asyncio.Future[tuple[Entry | None, Lookup]] = (
             asyncio.get_running_loop().create_future()
         )
         self._leaders[key] = future
-        lock = LOCK_PREFIX + key.removeprefix(KEY_PREFIX)
-        token: str | None = secrets.token_hex(16)
+        lock = _Lock(LOCK_PREFIX + key.removeprefix(KEY_PREFIX), secrets.token_hex(16))
         try:
-            started = self._clock()
-            reply = await self._store.run(
-                self._lookup_or_claim,
-                keys=(key, lock),
-                args=(token or "", max(1, int(lock_ttl_s * 1000))),
-            )
-            waited = self._clock() - started
-            found, claimed = _parse_claim(reply)
-            if found is not None or reply is None or not claimed:
-                token = None
-            if found is not None:
-                entry = Entry.decode(found)
-                if entry is not None:
-                    self._recent.put(key, entry, local_ttl_s)
-                    future.set_result((entry, "hit"))
-                    return Read(entry, "hit", computed=False, waited=waited)
-                return await self._compute_alone(compute, "error", waited, local_ttl_s)
-            if reply is None:
-                return await self._compute_alone(compute, self._miss(), waited, local_ttl_s)
-            if not claimed:
-                entry = await self._wait_for_other_instance(key)
-                if entry is not None:
-                    future.set_result((entry, "miss"))
-                    return Read(entry, "miss", computed=False, waited=waited)
-                return await self._compute_alone(compute, "miss", waited, local_ttl_s)
-            write = await compute()
-            started = self._clock()
-            if write is not None:
-                self._recent.put(write.key, write.entry, local_ttl_s)
-                await self._store.run(
-                    self._save_and_release,
-                    keys=(write.key, lock),
-                    args=(write.entry.encode(), write.ttl_s, token or ""),
-                )
-                token = None
-            waited += self._clock() - started
-            entry = write.entry if write is not None else None
-            future.set_result((entry, "miss"))
-            return Read(entry, "miss", computed=True, waited=waited)
+            read, shared = await self._lead(key, lock, lock_ttl_s, compute, local_ttl_s)
+            if shared is not None:
+                future.set_result((read.entry, shared))
+            return read
         finally:
             if not future.done():
-                future.set_result((None, "miss"))
+                future.set_result((None, "miss"))  # the followers compute on their own
             del self._leaders[key]
-            if token is not None:
-                await self._store.run(self._release, keys=(lock,), args=(token,))
+            if lock.held:
+                await self._store.run(self._release, keys=(lock.key,), args=(lock.token,))
+
+    async def _follow(
+        self,
+        leader: asyncio.Future[tuple[Entry | None, Lookup]],
+        compute: Callable[[], Awaitable[Write | None]],
+        local_ttl_s: float,
+    ) -> Read:
+        """Another caller in this process leads on the key: its entry, else our own."""
+        entry, lookup = await asyncio.shield(leader)
+        if entry is not None:
+            return Read(entry, lookup, waited=0.0)
+        return await self._compute_alone(compute, "miss", 0.0, local_ttl_s)
+
+    async def _lead(
+        self,
+        key: str,
+        lock: _Lock,
+        lock_ttl_s: float,
+        compute: Callable[[], Awaitable[Write | None]],
+        local_ttl_s: float,
+    ) -> tuple[Read, Lookup | None]:
+        """Look the key up and claim its lock in one round trip; then the stored entry,
+        another instance's, or our computation's. Also what this process's followers
+        get: the lookup they count with the entry, or None (they compute on their own)."""
+        started = self._clock()
+        reply = await self._store.run(
+            self._lookup_or_claim,
+            keys=(key, lock.key),
+            args=(lock.token, max(1, int(lock_ttl_s * 1000))),
+        )
+        waited = self._clock() - started
+        if reply is None:  # the store failed: a miss that counts as an error
+            return await self._compute_alone(compute, "error", waited, local_ttl_s), None
+        found, lock.held = _parse_claim(reply)
+        if found is not None:
+            entry = Entry.decode(found)
+            if entry is None:  # garbage under the key
+                return await self._compute_alone(compute, "error", waited, local_ttl_s), None
+            self._recent.put(key, entry, local_ttl_s)
+            return Read(entry, "hit", waited), "hit"
+        if not lock.held:
+            entry = await self._wait_for_other_instance(key)
+            if entry is not None:
+                return Read(entry, "miss", waited), "miss"
+            return await self._compute_alone(compute, "miss", waited, local_ttl_s), None
+        return await self._compute_and_release(lock, compute, waited, local_ttl_s), "miss"
+
+    async def _compute_and_release(
+        self,
+        lock: _Lock,
+        compute: Callable[[], Awaitable[Write | None]],
+        waited: float,
+        local_ttl_s: float,
+    ) -> Read:
+        """The lock's holder: compute, then save and release in one round trip."""
+        write = await compute()
+        if write is None:
+            return Read(None, "miss", waited)
+        self._recent.put(write.key, write.entry, local_ttl_s)
+        started = self._clock()
+        await self._store.run(
+            self._save_and_release,
+            keys=(write.key, lock.key),
+            args=(write.entry.encode(), write.ttl_s, lock.token),
+        )
+        lock.held = False
+        return Read(write.entry, "miss", waited + self._clock() - started)
 
     async def _compute_alone(
         self,
@@ -289,9 +323,9 @@ class Cache:
     ) -> Read:
         write = await compute()
         if write is None:
-            return Read(None, lookup, computed=True, waited=waited)
+            return Read(None, lookup, waited)
         waited += await self.save(write, local_ttl_s)
-        return Read(write.entry, lookup, computed=True, waited=waited)
+        return Read(write.entry, lookup, waited)
 
     def _miss(self) -> Lookup:
         return "error" if self._store.state == "degraded" else "miss"

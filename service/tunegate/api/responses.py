@@ -1,9 +1,22 @@
-"""The `x-tunegate-*` headers of an answer (SPEC §2), built here at the HTTP edge."""
+"""Responses at the HTTP edge: JSON bodies, and the `x-tunegate-*` headers of an answer
+(SPEC §2)."""
 
 from __future__ import annotations
 
+import orjson
+from starlette.responses import Response
+
 from tunegate.pricing import format_usd
 from tunegate.records import Answer
+
+
+def json_response(
+    data: object, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """`data` as a JSON response (orjson: dataclasses and tuples included)."""
+    return Response(
+        orjson.dumps(data), status_code=status, headers=headers, media_type="application/json"
+    )
 
 
 def answer_headers(answer: Answer) -> dict[str, str]:
