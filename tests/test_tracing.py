@@ -17,10 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
+from testkit.redis_server import RedisServer
 from tests.harness import BASE, TUNED, Gateway, Simulator, gateway_config, running_gateway
 from tests.harness import task_config as base_task
 from tests.otlp_receiver import Received, Receiver, otlp_receiver
-from tests.redis_server import RedisServer
 from tunegate.auth import hash_key
 from tunegate.config.settings import TracingSettings, settings_from_env, tracing_from_env
 from tunegate.errors import ConfigError

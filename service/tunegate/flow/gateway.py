@@ -191,10 +191,9 @@ class Gateway:
         read = await self._cache.read_through(key, call.task.deadline_s, compute, local_ttl_s)
         trail.store_seconds += read.waited
         trail.cache_lookup = read.lookup
-        if not read.computed:
-            lookup.found(read.lookup)
-        if produced:
+        if produced:  # `compute` ran and told the span
             return self._served(call, trail, produced[0])
+        lookup.found(read.lookup)
         if read.entry is None or read.entry.variant not in call.task.variants:
             # Stored under a config whose variants differed: serve it here.
             return await self._serve_and_save(call, trail, order)
