@@ -1,0 +1,170 @@
+"""Benchmark of the output checks and the judge (issue 17):
+
+1. On a 600-character German answer: the five cheap checks of reply-de together
+   (max_sentences, max_chars, contains, not_contains, regex) and the language check
+   (lingua, one detector built at load for the config's languages plus the contrast set),
+   p50 µs per answer.
+2. The miss path at concurrency 1 through real processes (simulator, `tunegate serve`,
+   embedded store): two text tasks alike but for the judge, rate 1.0 against rate 0,
+   requests interleaved in one run; p50 of each and their ratio.
+
+Run: .venv/bin/python bench/checks_bench.py [--requests N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from bench.processes import free_port, start_server
+from tunegate.quality.checks import Detector, compile_checks, languages_of
+
+CHECKS: list[Any] = [
+    {"language": "de"},
+    {"max_sentences": 3},
+    {"max_chars": 600},
+    {"contains": "Ihr Acme-Team"},
+    {"not_contains": ["As an AI", "Als KI"]},
+    {"regex": "^[^<>]*$"},
+]
+ANSWER = (
+    "Guten Tag, vielen Dank für Ihre Nachricht und Ihre Geduld in dieser Angelegenheit. "
+    "Wir haben Ihre Rechnung vom März geprüft und festgestellt, dass Ihnen der Betrag "
+    "versehentlich doppelt berechnet wurde; die Gutschrift über den zu viel gezahlten "
+    "Betrag ist bereits veranlasst und erscheint innerhalb von drei bis fünf Werktagen auf "
+    "Ihrem Konto, und selbstverständlich erhalten Sie zusätzlich eine korrigierte Rechnung "
+    "per E-Mail, die Sie für Ihre Unterlagen aufbewahren können, sowie eine kurze, "
+    "Bestätigung unserer Buchhaltung über den ganzen Vorgang, damit Sie alles in Ruhe nach"
+    "lesen. Ihr Acme-Team"
+)
+
+
+def per_answer_us(run: Any, rounds: int = 30, batch: int = 200) -> float:
+    timings = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for _ in range(batch):
+            run(ANSWER)
+        timings.append((time.perf_counter() - started) / batch * 1e6)
+    return statistics.median(timings)
+
+
+def check_figures() -> dict[str, float]:
+    detector = Detector(languages_of(CHECKS))
+    everything = compile_checks(CHECKS, detector, reask=True)
+    cheap = compile_checks(CHECKS[1:], None, reask=True)
+    language = compile_checks(CHECKS[:1], detector, reask=True)
+    assert len(ANSWER) == 600, len(ANSWER)
+    assert everything.run(ANSWER).passed
+    return {
+        "cheap_checks_p50_us": per_answer_us(cheap.run),
+        "language_p50_us": per_answer_us(language.run),
+        "all_six_p50_us": per_answer_us(everything.run),
+    }
+
+
+def _task(judge_rate: float) -> dict[str, Any]:
+    return {
+        "output": {"type": "text", "checks": CHECKS},
+        "variants": {
+            "tuned": {
+                "upstream": "sim",
+                "model": "ft:gpt-3.5-turbo-0613:acme::9xRPL2DQ",
+                "system": "Antworte dem Kunden auf Deutsch.",
+                "params": {"max_tokens": 256},
+            }
+        },
+        "cache": {"enabled": False},
+        "judge": {
+            "upstream": "sim",
+            "model": "gpt-4o-mini",
+            "rate": judge_rate,
+            "rubric": "German, at most three sentences, signed.",
+        },
+    }
+
+
+def miss_path(requests: int, workdir: Path) -> dict[str, float]:
+    sim_port, gateway_port = free_port(), free_port()
+    sim = start_server(
+        "simulator",
+        [sys.executable, "-m", "tunegate.simulator", "--port", str(sim_port)],
+        port=sim_port,
+        ready_path="/v1/models",
+        log_dir=workdir,
+    )
+    config = {
+        "upstreams": {"sim": {"base_url": f"{sim.url}/v1", "api_key_env": "SIM_KEY"}},
+        "tasks": {"judged": _task(1.0), "plain": _task(0.0)},
+    }
+    path = workdir / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True))
+    argv = [sys.executable, "-m", "tunegate.commands.cli", "serve", "--config", str(path)]
+    try:
+        gateway = start_server(
+            "gateway",
+            [*argv, "--port", str(gateway_port)],
+            port=gateway_port,
+            ready_path="/readyz",
+            log_dir=workdir,
+            environ={**os.environ, "SIM_KEY": "sk-bench", "TUNEGATE_LOG_LEVEL": "warning"},
+        )
+        try:
+            return _interleaved(gateway.url, requests)
+        finally:
+            gateway.stop()
+    finally:
+        sim.stop()
+
+
+def _interleaved(url: str, requests: int) -> dict[str, float]:
+    seconds: dict[str, list[float]] = {"judged": [], "plain": []}
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for i in range(requests * 2 + 40):
+            task = "judged" if i % 2 else "plain"
+            body = {"model": task, "messages": [{"role": "user", "content": str(uuid.uuid4())}]}
+            started = time.perf_counter()
+            response = client.post("/v1/chat/completions", json=body)
+            elapsed = time.perf_counter() - started
+            assert response.status_code == 200, response.text
+            if i >= 40:  # the first requests warm both paths up
+                seconds[task].append(elapsed)
+        judged = client.get("/metrics").text.count('tunegate_judge_requests_total{kind="point"')
+    plain_ms = statistics.median(seconds["plain"]) * 1000
+    judged_ms = statistics.median(seconds["judged"]) * 1000
+    return {
+        "requests_per_task": requests,
+        "plain_p50_ms": plain_ms,
+        "judged_p50_ms": judged_ms,
+        "judged_over_plain": judged_ms / plain_ms,
+        "judge_series": judged,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=300, help="per task (default 300)")
+    args = parser.parse_args()
+    figures = check_figures()
+    print(f"600-char answer: five cheap checks p50 {figures['cheap_checks_p50_us']:.1f} µs; "
+          f"language p50 {figures['language_p50_us']:.1f} µs; "
+          f"all six p50 {figures['all_six_p50_us']:.1f} µs")  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="checks-bench-") as workdir:
+        miss = miss_path(args.requests, Path(workdir))
+    print(f"miss path at c=1, {miss['requests_per_task']} requests each, interleaved: "
+          f"judge rate 0 p50 {miss['plain_p50_ms']:.2f} ms, judge rate 1.0 p50 "
+          f"{miss['judged_p50_ms']:.2f} ms (ratio {miss['judged_over_plain']:.3f})")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
