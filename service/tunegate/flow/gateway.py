@@ -402,7 +402,7 @@ class Gateway:
                 {"role": "assistant", "content": completion.content},
                 {"role": "user", "content": message},
             ]
-        raise UpstreamInvalidOutput(f"{variant.name}: {error}")
+        raise UpstreamInvalidOutput(error)
 
     @staticmethod
     def _inspect(
