@@ -179,6 +179,36 @@ def test_an_input_the_model_refuses_is_the_callers_400_without_fallback(
     assert sim.requests(BASE) == []
 
 
+def test_a_502_after_429s_passes_on_the_shortest_retry_after(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    tasks = {"impatient": task_config(deadline_s=10, routing={"retries": 0})}
+    with running_gateway(tmp_path, gateway_config(sim.url, tasks)) as gateway:
+        sim.script(TUNED, "429:7")
+        sim.script(BASE, "429:3")
+        body = {"model": "impatient", "messages": [{"role": "user", "content": "hi"}]}
+        response = HTTP.post(f"{gateway.url}/v1/chat/completions", json=body)
+        assert response.status_code == 502
+        assert response.headers["retry-after"] == "3"
+        assert response.headers["x-should-retry"] == "true"
+        # Waits beyond the deadline help no retry: none is passed on.
+        sim.script(TUNED, "429:30")
+        sim.script(BASE, "429:20")
+        response = HTTP.post(f"{gateway.url}/v1/chat/completions", json=body)
+        assert response.status_code == 502 and "retry-after" not in response.headers
+
+
+def test_max_tokens_too_small_for_the_schema_says_so_once_per_variant(
+    client: openai.OpenAI,
+) -> None:
+    with pytest.raises(openai.APIStatusError) as caught:
+        ask(client, "triage", max_tokens=3)
+    assert caught.value.status_code == 502 and caught.value.code == "invalid_output"
+    message = caught.value.message
+    assert "max_tokens 3" in message
+    assert "tuned: tuned" not in message and "few_shot: few_shot" not in message
+
+
 def test_insufficient_quota_is_not_retried_and_falls_back(
     client: openai.OpenAI, sim: Simulator
 ) -> None:

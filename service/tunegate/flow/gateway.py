@@ -86,6 +86,14 @@ async def _replay(answer: Answer) -> AsyncIterator[Delta]:
     )
 
 
+def _shortest_wait(failures: list[tuple[str, UpstreamError]], deadline_s: float) -> float | None:
+    """The shortest `Retry-After` the upstreams asked for, passed on to the caller when a
+    retry that waits it could still finish within the task's deadline."""
+    waits = [exc.retry_after_s for _, exc in failures if exc.retry_after_s is not None]
+    shortest = min(waits, default=None)
+    return shortest if shortest is not None and shortest < deadline_s else None
+
+
 @dataclass
 class _Trail:
     """What one request has done so far (mutable, private to one request)."""
@@ -402,6 +410,13 @@ class Gateway:
                 {"role": "assistant", "content": completion.content},
                 {"role": "user", "content": message},
             ]
+        if completion.finish_reason == "length":
+            limit = call.params.get("max_tokens") or variant.max_tokens
+            error += (
+                f" (the answer stopped at its token limit, max_tokens {limit}: "
+                "too few for the task's output)"
+            )
+        # The caller's message names the variant once, from the list of failures.
         raise UpstreamInvalidOutput(error)
 
     @staticmethod
@@ -630,7 +645,10 @@ class Gateway:
         self.record(self._outcome(call, trail, None, "error"))
         retry = any(exc.retryable for _, exc in trail.failures)
         return AllAttemptsFailed(
-            f"Every variant failed. {reasons}", should_retry=retry, headers=cost
+            f"Every variant failed. {reasons}",
+            should_retry=retry,
+            retry_after_s=_shortest_wait(trail.failures, call.task.deadline_s),
+            headers=cost,
         )
 
     def _answer(
