@@ -3,8 +3,13 @@ kind, judge score intervals, the preference over both pair directions and its de
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
+import pytest
+import yaml
+
+from tests.harness import gateway_config, task_config
+from tunegate.config.compiled import Task, load_config
 from tunegate.experiments.quality import (
     check_failures,
     checks_first_try_pass,
@@ -12,6 +17,8 @@ from tunegate.experiments.quality import (
     preference,
     preference_comparison,
 )
+from tunegate.experiments.report import build_document, render_table
+from tunegate.experiments.report_html import render_html
 from tunegate.experiments.stats import Policy
 
 POLICY = Policy()
@@ -63,3 +70,53 @@ def test_a_preference_near_one_half_with_many_pairs_is_equivalent() -> None:
     few = {("tuned", "few_shot"): {"jp_n": 20, "jp_ties": 10, "jp_primary": 5}}
     undecided = preference_comparison(few, ("tuned", "few_shot"), POLICY)
     assert undecided is not None and undecided.verdict == "undecided"
+
+
+def reply_task(tmp_path: Path) -> Task:
+    task = task_config(output={"type": "text", "checks": [{"max_chars": 600}]})
+    task["routing"]["shadow"] = {"variant": "few_shot", "rate": 0.5}
+    task["judge"] = {"upstream": "sim", "model": "gpt-4o-mini", "rate": 1.0, "rubric": "Short."}
+    task["judge"]["pairwise"] = True
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(gateway_config("http://127.0.0.1:1", {"reply": task})))
+    return load_config(path).tasks["reply"]
+
+
+def sums(n: int, passed: int, score: float) -> dict[str, float]:
+    return {
+        "n": n,
+        "ok": n,
+        "chk_n": n,
+        "chk_first": passed,
+        "chkf:max_chars": n - passed,
+        "js_n": n,
+        "js_s": n * score,
+        "js_ss": n * score * score + 0.5,
+    }
+
+
+def test_the_document_report_and_page_carry_the_quality_figures(tmp_path: Path) -> None:
+    pairs = {("tuned", "few_shot"): {"n": 40, "jp_n": 40, "jp_ties": 8, "jp_primary": 24}}
+    document = build_document(
+        reply_task(tmp_path),
+        {"tuned": sums(60, 57, 0.9), "few_shot": sums(50, 40, 0.7)},
+        pairs=pairs,
+    )
+    tuned = document["variants"]["tuned"]
+    assert tuned["checks_first_try_pass"]["rate"] == pytest.approx(0.95)
+    assert tuned["check_failures"] == {"max_chars": 3}
+    assert tuned["judge_score"]["n"] == 60
+    assert tuned["judge_score"]["mean"] == pytest.approx(0.9)
+    preference = document["shadow"]["preference"]
+    assert preference["tuned_win_rate"] == pytest.approx((24 + 4) / 40)
+    figures = document["decision"]["figures"]
+    assert {"checks_first_try_pass", "judge_score", "preference"} <= set(figures)
+    assert set(document["comparison"]["figures"]) >= {"judge_score", "preference"}
+    table = render_table(document)
+    assert "checks first-try pass" in table and "95.0% [" in table
+    assert "max_chars 3" in table
+    assert "judge preference: tuned wins 0.700 of 40 pairs (8 ties" in table
+    page = render_html(document)
+    assert "output checks passed first try" in page
+    assert "judge score (score/10)" in page
+    assert "judge preference for tuned" in page
