@@ -100,11 +100,12 @@ async def test_killed_server_fails_open_fast_and_recovers_after_restart(
     assert await store.run(counter, keys=["n"], args=[1, 60_000]) is None
     assert not await store.ping()
     assert time.monotonic() - started < 0.5
-    assert state_of(store) == "degraded"
+    assert state_of(store) == "down"
 
     server.restart()
-    assert await store.get("k") is None  # a fresh server: nothing persisted
+    assert await store.ping()  # the probe that closes the breaker
     assert state_of(store) == "ok"
+    assert await store.get("k") is None  # a fresh server: nothing persisted
     assert await store.set("k", b"after", ttl_s=60)
     assert await store.get("k") == b"after"
     # The restart emptied the script cache; the script is loaded again on first use.
@@ -120,7 +121,7 @@ async def test_frozen_server_times_out_within_the_socket_timeout_then_recovers(
         started = time.monotonic()
         assert await store.get("k") is None
         assert time.monotonic() - started < 0.5
-        assert state_of(store) == "degraded"
+        assert state_of(store) == "slow"  # one timeout: slow, not down
     finally:
         server.thaw()
     assert await store.get("k") == b"v"
@@ -181,7 +182,9 @@ async def test_a_server_talking_garbage_fails_open() -> None:
         try:
             assert await store.get("k") is None
             assert not await store.set("k", b"v", ttl_s=1)
-            assert state_of(store) == "degraded"
+            assert state_of(store) == "ok"  # two errors are no outage yet
+            assert await store.get("k") is None
+            assert state_of(store) == "down"
         finally:
             await store.close()
             tasks.cancel_scope.cancel()
@@ -197,8 +200,13 @@ async def test_errors_are_logged_once_per_interval_by_class_name_only(
                 assert await store.get("tenant-secret-key") is None
     finally:
         await store.close()
-    assert [r.getMessage() for r in caplog.records] == ["store error ConnectionError; failing open"]
-    assert state_of(store) == "degraded"
+    assert [r.getMessage() for r in caplog.records] == [
+        "store error ConnectionError; failing open",
+        "store down (was ok): 3 failures in a row, the last ConnectionError; limits follow "
+        "auth.on_store_error until a probe succeeds",
+    ]
+    assert "tenant-secret-key" not in caplog.text
+    assert state_of(store) == "down"
 
 
 def test_embedded_server_answers_ping_and_stop_removes_its_directory() -> None:

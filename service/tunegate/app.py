@@ -41,7 +41,7 @@ from tunegate.spans import NO_SPANS
 from tunegate.state.cache import Cache
 from tunegate.state.embedded import EmbeddedServer
 from tunegate.state.limits import Limits
-from tunegate.state.store import Store
+from tunegate.state.store import STORE_STATES, Store
 
 if TYPE_CHECKING:  # imported at run time only when tracing is on (no SDK otherwise)
     from tunegate.observability.tracing import Tracing
@@ -119,6 +119,7 @@ async def open_services(
         connect_timeout_ms=config.store_connect_timeout_ms,
     )
     stack.push_async_callback(store.close)
+    metrics.watch_store(lambda: store.state, STORE_STATES)
     limits = Limits(store)
     stack.push_async_callback(limits.aclose)
     experiments = Experiments(store)

@@ -20,6 +20,7 @@ from tunegate.errors import (
     PermissionDenied,
     Unavailable,
 )
+from tunegate.state.store import StoreFailure
 
 MAX_COMMENT_CHARS = 2000
 FEEDBACK_BODY_LIMIT = 64 * 1024
@@ -31,7 +32,7 @@ async def post_feedback(request: Request) -> Response:
     principal = caller(services.runtime, request)
     request_id, score, comment = _feedback_body(await read_body(request, FEEDBACK_BODY_LIMIT))
     record = await experiments.request(request_id)
-    if record is None and experiments.store_degraded:
+    if isinstance(record, StoreFailure):
         raise Unavailable("The store is unavailable; retry shortly.", code="not_ready")
     if record is None or record.tenant != principal.tenant:
         raise NotFound(f"No answered request {request_id!r}.", code="request_not_found")

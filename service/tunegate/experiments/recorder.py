@@ -45,7 +45,7 @@ from tunegate.experiments import fields as f
 from tunegate.experiments.report import build_document
 from tunegate.experiments.stats import bucket_of
 from tunegate.records import JudgeOutcome, Outcome, ShadowOutcome
-from tunegate.state.store import Store
+from tunegate.state.store import Store, StoreFailure
 
 log = logging.getLogger("tunegate.experiments")
 
@@ -400,15 +400,16 @@ class Experiments:
                 sums[pair] = _parse_hash(flat)
         return sums
 
-    async def request(self, request_id: str) -> RequestRecord | None:
-        """The stored record of an answered request; this process's pending writes are
-        waited for once when it is not found yet."""
-        raw = await self._store.get(request_key(request_id))
+    async def request(self, request_id: str) -> RequestRecord | StoreFailure | None:
+        """The stored record of an answered request (None: no such request), or the
+        store's failure; this process's pending writes are waited for once when it is not
+        found yet."""
+        raw = await self._store.get_checked(request_key(request_id))
         if raw is None and (self._pending or self._batch.size):
             await self.settle()
-            raw = await self._store.get(request_key(request_id))
-        if raw is None:
-            return None
+            raw = await self._store.get_checked(request_key(request_id))
+        if raw is None or isinstance(raw, StoreFailure):
+            return raw
         data = orjson.loads(raw)
         return RequestRecord(
             task=str(data["task"]),
@@ -443,10 +444,6 @@ class Experiments:
             ],
         )
         return True
-
-    @property
-    def store_degraded(self) -> bool:
-        return self._store.state == "degraded"
 
 
 def _by_task(

@@ -32,7 +32,7 @@ import asyncio
 import math
 import os
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from itertools import accumulate
@@ -228,6 +228,13 @@ EXPERIMENT_SAMPLES = Family(
     "tunegate_experiment_samples",
     "Experiment samples per variant (requests the router chose it for), from the store.",
     ("task", "variant"),
+)
+
+STORE_STATE = Family(
+    "tunegate_store_state",
+    "1 for the store's state as this process sees it (ok; slow after a timeout; down "
+    "after 3 failures in a row, until a probe succeeds), else 0.",
+    ("state",),
 )
 
 CAPTURE = Family(
@@ -433,6 +440,11 @@ class Metrics:
         gauges[EXPERIMENT_DECISION][(task, "overall", overall)] = 1.0
         self._experiments[task] = gauges
 
+    def watch_store(self, state: Callable[[], str], states: Sequence[str]) -> None:
+        """Export `tunegate_store_state` from `state()`, read at each scrape (the store
+        reports no event; this process's view, like the experiment gauges)."""
+        self._registry.register(_StoreState(state, tuple(states)))
+
     def record_capture(self, task: str, result: str) -> None:
         """Count one sampled exchange, `kept` or `skipped` (SPEC §9)."""
         self._counts[CAPTURE].add((task, result))
@@ -510,6 +522,21 @@ class _ExperimentGauges:
                 for labels, number in gauges.get(family, {}).items():
                     gauge.add_metric(labels, number)
             yield gauge
+
+
+class _StoreState:
+    """`tunegate_store_state` (`Metrics.watch_store`), as a collector."""
+
+    def __init__(self, state: Callable[[], str], states: tuple[str, ...]) -> None:
+        self._state = state
+        self._states = states
+
+    def collect(self) -> Iterable[Metric]:
+        gauge = GaugeMetricFamily(STORE_STATE.name, STORE_STATE.doc, labels=STORE_STATE.labels)
+        current = self._state()
+        for state in self._states:
+            gauge.add_metric((state,), float(state == current))
+        yield gauge
 
 
 class _InFlight(AbstractContextManager[None]):

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import orjson
 
-from tunegate.state.store import Store
+from tunegate.state.store import Store, StoreFailure
 
 KEY_PREFIX = "tunegate:cache:"
 LOCK_PREFIX = "tunegate:lock:"
@@ -196,10 +196,12 @@ class Cache:
         if entry is not None:
             return entry, "hit", 0.0
         started = self._clock()
-        raw = await self._store.get(key)
+        raw = await self._store.get_checked(key)
         waited = self._clock() - started
+        if isinstance(raw, StoreFailure):
+            return None, "error", waited
         if raw is None:
-            return None, self._miss(), waited
+            return None, "miss", waited
         entry = Entry.decode(raw)
         if entry is not None:
             self._recent.put(key, entry, local_ttl_s)
@@ -326,9 +328,6 @@ class Cache:
             return Read(None, lookup, waited)
         waited += await self.save(write, local_ttl_s)
         return Read(write.entry, lookup, waited)
-
-    def _miss(self) -> Lookup:
-        return "error" if self._store.state == "degraded" else "miss"
 
     async def _wait_for_other_instance(self, key: str) -> Entry | None:
         """Another instance leads on `key`: poll for its entry, for a bounded time."""

@@ -24,6 +24,10 @@ of a Redis Cluster.
 Keys with neither limit, and open mode, cost no store call at all. When the store is
 unreachable the key's limits follow `auth.on_store_error`: `open` lets the request through,
 `closed` answers 503 `limits_unavailable`; either is logged at most once per interval.
+A slow reply is not an outage (SPEC §12): an admission whose reply timed out is tried
+again (the script is idempotent per request) within `retry_budget_s`, so a busy Redis
+never admits a request the window refused; the limits fail open or closed only once the
+store is `down` (3 failures in a row) or the budget is spent.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from typing import Literal
 from tunegate.config.compiled import ApiKey
 from tunegate.errors import LimitExceeded, Unavailable
 from tunegate.records import Outcome
-from tunegate.state.store import ScriptHandle, Store
+from tunegate.state.store import ScriptHandle, Store, StoreFailure
 
 log = logging.getLogger("tunegate.limits")
 
@@ -55,7 +59,12 @@ LimitsState = Literal["off", "ok", "open", "closed"]
 # ARGV: rpm (0: none), budget in USD (0: none), a unique member, the window in ms, and
 # now in ms ("": the server's TIME).
 # Returns {0, 0} admitted, {1, ms until a slot frees} rate limited, {2, 0} over budget.
+# A request already in the window was admitted by an earlier try whose reply was lost
+# (a timeout): admitted again, not counted twice, so a retry keeps the count exact.
 _ADMIT = """-- tunegate:limits.admit:v2
+if redis.call("ZSCORE", KEYS[1], ARGV[3]) then
+    return {0, 0}
+end
 local budget = tonumber(ARGV[2])
 if budget > 0 then
     local spent = tonumber(redis.call("GET", KEYS[2]) or "0")
@@ -142,6 +151,8 @@ class Limits:
         window_ms: int = WINDOW_MS,
         window_clock: Callable[[], int] | None = None,
         log_interval_s: float = 10.0,
+        retry_budget_s: float = 0.5,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """`clock` (Unix time) dates the budgets; `window_ms` is the rate window, one
         minute but for tests; `window_clock` (ms) times the window, by default the
@@ -153,6 +164,8 @@ class Limits:
         self._window_ms = window_ms
         self._window_clock = window_clock
         self._log_interval_s = log_interval_s
+        self._retry_budget_s = retry_budget_s
+        self._monotonic = monotonic
         self._last_logged: float | None = None
         # Charges on their way to the store, per key digest: a request by the same key
         # waits for them, so this instance never checks a spend it has not written yet.
@@ -168,17 +181,10 @@ class Limits:
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
         now = self._clock()
-        reply = await self._store.run(
-            self._admit,
-            keys=(window_key(key), budget_key(key, now)),
-            args=(
-                key.rpm or 0,
-                key.daily_budget_usd or 0,
-                request_id,
-                self._window_ms,
-                "" if self._window_clock is None else self._window_clock(),
-            ),
-        )
+        reply = await self._admit_once(key, request_id, now)
+        give_up_at = self._monotonic() + self._retry_budget_s
+        while isinstance(reply, StoreFailure) and reply.slow and self._monotonic() < give_up_at:
+            reply = await self._admit_once(key, request_id, now)
         decision = decision_of(reply)
         if decision is None:
             self._store_failed(fail_open)
@@ -204,6 +210,19 @@ class Limits:
                 should_retry=False,
                 retry_after_s=seconds_until_reset(now),
             )
+
+    async def _admit_once(self, key: ApiKey, request_id: str, now: float) -> object:
+        return await self._store.run_checked(
+            self._admit,
+            keys=(window_key(key), budget_key(key, now)),
+            args=(
+                key.rpm or 0,
+                key.daily_budget_usd or 0,
+                request_id,
+                self._window_ms,
+                "" if self._window_clock is None else self._window_clock(),
+            ),
+        )
 
     def recorder(self, keys: Mapping[str, ApiKey]) -> Callable[[Outcome], None]:
         """A gateway recorder for the config whose keys (by sha256) are `keys`: it
@@ -246,11 +265,11 @@ class Limits:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def state(self, keys: Sequence[ApiKey], fail_open: bool) -> LimitsState:
-        """For `/readyz`: `off` when no key has a limit, `ok` when they are enforced,
-        `open` or `closed` while the store is unreachable."""
+        """For `/readyz`: `off` when no key has a limit, `ok` when they are enforced
+        (the store `ok` or `slow`), `open` or `closed` while it is `down`."""
         if not any(is_limited(key) for key in keys):
             return "off"
-        if self._store.state == "ok":
+        if self._store.state != "down":
             return "ok"
         return "open" if fail_open else "closed"
 

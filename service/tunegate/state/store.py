@@ -2,9 +2,16 @@
 
 It fails open. Each method catches every error a Redis server or the network can cause
 (refused, reset, timed out, frozen, garbage on the wire, wrong type) and answers with a
-neutral value: `None`, `False`. Callers never see a redis exception and never wait much
-longer than `socket_timeout_ms` on a connection that is already open; `state` tells the
-health endpoint and the metrics whether the last command failed.
+value: `get_checked` and `run_checked` return a `StoreFailure` of their own call (no flag
+that another coroutine's call could flip before the caller reads it); `get`, `run` and
+`set` answer the neutral `None` or `False`. Callers never see a redis exception and never
+wait much longer than `socket_timeout_ms` on a connection that is already open.
+
+A slow reply is not an outage (SPEC §12 "Store under load"): `state` is `slow` after a
+command timed out, `down` after 3 consecutive failures, and `ok` again after the next
+success. While `down`, calls fail at once without touching Redis (limits then follow
+`auth.on_store_error`), except one probe per `probe_interval_s` (and every `ping`, which
+`/readyz` sends) that closes the breaker when it succeeds. Every transition is logged.
 
 Connections come from one bounded `ConnectionPool` with no client-side retries: a command
 that finds every connection busy fails at once and counts as an error like any other (no
@@ -28,12 +35,29 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeout
 
 logger = logging.getLogger("tunegate.store")
 
-StoreState = Literal["ok", "degraded"]
+StoreState = Literal["ok", "slow", "down"]
+STORE_STATES: tuple[StoreState, ...] = ("ok", "slow", "down")
+# Consecutive failed calls that make the store `down`.
+DOWN_AFTER = 3
 ScriptArg = str | bytes | int | float
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreFailure:
+    """What a checked call answers when it failed: `timeout` (the server may only be
+    slow: a retry can succeed), `error` (refused, reset, garbage, a script error) or
+    `down` (not tried: the breaker is open)."""
+
+    kind: Literal["timeout", "error", "down"]
+
+    @property
+    def slow(self) -> bool:
+        return self.kind == "timeout"
 
 
 @dataclass(frozen=True)
@@ -58,6 +82,7 @@ class Store:
         connect_timeout_ms: int = 200,
         max_connections: int = 128,
         error_log_interval_s: float = 10.0,
+        probe_interval_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         socket_timeout_s = socket_timeout_ms / 1000
@@ -72,13 +97,17 @@ class Store:
         self._redis = Redis.from_pool(pool)
         self._scripts: dict[str, str] = {}  # sha1 -> source
         self._state: StoreState = "ok"
+        self._failures = 0  # consecutive
+        self._probe_at = 0.0
+        self._probe_interval_s = probe_interval_s
         self._error_log_interval_s = error_log_interval_s
         self._clock = clock
         self._last_logged: dict[str, float] = {}
 
     @property
     def state(self) -> StoreState:
-        """`degraded` after a failed command, `ok` again after the next one that succeeds."""
+        """`ok`, `slow` after a command timed out, `down` after `DOWN_AFTER` consecutive
+        failures; `ok` again after the next success."""
         return self._state
 
     async def close(self) -> None:
@@ -87,36 +116,25 @@ class Store:
 
     async def get(self, key: str) -> bytes | None:
         """The value at `key`; `None` when it is absent or the store failed."""
-        try:
-            value = await _uncancelled(self._redis.get(key))
-        except Exception as exc:  # fail open: any failure is a miss (see module docstring)
-            self._failed(exc)
-            return None
-        self._succeeded()
-        return value if isinstance(value, bytes) else None
+        value = await self.get_checked(key)
+        return None if isinstance(value, StoreFailure) else value
+
+    async def get_checked(self, key: str) -> bytes | StoreFailure | None:
+        """The value at `key`, `None` when it is absent, or this call's failure."""
+        value = await self._call(lambda: self._redis.get(key))
+        return value if isinstance(value, bytes | StoreFailure) else None
 
     async def set(self, key: str, value: bytes, ttl_s: int) -> bool:
         """Store `value` at `key` for `ttl_s` seconds; `False` when the store failed.
         Raises `ValueError` for a `ttl_s` below 1: nothing is stored without expiry."""
         if ttl_s < 1:
             raise ValueError(f"ttl_s must be at least 1, not {ttl_s}")
-        try:
-            await _uncancelled(self._redis.set(key, value, ex=ttl_s))
-        except Exception as exc:  # fail open
-            self._failed(exc)
-            return False
-        self._succeeded()
-        return True
+        done = await self._call(lambda: self._redis.set(key, value, ex=ttl_s))
+        return not isinstance(done, StoreFailure)
 
     async def ping(self) -> bool:
-        """True when the server answered PING."""
-        try:
-            await _uncancelled(self._redis.ping())
-        except Exception as exc:  # fail open
-            self._failed(exc)
-            return False
-        self._succeeded()
-        return True
+        """True when the server answered PING; tried even while `down` (a probe)."""
+        return not isinstance(await self._call(self._redis.ping, probe=True), StoreFailure)
 
     def register(self, lua: str) -> ScriptHandle:
         """Register a Lua script (no I/O); run it with `run`. The server loads it on first
@@ -130,37 +148,74 @@ class Store:
     ) -> object | None:
         """Run a registered script atomically; its reply (bytes, int, list), or `None` when
         the store failed or the script raised an error."""
-        # EVALSHA through `execute_command`: redis-py's script objects cost a fifth more
-        # per call here (measured), for the same command.
-        try:
+        reply = await self.run_checked(handle, keys, args)
+        return None if isinstance(reply, StoreFailure) else reply
+
+    async def run_checked(
+        self, handle: ScriptHandle, keys: Sequence[str] = (), args: Sequence[ScriptArg] = ()
+    ) -> object:
+        """Run a registered script atomically: its reply, or this call's `StoreFailure`
+        (a script error is a failure of kind `error`)."""
+
+        async def script() -> object:
+            # EVALSHA through `execute_command`: redis-py's script objects cost a fifth
+            # more per call here (measured), for the same command.
             try:
-                reply: object = await _uncancelled(
-                    self._redis.execute_command(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
-                        "EVALSHA", handle.sha1, len(keys), *keys, *args
-                    )
+                return await self._redis.execute_command(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+                    "EVALSHA", handle.sha1, len(keys), *keys, *args
                 )
             except NoScriptError:  # a new or restarted server: EVAL caches it again
-                reply = await _uncancelled(
-                    self._redis.execute_command(  # type: ignore[no-untyped-call]
-                        "EVAL", self._scripts[handle.sha1], len(keys), *keys, *args
-                    )
+                return await self._redis.execute_command(  # type: ignore[no-untyped-call]
+                    "EVAL", self._scripts[handle.sha1], len(keys), *keys, *args
                 )
-        except Exception as exc:  # fail open
-            self._failed(exc)
-            return None
+
+        return await self._call(script)
+
+    async def _call(
+        self, command: Callable[[], Awaitable[T]], *, probe: bool = False
+    ) -> T | StoreFailure:
+        """Run one command through the breaker; its result or its own failure."""
+        if self._state == "down" and not probe:
+            now = self._clock()
+            if now < self._probe_at:
+                return StoreFailure("down")
+            self._probe_at = now + self._probe_interval_s  # this call is the probe
+        try:
+            result = await _uncancelled(command())
+        except Exception as exc:  # fail open (see module docstring)
+            return self._failed(exc)
         self._succeeded()
-        return reply
+        return result
 
     def _succeeded(self) -> None:
+        self._failures = 0
         if self._state != "ok":
-            self._state = "ok"
-            self._log_rarely(logging.INFO, "recovered", "store recovered")
+            was, self._state = self._state, "ok"
+            self._log_rarely(logging.INFO, f"{was}->ok", "store ok again (was %s)", was)
 
-    def _failed(self, exc: Exception) -> None:
-        self._state = "degraded"
+    def _failed(self, exc: Exception) -> StoreFailure:
+        timeout = isinstance(exc, RedisTimeout | TimeoutError)
+        failure = StoreFailure("timeout" if timeout else "error")
+        self._failures += 1
         # Only the class name: messages can quote keys or values.
         kind = type(exc).__name__
+        if self._failures >= DOWN_AFTER and self._state != "down":
+            was, self._state = self._state, "down"
+            self._probe_at = self._clock() + self._probe_interval_s
+            self._log_rarely(
+                logging.WARNING,
+                f"{was}->down",
+                "store down (was %s): %d failures in a row, the last %s; limits follow "
+                "auth.on_store_error until a probe succeeds",
+                was,
+                self._failures,
+                kind,
+            )
+        elif timeout and self._state == "ok":
+            self._state = "slow"
+            self._log_rarely(logging.INFO, "ok->slow", "store slow: a reply took too long")
         self._log_rarely(logging.WARNING, kind, "store error %s; failing open", kind)
+        return failure
 
     def _log_rarely(self, level: int, kind: str, message: str, *args: object) -> None:
         """Log at most once per `error_log_interval_s` for each kind: a store that is down
