@@ -54,6 +54,7 @@ REQUEST_TTL_S = 7 * 86400
 AGGREGATE_TTL_S = 90 * 86400
 MAX_PENDING = 10_000  # samples gathered and not yet written
 FLUSH_S = 0.02
+RETRY_S = 1.0  # a failed batch write is tried again this long after, with newer samples
 
 # One task's sums of a batch (its keys share the hash tag `{task}`: one cluster slot).
 # KEYS: the aggregate hashes. ARGV[1]: JSON {"sums": [[{field: int}, {field: float}]...],
@@ -216,6 +217,9 @@ class FeedbackResult:
     record: RequestRecord
 
 
+_Sums = tuple[dict[str, int], dict[str, float]]
+
+
 class _Batch:
     """Samples waiting to be written: request records and per-hash sums, merged."""
 
@@ -327,27 +331,49 @@ class Experiments:
         if not batch.size:
             return
         now = repr(self._clock())
-        writes: list[Coroutine[Any, Any, object]] = [
-            self._store.set(key, value.encode(), self._request_ttl_s)
-            for key, value in batch.records.items()
+        writes: list[Coroutine[Any, Any, None]] = [
+            self._write_record(key, value) for key, value in batch.records.items()
         ]
-        for sums in _by_task(batch.sums).values():
-            plan = {
-                "sums": [
-                    [ints, {name: repr(x) for name, x in floats.items()}]
-                    for ints, floats in sums.values()
-                ],
-                "now": now,
-                "aggregate_ttl": AGGREGATE_TTL_S,
-                "first_ts": f.FIRST_TS,
-                "last_ts": f.LAST_TS,
-            }
-            writes.append(self._store.run(self._record_script, list(sums), [orjson.dumps(plan)]))
+        writes += [self._write_sums(sums, now) for sums in _by_task(batch.sums).values()]
         loop = asyncio.get_running_loop()
         for write in writes:
             task = loop.create_task(write)
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
+
+    async def _write_record(self, key: str, value: str) -> None:
+        if not await self._store.set(key, value.encode(), self._request_ttl_s):
+            self._keep({key: value}, {})
+
+    async def _write_sums(self, sums: dict[str, _Sums], now: str) -> None:
+        plan = {
+            "sums": [
+                [ints, {name: repr(x) for name, x in floats.items()}]
+                for ints, floats in sums.values()
+            ],
+            "now": now,
+            "aggregate_ttl": AGGREGATE_TTL_S,
+            "first_ts": f.FIRST_TS,
+            "last_ts": f.LAST_TS,
+        }
+        if await self._store.run(self._record_script, list(sums), [orjson.dumps(plan)]) is None:
+            self._keep({}, sums)
+
+    def _keep(self, records: dict[str, str], sums: dict[str, _Sums]) -> None:
+        """A failed write goes back into the batch (SPEC §10: batches are kept and retried
+        during an outage), written again `RETRY_S` later at the latest. A write that timed
+        out after the server ran it is counted twice: at least once, never lost while the
+        batch has room."""
+        batch = self._batch
+        if batch.size >= MAX_PENDING:
+            log.warning("experiments: the store is not keeping up; dropping a sample")
+            return
+        batch.size += 1
+        batch.records.update(records)
+        for key, (ints, floats) in sums.items():
+            batch.add(key, SampleFields(ints, floats))
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(RETRY_S, self._flush)
 
     async def settle(self, timeout_s: float = 1.0) -> None:
         """Write what is gathered and wait (at most `timeout_s`) for this process's writes."""
@@ -446,11 +472,9 @@ class Experiments:
         return True
 
 
-def _by_task(
-    sums: dict[str, tuple[dict[str, int], dict[str, float]]],
-) -> dict[str, dict[str, tuple[dict[str, int], dict[str, float]]]]:
+def _by_task(sums: dict[str, _Sums]) -> dict[str, dict[str, _Sums]]:
     """`sums` grouped by their keys' hash tag (`{task}`): one script call per slot."""
-    groups: dict[str, dict[str, tuple[dict[str, int], dict[str, float]]]] = {}
+    groups: dict[str, dict[str, _Sums]] = {}
     for key, value in sums.items():
         tag = key[key.index("{") : key.index("}") + 1]
         groups.setdefault(tag, {})[key] = value

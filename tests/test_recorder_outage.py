@@ -1,0 +1,56 @@
+"""Experiment batches during a store outage (SPEC §10): a batch whose write fails is kept
+and written with the next one, sums and request records alike, on a real server that is
+killed and restarted."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.harness import TUNED
+from tests.redis_server import RedisServer
+from tunegate.experiments.recorder import Experiments
+from tunegate.records import Outcome
+from tunegate.state.store import Store
+
+
+def sample(task: str) -> Outcome:
+    return Outcome(
+        request_id=uuid.uuid4().hex,
+        task=task,
+        tenant=None,
+        chosen="tuned",
+        served="tuned",
+        served_model=TUNED,
+        sample=True,
+        status="ok",
+        cache="bypass",
+        cache_lookup="bypass",
+        seconds=0.1,
+    )
+
+
+@pytest.mark.anyio
+async def test_a_failed_batch_is_kept_and_written_once_the_store_is_back(
+    server: RedisServer,
+) -> None:
+    store = Store(server.url, socket_timeout_ms=1000)
+    experiments = Experiments(store, flush_s=60.0)  # only a settle writes
+    task = f"outage-{uuid.uuid4().hex[:8]}"
+    try:
+        server.kill()
+        outcomes = [sample(task) for _ in range(3)]
+        for outcome in outcomes:
+            experiments.record(outcome)
+        await experiments.settle()  # every write fails: kept
+        assert store.state != "ok"
+        server.restart()
+        experiments.record(sample(task))
+        await experiments.settle()
+        sums = await experiments.read(task, ["tuned"])
+        assert sums is not None and sums["tuned"]["n"] == 4
+        for outcome in outcomes:
+            assert await experiments.request(outcome.request_id) is not None
+    finally:
+        await store.close()
