@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
+from testkit.redis_server import RedisServer
 from tests.harness import TUNED
-from tests.redis_server import RedisServer
 from tunegate.experiments.recorder import Experiments
 from tunegate.records import Outcome
 from tunegate.state.store import Store
