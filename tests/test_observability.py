@@ -73,6 +73,7 @@ PANELS = {
     "Judge score by variant",
     "Judge calls by result, and their cost",
     "Judge preference, tuned win rate - 0.5",
+    "Captured exchanges",
 }
 # No traffic in these tests records feedback (a later feature): the query must run, but
 # has nothing to show.
@@ -161,6 +162,7 @@ def test_every_alert_has_a_runbook_and_a_test_where_it_fires() -> None:
         "TunegateCacheStoreErrors",
         "TunegateCostBurn",
         "TunegateCheckPassRateDrop",
+        "TunegateModelRetired",
     }
     fired = {
         case["alertname"]
@@ -331,10 +333,15 @@ def stack(tools: Tools, tmp_path_factory: pytest.TempPathFactory) -> Iterator[St
     shadow = {"shadow": {"variant": "few_shot", "rate": 1.0}}
     checked = {"type": "json", "schema": TRIAGE_SCHEMA, "checks": [{"contains": "category"}]}
     judge = {"upstream": "sim", "model": "gpt-4o-mini", "rate": 1.0, "rubric": "Right category."}
+    capture = {"rate": 1.0}
     tasks = {
-        TRIAGE: task_config(output=checked, routing=shadow, judge={**judge, "pairwise": True}),
-        NOTES: task_config(output={"type": "text"}),
-        AB: task_config(output=checked, weights={"tuned": 50, "few_shot": 50}, judge=judge),
+        TRIAGE: task_config(
+            output=checked, routing=shadow, judge={**judge, "pairwise": True}, capture=capture
+        ),
+        NOTES: task_config(output={"type": "text"}, capture=capture),
+        AB: task_config(
+            output=checked, weights={"tuned": 50, "few_shot": 50}, judge=judge, capture=capture
+        ),
     }
     try:
         with running_gateway(workdir, gateway_config(sim.url, tasks)) as gateway:

@@ -397,6 +397,15 @@ PANELS: list[dict[str, Any]] = [
         "short",
         [(series("tunegate_experiment_samples", TASK, VARIANT), "{{task}} / {{variant}}")],
     ),
+    row("Fine-tuning capture"),
+    panel(
+        "Captured exchanges",
+        "Sampled exchanges kept for fine-tuning per second (capture:), and those skipped: "
+        "an opted-out key (capture: false), a failed check, or a stream.",
+        "reqps",
+        [(rate(series("tunegate_capture_total", TASK), "task, result"), "{{task}} {{result}}")],
+        stack=True,
+    ),
 ]
 
 

@@ -13,7 +13,8 @@ into `UpstreamError`s; the config module turns YAML and pydantic errors into
     │   ├── UpstreamServerError        5xx                            retryable
     │   ├── UpstreamTimeout            the attempt timed out          retryable
     │   ├── UpstreamConnectionError    refused, reset, dropped        retryable
-    │   ├── UpstreamBadRequest         400/404/409/422                final
+    │   ├── UpstreamBadRequest         400/409/422                    final
+    │   │   └── UpstreamModelNotFound  404 (a retired model)          final, falls back
     │   │   └── UpstreamInputRefused   400 blaming the caller's input  final, no fallback
     │   ├── UpstreamAuthError          401/403                        final
     │   └── UpstreamInvalidOutput      answer failed the JSON guard   final for this attempt
@@ -92,6 +93,14 @@ class UpstreamInputRefused(UpstreamBadRequest):
     def __init__(self, message: str, *, code: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class UpstreamModelNotFound(UpstreamBadRequest):
+    """404: the variant's model is gone (a tuned model deleted or retired). Final for
+    the variant; the fallback serves, as in an outage, and it is never a 404 to the
+    caller."""
+
+    kind = "model_not_found"
 
 
 class UpstreamAuthError(UpstreamError):

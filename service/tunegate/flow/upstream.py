@@ -28,6 +28,7 @@ from tunegate.errors import (
     UpstreamConnectionError,
     UpstreamError,
     UpstreamInputRefused,
+    UpstreamModelNotFound,
     UpstreamQuotaExhausted,
     UpstreamRateLimited,
     UpstreamServerError,
@@ -318,6 +319,8 @@ def _status_error(exc: openai.APIStatusError, model: str) -> UpstreamError:
         return UpstreamInputRefused(label, code=code or "invalid_request")
     if status >= 500 or status == 408:
         return UpstreamServerError(label)
+    if status == 404:
+        return UpstreamModelNotFound(label)
     return UpstreamBadRequest(label)
 
 
