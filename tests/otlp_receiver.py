@@ -1,19 +1,26 @@
-"""An OTLP/HTTP trace receiver for tests: a real HTTP server on a free port that decodes
-each `ExportTraceServiceRequest` (protobuf, with the OpenTelemetry proto package) into
-plain `Received` spans, and lets a test wait until the spans it expects have arrived."""
+"""OTLP trace receivers for tests: a real HTTP server (or, with `grpc=True`, a gRPC
+server) on a free port that decodes each `ExportTraceServiceRequest` (protobuf, with the
+OpenTelemetry proto package) into plain `Received` spans, and lets a test wait until the
+spans it expects have arrived."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import grpc  # type: ignore[import-untyped]  # no stubs shipped
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import (
+    TraceServiceServicer,
+    add_TraceServiceServicer_to_server,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
@@ -56,6 +63,10 @@ def _attributes(pairs: Iterator[KeyValue] | Any) -> dict[str, Any]:
 def decode(body: bytes) -> list[Received]:
     request = ExportTraceServiceRequest()
     request.ParseFromString(body)
+    return spans_of(request)
+
+
+def spans_of(request: ExportTraceServiceRequest) -> list[Received]:
     spans = []
     for resource_spans in request.resource_spans:
         service = str(_attributes(resource_spans.resource.attributes).get("service.name"))
@@ -80,12 +91,36 @@ def decode(body: bytes) -> list[Received]:
 
 
 class Receiver:
-    """Collects the spans POSTed to `{url}/v1/traces`."""
+    """Collects the spans POSTed to `{url}/v1/traces`, or with `grpc`, exported to the
+    gRPC TraceService at `url`."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, grpc: bool = False) -> None:
         self._spans: list[Received] = []
         self._arrived = threading.Condition()
         self.requests = 0
+        if grpc:
+            self._start_grpc()
+        else:
+            self._start_http()
+
+    def _start_grpc(self) -> None:
+        receiver = self
+
+        class Service(TraceServiceServicer):
+            def Export(  # the name the generated service calls
+                self, request: ExportTraceServiceRequest, context: Any
+            ) -> ExportTraceServiceResponse:
+                receiver.add(spans_of(request))
+                return ExportTraceServiceResponse()
+
+        self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        add_TraceServiceServicer_to_server(Service(), self._grpc)  # type: ignore[no-untyped-call]  # generated
+        port = self._grpc.add_insecure_port("127.0.0.1:0")
+        self._grpc.start()
+        self.url = f"http://127.0.0.1:{port}"
+
+    def _start_http(self) -> None:
+        self._grpc = None
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -133,13 +168,16 @@ class Receiver:
             return [s for s in self._spans if wanted(s)]
 
     def stop(self) -> None:
+        if self._grpc is not None:
+            self._grpc.stop(grace=None)
+            return
         self._server.shutdown()
         self._server.server_close()
 
 
 @contextmanager
-def otlp_receiver() -> Iterator[Receiver]:
-    receiver = Receiver()
+def otlp_receiver(*, grpc: bool = False) -> Iterator[Receiver]:
+    receiver = Receiver(grpc=grpc)
     try:
         yield receiver
     finally:

@@ -24,6 +24,7 @@ from tests.otlp_receiver import Received, Receiver, otlp_receiver
 from tunegate.auth import hash_key
 from tunegate.config.settings import TracingSettings, settings_from_env, tracing_from_env
 from tunegate.errors import ConfigError
+from tunegate.observability.tracing import Tracing
 
 CALLER_KEY = "key-ops-" + secrets.token_hex(8)
 UPSTREAM_KEY = "sk-upstream-secret"
@@ -280,7 +281,7 @@ def test_no_prompt_answer_or_secret_in_any_attribute_unless_the_task_logs_payloa
     quiet = chat(gw, "triage", hidden)
     loud = chat(gw, "triage-logged", logged)
     trace_of(receiver, quiet)
-    _, children = trace_of(receiver, loud)
+    logged_request, children = trace_of(receiver, loud)
     [attempt] = [s for s in children if s.kind == "client"]
     sent = json.loads(attempt.attributes["gen_ai.input.messages"])
     assert {"role": "user", "parts": [{"type": "text", "content": logged}]} in sent
@@ -291,7 +292,7 @@ def test_no_prompt_answer_or_secret_in_any_attribute_unless_the_task_logs_payloa
         for value in map(str, span.attributes.values()):
             for secret in (hidden, CALLER_KEY, UPSTREAM_KEY):
                 assert secret not in value, (span.name, value)
-            if span.attributes.get("tunegate.task") != "triage-logged":
+            if span.trace_id != logged_request.trace_id:
                 assert "billing" not in value, (span.name, value)  # the answer
 
 
@@ -332,6 +333,19 @@ def test_without_an_endpoint_no_trace_sdk_is_loaded(
     assert probe.returncode == 0, probe.stderr
     loaded = probe.stdout.strip().splitlines()[-1]
     assert (loaded == "[]") is not traced, loaded
+
+
+def test_grpc_export_when_the_protocol_says_grpc(tmp_path: Path) -> None:
+    with otlp_receiver(grpc=True) as receiver:
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+        settings = tracing_from_env(env)
+        assert settings is not None
+        tracing = Tracing(settings)
+        tracing.open()
+        tracing.cache_lookup().found("hit")
+        tracing.close()  # flushes
+        [span] = receiver.wait_for(lambda s: s.name == "cache lookup")
+        assert span.attributes == {"tunegate.cache.lookup": "hit"}
 
 
 # -- the settings ------------------------------------------------------------------------

@@ -89,7 +89,6 @@ class Tracing:
             "gen_ai.operation.name": "chat",
             "gen_ai.provider.name": "openai",
             "gen_ai.request.model": variant.model,
-            "tunegate.task": task.name,
             "tunegate.variant": variant.name,
             "tunegate.attempt": purpose,
         }
@@ -135,18 +134,20 @@ class Tracing:
         span = trace.get_current_span()
         if not span.is_recording():
             return
-        span.set_attributes(
-            {
-                "tunegate.request_id": outcome.request_id,
-                "tunegate.task": outcome.task,
-                "tunegate.variant": outcome.served or outcome.chosen or "",
-                "tunegate.variant.chosen": outcome.chosen or "",
-                "tunegate.cache": outcome.cache,
-                "tunegate.sample": outcome.sample,
-                "tunegate.status": outcome.status,
-                "tunegate.cost_usd": outcome.cost_usd,
-            }
-        )
+        # Each attribute costs its encoding (some µs): what is implied is left out.
+        attributes: dict[str, Any] = {
+            "tunegate.request_id": outcome.request_id,
+            "tunegate.task": outcome.task,
+            "tunegate.variant": outcome.served or outcome.chosen or "",
+            "tunegate.cache": outcome.cache,
+            "tunegate.sample": outcome.sample,
+            "tunegate.cost_usd": outcome.cost_usd,
+        }
+        if outcome.status != "ok":
+            attributes["tunegate.status"] = outcome.status
+        if outcome.chosen and outcome.chosen != outcome.served:
+            attributes["tunegate.variant.chosen"] = outcome.chosen
+        span.set_attributes(attributes)
 
     def log_fields(self) -> Mapping[str, str]:
         """`trace_id` and `span_id` of the span current where a log line is written."""
@@ -247,7 +248,6 @@ def _http(scope: Scope) -> dict[str, Any]:
         "http.request.method": scope["method"],
         "url.path": scope["path"],
         "url.scheme": scope.get("scheme", "http"),
-        "network.protocol.version": scope.get("http_version", "1.1"),
     }
     server = scope.get("server")
     if server:
