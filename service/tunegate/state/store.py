@@ -32,10 +32,14 @@ from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeout
+
+from tunegate.state.store_url import StoreUrl, parse_store_url
 
 logger = logging.getLogger("tunegate.store")
 
@@ -85,16 +89,12 @@ class Store:
         probe_interval_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        socket_timeout_s = socket_timeout_ms / 1000
-        pool = ConnectionPool.from_url(
-            url,
+        self._redis, self._sentinels = _client(
+            parse_store_url(url),
+            socket_timeout_s=socket_timeout_ms / 1000,
+            connect_timeout_s=connect_timeout_ms / 1000,
             max_connections=max_connections,
-            socket_timeout=socket_timeout_s,
-            socket_connect_timeout=connect_timeout_ms / 1000,
-            retry_on_timeout=False,
-            retry=Retry(NoBackoff(), retries=0),
         )
-        self._redis = Redis.from_pool(pool)
         self._scripts: dict[str, str] = {}  # sha1 -> source
         self._state: StoreState = "ok"
         self._failures = 0  # consecutive
@@ -113,6 +113,8 @@ class Store:
     async def close(self) -> None:
         """Close every pooled connection; the store must not be used afterwards."""
         await self._redis.aclose()
+        for sentinel in self._sentinels:
+            await sentinel.aclose()
 
     async def get(self, key: str) -> bytes | None:
         """The value at `key`; `None` when it is absent or the store failed."""
@@ -161,11 +163,11 @@ class Store:
             # EVALSHA through `execute_command`: redis-py's script objects cost a fifth
             # more per call here (measured), for the same command.
             try:
-                return await self._redis.execute_command(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+                return await self._redis.execute_command(  # typed by RedisCluster, not Redis
                     "EVALSHA", handle.sha1, len(keys), *keys, *args
                 )
             except NoScriptError:  # a new or restarted server: EVAL caches it again
-                return await self._redis.execute_command(  # type: ignore[no-untyped-call]
+                return await self._redis.execute_command(
                     "EVAL", self._scripts[handle.sha1], len(keys), *keys, *args
                 )
 
@@ -238,3 +240,51 @@ async def _uncancelled(command: Awaitable[T]) -> T:
     finally:
         if task is not None and task.cancelling() > before:
             raise asyncio.CancelledError  # the cancellation wins, as it should
+
+
+def _client(
+    target: StoreUrl, *, socket_timeout_s: float, connect_timeout_s: float, max_connections: int
+) -> tuple[Redis | RedisCluster, list[Redis]]:
+    """redis-py's own client for `target` (SPEC §10), and the sentinels' clients to close.
+
+    No client-side retries anywhere: a failed command fails at once (module docstring).
+    Sentinel: every new connection asks the sentinels for the current primary, so after a
+    failover the next connection reaches the promoted one. Cluster: commands go to the
+    node owning their keys' slot; one retry follows a MOVED/ASK redirection or a
+    topology change."""
+    timeouts = {"socket_timeout": socket_timeout_s, "socket_connect_timeout": connect_timeout_s}
+    if target.kind == "single":
+        pool = ConnectionPool.from_url(
+            target.url,
+            max_connections=max_connections,
+            retry_on_timeout=False,
+            retry=Retry(NoBackoff(), retries=0),
+            **timeouts,
+        )
+        return Redis.from_pool(pool), []
+    credentials = {"username": target.username, "password": target.password}
+    if target.kind == "sentinel":
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+            list(target.hosts),
+            sentinel_kwargs={"password": target.sentinel_password, **timeouts},
+            **credentials,
+        )
+        primary = sentinel.master_for(
+            target.service,
+            db=target.db,
+            max_connections=max_connections,
+            retry=Retry(NoBackoff(), retries=0),
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=connect_timeout_s,
+        )
+        return primary, list(sentinel.sentinels)
+    cluster = RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in target.hosts],
+        max_connections=max_connections,
+        retry=Retry(NoBackoff(), retries=1),
+        username=target.username,
+        password=target.password,
+        socket_timeout=socket_timeout_s,
+        socket_connect_timeout=connect_timeout_s,
+    )
+    return cluster, []
