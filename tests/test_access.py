@@ -105,6 +105,16 @@ def test_a_failed_variant_logs_its_request_and_task(
     )
 
 
+def test_a_refused_request_of_a_known_task_names_it(
+    http: httpx.Client, gw: Gateway, logs: pytest.LogCaptureFixture
+) -> None:
+    response = chat(http, gw, "triage", tools=[{"type": "function"}])
+    assert response.status_code == 400
+    assert response.headers["x-tunegate-task"] == "triage"
+    line = access_line(logs, response.headers["x-request-id"])
+    assert (line["status"], line["task"], line["cost_usd"]) == (400, "triage", 0)
+
+
 def test_a_text_streams_line_has_its_whole_cost(
     http: httpx.Client, gw: Gateway, logs: pytest.LogCaptureFixture
 ) -> None:

@@ -33,6 +33,7 @@ from tests.harness import (
     simulator_with,
     task_config,
 )
+from tests.openai_shapes import checked_client, checked_sdk
 from tunegate.auth import hash_key
 from tunegate.config.compiled import load_config
 from tunegate.state.cache import KEY_PREFIX, LOCK_PREFIX, Cache, Entry, Write, cache_key_for
@@ -52,6 +53,9 @@ FRESH_HEADERS = {
     "date",
     "content-length",
 }
+
+
+HTTP = checked_client(timeout=10)
 
 
 def tasks() -> dict[str, Any]:
@@ -105,7 +109,7 @@ def fresh(sim: Simulator, raw: redis.Redis) -> None:
 
 @pytest.fixture
 def client(gw: Gateway) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=f"{gw.url}/v1", api_key="caller-key", max_retries=0) as opened:
+    with checked_sdk(f"{gw.url}/v1", "caller-key") as opened:
         yield opened
 
 
@@ -146,7 +150,7 @@ def stream_sse(gw: Gateway, task: str, text: str) -> tuple[httpx.Headers, list[s
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    with httpx.stream("POST", f"{gw.url}/v1/chat/completions", json=body, timeout=10) as response:
+    with HTTP.stream("POST", f"{gw.url}/v1/chat/completions", json=body, timeout=10) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         return response.headers, [line for line in response.iter_lines() if line]
@@ -284,7 +288,7 @@ def test_caller_parameters_are_part_of_the_key(client: openai.OpenAI, sim: Simul
 
 
 def tenant_client(gw: Gateway, tenant: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gw.url}/v1", api_key=f"key-{tenant}", max_retries=0)
+    return checked_sdk(f"{gw.url}/v1", f"key-{tenant}")
 
 
 def test_tenants_share_entries_only_under_scope_shared(
@@ -570,7 +574,7 @@ async def test_concurrent_identical_misses_share_one_upstream_call(
 
 def lookups(gw: Gateway, result: str, task: str = "crowd") -> float:
     """The gateway's `tunegate_cache_lookups_total` for `task` and `result`."""
-    text = httpx.get(f"{gw.url}/metrics").text
+    text = HTTP.get(f"{gw.url}/metrics").text
     line = f'tunegate_cache_lookups_total{{result="{result}",task="{task}"}} '
     found = [float(row.removeprefix(line)) for row in text.splitlines() if row.startswith(line)]
     return found[0] if found else 0.0
@@ -669,7 +673,7 @@ def own(config: dict[str, Any], tmp_path: Path) -> Iterator[tuple[Gateway, Redis
 
 
 def readyz(gw: Gateway) -> Mapping[str, Any]:
-    response = httpx.get(f"{gw.url}/readyz", timeout=3)
+    response = HTTP.get(f"{gw.url}/readyz", timeout=3)
     assert response.status_code == 200
     body: Mapping[str, Any] = response.json()
     return body
@@ -677,7 +681,7 @@ def readyz(gw: Gateway) -> Mapping[str, Any]:
 
 def post(gw: Gateway, text: str, timeout: float = 10.0) -> httpx.Response:
     body = {"model": "triage", "messages": [{"role": "user", "content": text}]}
-    return httpx.post(f"{gw.url}/v1/chat/completions", json=body, timeout=timeout)
+    return HTTP.post(f"{gw.url}/v1/chat/completions", json=body, timeout=timeout)
 
 
 def test_a_killed_redis_is_a_miss_and_a_restarted_one_serves_hits_again(

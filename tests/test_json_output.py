@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Iterator
 
 import httpx
-import openai
 import pytest
 
 from tests.harness import (
@@ -21,7 +20,10 @@ from tests.harness import (
     running_gateway,
     task_config,
 )
+from tests.openai_shapes import checked_client, checked_sdk
 from tunegate.quality.jsonguard import check, compile_schema
+
+HTTP = checked_client(timeout=10)
 
 
 @pytest.fixture(autouse=True)
@@ -42,7 +44,7 @@ def gw(sim: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gat
 
 def ask(gw: Gateway, task: str = "triage") -> httpx.Response:
     ticket = f"The app crashes on start, urgent! ({uuid.uuid4().hex[:8]})"
-    return httpx.post(
+    return HTTP.post(
         f"{gw.url}/v1/chat/completions",
         json={"model": task, "messages": [{"role": "user", "content": ticket}]},
         timeout=10,
@@ -142,7 +144,7 @@ def test_json_mode_sends_response_format(
 
 def test_task_endpoint_returns_the_parsed_object(gw: Gateway, sim: Simulator) -> None:
     sim.script(TUNED, "fenced")
-    response = httpx.post(f"{gw.url}/v1/tasks/triage", json={"input": "crash, urgent"})
+    response = HTTP.post(f"{gw.url}/v1/tasks/triage", json={"input": "crash, urgent"})
     assert response.status_code == 200
     assert response.json()["output"] == RIGHT
 
@@ -170,7 +172,7 @@ def test_every_200_for_a_json_task_validates(gw: Gateway, sim: Simulator) -> Non
 
 def test_a_streamed_json_answer_is_validated_before_it_is_sent(gw: Gateway, sim: Simulator) -> None:
     sim.script(TUNED, "missing_field")
-    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="k", max_retries=0)
+    client = checked_sdk(f"{gw.url}/v1", "k")
     stream = client.chat.completions.create(
         model="triage",
         messages=[{"role": "user", "content": f"crash, urgent {uuid.uuid4().hex}"}],

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import openai
 import pytest
 
 from tests.harness import (
@@ -22,6 +21,7 @@ from tests.harness import (
     running_gateway,
     task_config,
 )
+from tests.openai_shapes import checked_client, checked_sdk
 
 CHECKS: list[Any] = [
     {"language": "de"},
@@ -31,6 +31,9 @@ CHECKS: list[Any] = [
     {"not_contains": ["As an AI", "Als KI"]},
     {"regex": "^[^<>]*$"},
 ]
+
+
+HTTP = checked_client(timeout=10)
 
 
 def reply_task(on_fail: str = "reask", **routing: Any) -> dict[str, Any]:
@@ -73,7 +76,7 @@ def gw(sim: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gat
 
 def ask(gw: Gateway, task: str = "reply", ticket: str | None = None) -> httpx.Response:
     ticket = ticket or f"My invoice is wrong. ({uuid.uuid4().hex[:8]})"
-    return httpx.post(
+    return HTTP.post(
         f"{gw.url}/v1/chat/completions",
         json={"model": task, "messages": [{"role": "user", "content": ticket}]},
         timeout=10,
@@ -182,7 +185,7 @@ def test_a_cache_hit_reports_passed(gw: Gateway, sim: Simulator) -> None:
 
 def test_a_stream_is_checked_before_its_first_chunk(gw: Gateway, sim: Simulator) -> None:
     sim.script(TUNED, "english")
-    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="k", max_retries=0)
+    client = checked_sdk(f"{gw.url}/v1", "k")
     with client.chat.completions.with_streaming_response.create(
         model="reply",
         messages=[{"role": "user", "content": f"Invoice wrong {uuid.uuid4().hex}"}],
@@ -204,7 +207,7 @@ def test_json_tasks_check_the_validated_json_text(gw: Gateway) -> None:
 
 
 def metric(gw: Gateway, task: str, check: str, result: str) -> float:
-    text = httpx.get(f"{gw.url}/metrics").text
+    text = HTTP.get(f"{gw.url}/metrics").text
     wanted = {"task": task, "variant": "tuned", "check": check, "result": result}
     for line in text.splitlines():
         found = re.fullmatch(r"tunegate_check_results_total\{(.*)\} (\S+)", line)

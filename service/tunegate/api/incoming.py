@@ -78,6 +78,8 @@ def task_endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
                 return await handler(request, incoming)
             except GatewayError as exc:
                 exc.headers.setdefault("x-request-id", incoming.request_id)
+                if incoming.task is not None:  # for the caller and the access line
+                    exc.headers.setdefault("x-tunegate-task", incoming.task)
                 if exc.status < 500:
                     seconds = time.monotonic() - started
                     services.metrics.record(rejected(incoming.request_id, incoming.task, seconds))
