@@ -154,6 +154,9 @@ def test_a_2_mib_chunked_body_is_a_413_without_content_length(gw: Gateway) -> No
 def test_unknown_route_and_wrong_method_use_the_error_shape(gw: Gateway) -> None:
     assert_error(HTTP.get(f"{gw.url}/v1/nothing"), 404, "not_found")
     assert_error(HTTP.get(f"{gw.url}/v1/chat/completions"), 405, "method_not_allowed")
+    # A plain Starlette app: no framework schema or docs pages beside the API.
+    for path in ("/openapi.json", "/docs", "/redoc"):
+        assert_error(HTTP.get(f"{gw.url}{path}"), 404, "not_found")
 
 
 def test_task_endpoint_refuses_bad_bodies(gw: Gateway) -> None:

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING
 
-from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.routing import Route
 
-from tunegate import __version__
 from tunegate.api.access import AccessLog
 from tunegate.api.admin import Reloader, reload_config, watch_sighup
 from tunegate.api.capture import get_capture
@@ -51,12 +51,27 @@ log = logging.getLogger("tunegate.app")
 UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
-def create_app(settings: Settings) -> FastAPI:
+ROUTES = [
+    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/v1/tasks/{task}", run_task, methods=["POST"]),
+    Route("/v1/models", list_models, methods=["GET"]),
+    Route("/v1/models/{task}", retrieve_model, methods=["GET"]),
+    Route("/admin/reload", reload_config, methods=["POST"]),
+    Route("/admin/capture/{task}", get_capture, methods=["GET"]),
+    Route("/v1/feedback", post_feedback, methods=["POST"]),
+    Route("/v1/experiments/{task}", get_experiments, methods=["GET"]),
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics_endpoint, methods=["GET"]),
+]
+
+
+def create_app(settings: Settings) -> Starlette:
     """Build the gateway app; the config is loaded (and any error raised) at start-up."""
     metrics = Metrics(settings.metrics_dir)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             if tracing is not None:
                 tracing.open()
@@ -78,28 +93,9 @@ def create_app(settings: Settings) -> FastAPI:
             if settings.metrics_dir:
                 mark_process_dead(settings.metrics_dir, os.getpid())
 
-    app = FastAPI(
-        title="tunegate",
-        version=__version__,
-        lifespan=lifespan,
-        docs_url=None,
-        redoc_url=None,
-        # The gateway makes its own spans (observability/tracing.py), only when asked.
-        telemetry={"tracing": False, "metrics": False, "logs": False},
-    )
+    app = Starlette(routes=ROUTES, lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(AccessLog)
-    app.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
-    app.add_route("/v1/tasks/{task}", run_task, methods=["POST"])
-    app.add_route("/v1/models", list_models, methods=["GET"])
-    app.add_route("/v1/models/{task}", retrieve_model, methods=["GET"])
-    app.add_route("/admin/reload", reload_config, methods=["POST"])
-    app.add_route("/admin/capture/{task}", get_capture, methods=["GET"])
-    app.add_route("/v1/feedback", post_feedback, methods=["POST"])
-    app.add_route("/v1/experiments/{task}", get_experiments, methods=["GET"])
-    app.add_route("/healthz", healthz, methods=["GET"])
-    app.add_route("/readyz", readyz, methods=["GET"])
-    app.add_route("/metrics", metrics_endpoint, methods=["GET"])
     tracing = _tracing(app, settings)
     return app
 
@@ -211,7 +207,7 @@ def build_runtime(
     return Runtime(config=config, gateway=gateway, keys=keys, started_at=time.time())
 
 
-def _tracing(app: FastAPI, settings: Settings) -> Tracing | None:
+def _tracing(app: Starlette, settings: Settings) -> Tracing | None:
     """With an OTLP endpoint set: the process's spans, and a server span per request."""
     if settings.tracing is None:
         return None
@@ -223,7 +219,7 @@ def _tracing(app: FastAPI, settings: Settings) -> Tracing | None:
     return tracing
 
 
-def app_from_env() -> FastAPI:
+def app_from_env() -> Starlette:
     """The factory `uvicorn --factory` calls in each worker (a spawned worker process
     starts with Python's default logging: it gets the JSON lines here)."""
     from tunegate.config.settings import settings_from_env

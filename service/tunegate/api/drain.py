@@ -50,12 +50,12 @@ def drain_on_sigterm(
         started = time.monotonic()
         while time.monotonic() - started < timeout_s:
             waited = time.monotonic() - started
-            if waited >= min_drain_s and services.load.in_flight == 0:
+            if waited >= min_drain_s and services.metrics.in_flight == 0:
                 break
             await asyncio.sleep(0.05)
         log.info(
             "drained", extra={"seconds": round(time.monotonic() - started, 3),
-                              "in_flight": services.load.in_flight}
+                              "in_flight": services.metrics.in_flight}
         )  # fmt: skip
         stop_serving()
 
@@ -65,7 +65,7 @@ def drain_on_sigterm(
             return
         services.draining = True
         log.warning(
-            "SIGTERM: draining (503 to new requests, %d in flight)", services.load.in_flight
+            "SIGTERM: draining (503 to new requests, %d in flight)", services.metrics.in_flight
         )
         services.drain_task = loop.create_task(drain())
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import math
 
 import orjson
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.responses import Response
 
 from tunegate.errors import GatewayError, InvalidRequest, MethodNotAllowed, NotFound
@@ -49,7 +49,7 @@ def error_response(exc: GatewayError) -> Response:
     )
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: Starlette) -> None:
     """Answer every error the framework raises in the same shape as our own."""
 
     async def on_gateway_error(request: Request, exc: Exception) -> Response:
@@ -66,10 +66,5 @@ def install_error_handlers(app: FastAPI) -> None:
             return error_response(NotFound(f"No route {request.url.path}.", code="not_found"))
         return error_response(InvalidRequest(str(exc.detail)))
 
-    async def on_validation_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
-        return error_response(InvalidRequest("The request is not valid."))
-
     app.add_exception_handler(GatewayError, on_gateway_error)
     app.add_exception_handler(HTTPException, on_http_error)
-    app.add_exception_handler(RequestValidationError, on_validation_error)

@@ -62,15 +62,14 @@ def task_endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         services = services_of(request)
         incoming = Incoming(new_request_id(), services)
         started = time.monotonic()
-        load = services.load
-        with services.metrics.track_in_flight(), load:
+        with services.metrics.track_in_flight():
             try:
                 if services.draining:
                     raise Unavailable(
                         "The gateway is shutting down; retry (another instance answers).",
                         retry_after_s=1,
                     )
-                if load.in_flight > services.runtime.config.max_in_flight:
+                if services.metrics.in_flight > services.runtime.config.max_in_flight:
                     raise Unavailable(
                         "The gateway is at its in-flight limit; retry shortly.",
                         retry_after_s=1,

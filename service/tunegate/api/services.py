@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from starlette.requests import Request
@@ -35,20 +35,6 @@ class Runtime:
     started_at: float
 
 
-class Load:
-    """Requests in progress in this process, for load shedding (503 `overloaded` at once
-    rather than a pile of timeouts)."""
-
-    def __init__(self) -> None:
-        self.in_flight = 0
-
-    def __enter__(self) -> None:
-        self.in_flight += 1
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.in_flight -= 1
-
-
 @dataclass(eq=False)
 class Services:
     """Opened in the lifespan and closed there. `runtime` is the reloader's (a reload
@@ -61,7 +47,6 @@ class Services:
     experiments: Experiments
     watcher: Watcher
     reloader: Reloader
-    load: Load = field(default_factory=Load)
     draining: bool = False
     drain_task: asyncio.Task[None] | None = None
     capture: Capture | None = None

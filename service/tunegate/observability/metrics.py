@@ -462,6 +462,12 @@ class Metrics:
         `tunegate_in_flight_requests` (reusable, re-entrant: the count is all it holds)."""
         return self._in_flight_tracker
 
+    @property
+    def in_flight(self) -> int:
+        """Task requests this process is serving now (load shedding and the drain read
+        it; the gauge shows it)."""
+        return self._in_flight
+
     def render(self) -> tuple[bytes, str]:
         """The exposition and its content type: Prometheus text format 0.0.4, which every
         Prometheus version reads; in multiprocess mode, summed over every worker's files."""
