@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from testkit.redis_server import RedisServer, redis_server
 from tests.harness import Gateway, Simulator, gateway_config, running_gateway, task_config
-from tests.redis_server import RedisServer, redis_server
 from tests.slow_proxy import LossyProxy, lossy_proxy
 from tunegate.config.compiled import ApiKey
 from tunegate.errors import LimitExceeded
