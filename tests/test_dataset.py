@@ -106,6 +106,10 @@ def test_the_file_is_the_tuned_prompt_format_deduplicated_and_checked(
     assert report["training_price_source"].endswith("(gpt-3.5-turbo)")
     assert report["estimated_cost_usd"] == pytest.approx(tokens["total"] * 8 * 8.0 / 1e6)
     assert not (tmp_path / "train.validation.jsonl").exists()
+    # The report's break-even takes the estimate: the task has no training_cost_usd.
+    document = httpx.get(f"{setup[0].url}/v1/experiments/triage").json()
+    assert document["break_even"]["training_cost_usd"] == report["estimated_cost_usd"]
+    assert document["break_even"]["training_cost_source"] == "dataset export (estimate)"
 
 
 def test_min_score_keeps_the_well_scored(

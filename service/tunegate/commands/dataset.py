@@ -101,6 +101,8 @@ def _export(args: argparse.Namespace) -> int:
     _write(args.out, ds.jsonl(built.training))
     if validation_path is not None:
         _write(validation_path, ds.jsonl(built.validation))
+    if not args.url and settings.redis_url is not None:
+        _note(task, settings.redis_url, result.as_json())
     files = {"file": str(args.out), "validation_file": str(validation_path or "") or None}
     if args.json:
         document = {"task": task.name, "prompt_format": prompt.source, **files}
@@ -158,6 +160,26 @@ async def _read_store(task: Task, redis_url: str) -> list[dict[str, Any]]:
         raise RuntimeError(f"cannot read the store at {redis_url}") from None
     finally:
         await store.close()
+
+
+def _note(task: Task, redis_url: str, summary: dict[str, Any]) -> None:
+    """Keep the estimate in the store: the report's break-even uses it when the task has
+    no `training_cost_usd` (SPEC §9). A failure only costs that."""
+    import asyncio
+
+    from tunegate.experiments.capture import Capture
+    from tunegate.state.store import Store
+
+    async def note() -> None:
+        store = Store(redis_url, socket_timeout_ms=5000, connect_timeout_ms=2000)
+        try:
+            ttl_s = task.capture.ttl_s if task.capture is not None else 30 * 86400
+            if not await Capture(store).note_dataset(task.name, summary, ttl_s):
+                print("warning: the estimate was not stored for the report", file=sys.stderr)
+        finally:
+            await store.close()
+
+    asyncio.run(note())
 
 
 def _read_over_http(url: str, task: str) -> list[dict[str, Any]]:

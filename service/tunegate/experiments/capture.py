@@ -80,6 +80,20 @@ def scores_key(task: str) -> str:
     return f"tunegate:capture:{{{task}}}:scores"
 
 
+def dataset_key(task: str) -> str:
+    """What the latest `dataset export` of `task` estimated (JSON), for the break-even."""
+    return f"tunegate:capture:{{{task}}}:dataset"
+
+
+def dataset_cost(raw: bytes | None) -> float | None:
+    """The estimated training cost in a `dataset_key` value, or None."""
+    try:
+        cost = orjson.loads(raw)["estimated_cost_usd"] if raw else None
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    return float(cost) if isinstance(cost, int | float) else None
+
+
 def sampled(request_id: str, rate: float) -> bool:
     """Whether a request falls in the capture sample: a hash of its id under `rate`, so
     every instance (and feedback, later) agrees without stored state."""
@@ -235,6 +249,11 @@ class Capture:
             return
         args: list[ScriptArg] = [request_id, repr(score), policy.max_examples, policy.ttl_s]
         await self._store.run(self._score, [scores_key(task)], args)
+
+    async def note_dataset(self, task: str, summary: dict[str, Any], ttl_s: int) -> bool:
+        """Keep what an export estimated (its `estimated_cost_usd`, ...) for the report's
+        break-even; False when the store failed."""
+        return await self._store.set(dataset_key(task), orjson.dumps(summary), ttl_s)
 
     async def read(self, task: str, ttl_s: int | None = None) -> AsyncIterator[Captured]:
         """Every kept exchange of `task`, oldest first (entries older than `ttl_s` are

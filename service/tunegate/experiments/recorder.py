@@ -42,6 +42,7 @@ import orjson
 
 from tunegate.config.compiled import Task
 from tunegate.experiments import fields as f
+from tunegate.experiments.capture import dataset_cost, dataset_key
 from tunegate.experiments.report import build_document
 from tunegate.experiments.stats import bucket_of
 from tunegate.records import JudgeOutcome, Outcome, ShadowOutcome
@@ -395,7 +396,8 @@ class Experiments:
         pairs = await self.read_pairs(task.name, task.variants)
         if pairs is None:
             return None
-        return build_document(task, sums, pairs=pairs)
+        dataset = await self._store.get(dataset_key(task.name))
+        return build_document(task, sums, pairs=pairs, dataset_cost_usd=dataset_cost(dataset))
 
     async def read(self, task: str, variants: Iterable[str]) -> dict[str, dict[str, float]] | None:
         """The hash of each variant of `task`, field -> number (empty when absent); None

@@ -28,6 +28,7 @@ def build_document(
     sums: Mapping[str, Sums],
     policy: Policy | None = None,
     pairs: Mapping[tuple[str, str], Sums] | None = None,
+    dataset_cost_usd: float | None = None,
 ) -> dict[str, Any]:
     """Per-variant figures, the comparison of the tuned variant with the other, the
     break-even, the shadow pairs' figures (from `Experiments.read_pairs`) and the
@@ -72,7 +73,7 @@ def build_document(
             for name, c in comparisons.items()
         },
     }
-    document["break_even"] = _break_even(task, sums, (a, b), variants)
+    document["break_even"] = _break_even(task, sums, (a, b), variants, dataset_cost_usd)
     document["shadow"] = _shadow(pairs or {}, (a, b), policy.alpha)
     if document["shadow"] is not None:
         document["shadow"]["preference"] = quality.preference(pairs or {}, a, b, policy)
@@ -265,8 +266,14 @@ def example_tokens(variant: Variant) -> int:
 
 
 def _break_even(
-    task: Task, sums: Mapping[str, Sums], names: tuple[str, str], figures: Mapping[str, Any]
+    task: Task,
+    sums: Mapping[str, Sums],
+    names: tuple[str, str],
+    figures: Mapping[str, Any],
+    dataset_cost_usd: float | None = None,
 ) -> dict[str, Any]:
+    """The tuned arm's saving per request and when it pays back its training: the task's
+    `training_cost_usd`, else the estimate of its latest `dataset export` (SPEC §9)."""
     a, b = names
     tuned, other = (a, b) if task.variants[a].is_tuned else (None, b)
     few = task.variants[other]
@@ -278,9 +285,13 @@ def _break_even(
     saving = None
     if tuned is not None and cost_of[tuned] is not None and cost_of[other] is not None:
         saving = cost_of[other] - cost_of[tuned]
+    training = task.training_cost_usd
+    source = "config" if training is not None else None
+    if training is None and dataset_cost_usd is not None:
+        training, source = dataset_cost_usd, "dataset export (estimate)"
     requests = None
-    if saving is not None and saving > 0 and task.training_cost_usd is not None:
-        requests = math.ceil(task.training_cost_usd / saving)
+    if saving is not None and saving > 0 and training is not None:
+        requests = math.ceil(training / saving)
     per_day = _requests_per_day(sums)
     return {
         "tuned": tuned,
@@ -292,7 +303,8 @@ def _break_even(
             min(1.0, est / prompt_per_call) if prompt_per_call else None
         ),
         "saving_usd_per_request": saving,
-        "training_cost_usd": task.training_cost_usd,
+        "training_cost_usd": training,
+        "training_cost_source": source,
         "requests_to_break_even": requests,
         "requests_per_day": per_day,
         "days_to_break_even": requests / per_day if requests and per_day else None,
@@ -510,9 +522,14 @@ def _payback(even: Mapping[str, Any]) -> str:
     if saving is None or saving <= 0:
         return "  the tuned variant is not cheaper per request: it never pays back its tuning"
     if even["requests_to_break_even"] is None:
-        return "  no training_cost_usd configured for the task"
+        return "  no training_cost_usd configured for the task, and no dataset exported"
+    source = (
+        " (dataset export's estimate)"
+        if even.get("training_cost_source") == "dataset export (estimate)"
+        else ""
+    )
     return (
-        f"  training {_fmt(even['training_cost_usd'], 2)} USD pays back after "
+        f"  training {_fmt(even['training_cost_usd'], 2)} USD{source} pays back after "
         f"{even['requests_to_break_even']} requests = {_fmt(even['days_to_break_even'], 1)} "
         f"days at {_fmt(even['requests_per_day'], 0)} samples/day"
     )
