@@ -8,7 +8,9 @@ sent) and two `tunegate serve` processes on the same config, one without `OTEL_*
 variables and one with `OTEL_EXPORTER_OTLP_ENDPOINT` and `OTEL_TRACES_SAMPLER=always_on`.
 Each round sends one request with a new prompt (a cache miss) to the upstream directly,
 to the untraced gateway and to the traced one, in a shuffled order, one at a time; the
-gateway's overhead is its p50 latency minus the direct call's. The traced gateway is then
+gateway's overhead is its p50 latency minus the direct call's, and its CPU time per request
+(its process, the exporter's thread included; less disturbed by a busy machine than
+latency) is read from /proc. The traced gateway is then
 stopped (its exporter flushes) and the spans it sent are counted: three per request
 (server, cache lookup, upstream attempt). Also measured: the per-request cost of the
 no-op hooks the flow calls with tracing off.
@@ -40,7 +42,7 @@ import httpx
 import yaml
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from bench.processes import Server, free_port, start_server, wait_until_idle
+from bench.processes import Server, cpu_snapshot, free_port, start_server, wait_until_idle
 from bench.targets import MODEL, PARAMS, SYSTEM, TASK, UPSTREAM_KEY, gateway_config
 from tunegate.config.compiled import load_config
 from tunegate.spans import NO_SPANS
@@ -140,18 +142,26 @@ def request(client: httpx.Client, target: str, server: Server) -> float:
     return elapsed
 
 
-def measure(servers: Mapping[str, Server], rounds: int, warmup: int) -> dict[str, list[float]]:
+def measure(
+    servers: Mapping[str, Server], rounds: int, warmup: int
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Latencies (ms) by target, and each gateway's CPU ms per request, after `warmup`."""
     latencies: dict[str, list[float]] = {target: [] for target in TARGETS}
     order = list(TARGETS)
     shuffle = random.Random(0).shuffle
+    gateways = {name: servers[name].process.pid for name in ("off", "on")}
     with httpx.Client(timeout=10) as client:
         for number in range(warmup + rounds):
+            if number == warmup:
+                before = cpu_snapshot(gateways)
             shuffle(order)
             for target in order:
                 elapsed = request(client, target, servers[target])
                 if number >= warmup:
                     latencies[target].append(elapsed)
-    return latencies
+    after = cpu_snapshot(gateways)
+    cpu = {g: (after.roles[g] - before.roles[g]) / rounds * 1e3 for g in gateways}
+    return latencies, cpu
 
 
 def hooks_off_us(config_path: Path) -> float:
@@ -177,20 +187,23 @@ def hooks_off_us(config_path: Path) -> float:
 def report(figures: Mapping[str, Any]) -> str:
     p50 = figures["p50_ms"]
     overhead = figures["overhead_ms"]
+    cpu = figures["cpu_ms"]
     lines = [
         f"# Tracing overhead, miss path ({figures['when']})",
         "",
         f"{figures['rounds']} rounds of sequential cache misses, one request per target per "
         f"round in shuffled order; {figures['machine']}.",
         "",
-        "| target | p50 ms | gateway overhead ms (p50 minus direct p50) |",
-        "|---|---|---|",
-        f"| upstream directly | {p50['direct']:.2f} | |",
-        f"| gateway, tracing off | {p50['off']:.2f} | {overhead['off']:.2f} |",
-        f"| gateway, tracing on (always sampled) | {p50['on']:.2f} | {overhead['on']:.2f} |",
+        "| target | p50 ms | overhead ms (p50 minus direct p50) | gateway CPU ms per request |",
+        "|---|---|---|---|",
+        f"| upstream directly | {p50['direct']:.2f} | | |",
+        f"| gateway, tracing off | {p50['off']:.2f} | {overhead['off']:.2f} | {cpu['off']:.2f} |",
+        f"| gateway, tracing on (always sampled) | {p50['on']:.2f} | {overhead['on']:.2f} "
+        f"| {cpu['on']:.2f} |",
         "",
         f"Tracing on adds {figures['added_ms']:.2f} ms per request at p50, "
-        f"{figures['added_pct']:+.1f}% of the untraced overhead; "
+        f"{figures['added_pct']:+.1f}% of the untraced overhead, and "
+        f"{figures['cpu_added_pct']:+.1f}% CPU per request; "
         f"{figures['spans']} spans exported for {figures['requests_on']} traced requests "
         f"(expected {SPANS_PER_MISS} each). With tracing off the flow's no-op hooks cost "
         f"{figures['hooks_off_us']:.2f} µs per miss.",
@@ -207,7 +220,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tracing-bench-") as directory:
         work = Path(directory)
         with stack(work, sink) as servers:
-            latencies = measure(servers, args.rounds, args.warmup)
+            latencies, cpu = measure(servers, args.rounds, args.warmup)
             servers["on"].stop()  # the exporter flushes what is queued
         hooks = hooks_off_us(work / "gateway.yaml")
     sink.stop()
@@ -222,6 +235,8 @@ def main() -> None:
         "overhead_ms": overhead,
         "added_ms": added,
         "added_pct": added / overhead["off"] * 100,
+        "cpu_ms": cpu,
+        "cpu_added_pct": (cpu["on"] - cpu["off"]) / cpu["off"] * 100,
         "spans": sink.spans(),
         "requests_on": args.rounds + args.warmup,
         "hooks_off_us": hooks,
