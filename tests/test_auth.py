@@ -27,7 +27,7 @@ from tests.harness import (
     running_gateway,
     task_config,
 )
-from tests.openai_shapes import checked_sdk
+from tests.openai_shapes import checked_client, checked_sdk
 from tunegate.auth import OPEN, authenticate, hash_key, keys_by_hash, require_admin, task_for
 from tunegate.config.compiled import ApiKey, GatewayConfig, load_config
 from tunegate.errors import AuthenticationFailed, NotFound, PermissionDenied
@@ -164,7 +164,7 @@ def gw(sim: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gat
 
 @pytest.fixture(scope="module")
 def http() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=10) as client:
+    with checked_client(timeout=10) as client:
         yield client
 
 
@@ -177,7 +177,7 @@ def sdk() -> Iterator[SDK]:
     made: list[openai.OpenAI] = []
 
     def client(gw: Gateway, name: str) -> openai.OpenAI:
-        made.append(openai.OpenAI(base_url=f"{gw.url}/v1", api_key=f"key-{name}", max_retries=0))
+        made.append(checked_sdk(f"{gw.url}/v1", f"key-{name}"))
         return made[-1]
 
     yield client

@@ -29,6 +29,7 @@ from tests.harness import (
     running_gateway,
     task_config,
 )
+from tests.openai_shapes import checked_client
 from tunegate.auth import hash_key
 from tunegate.config.compiled import ApiKey
 from tunegate.errors import LimitExceeded, Unavailable
@@ -326,7 +327,7 @@ def limited_config(sim: Simulator, *keys: dict[str, Any], **top: Any) -> dict[st
 @pytest.fixture(scope="module")
 def http() -> Iterator[httpx.Client]:
     # One client for the module: building one (its TLS context) takes ~60 ms.
-    with httpx.Client(timeout=10) as client:
+    with checked_client(timeout=10) as client:
         yield client
 
 

@@ -34,6 +34,7 @@ from tests.harness import (
     task_config,
     wait_for_http,
 )
+from tests.openai_shapes import checked_client
 from tunegate.auth import hash_key
 from tunegate.observability.metrics import FLUSH_DELAY_S
 
@@ -223,7 +224,7 @@ class Served:
 
     def client(self) -> httpx.Client:
         """A client with the admin key, on a connection of its own (so: any worker)."""
-        return httpx.Client(base_url=self.url, headers=bearer(KEY), timeout=30)
+        return checked_client(base_url=self.url, headers=bearer(KEY), timeout=30)
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -407,7 +408,7 @@ def test_cost_and_token_counters_equal_the_responses_over_a_mixed_run(
     ledger = Ledger()
     with (
         running_gateway(tmp_path, config(sim)) as gateway,
-        httpx.Client(base_url=gateway.url, timeout=30) as client,
+        checked_client(base_url=gateway.url, timeout=30) as client,
     ):
         plan = mixed_plan(18)
         for i in range(3):

@@ -29,6 +29,7 @@ from tests.harness import (
     task_config,
     wait_for_http,
 )
+from tests.openai_shapes import checked_client
 from tunegate.auth import hash_key
 
 
@@ -39,7 +40,7 @@ def fresh(sim: Simulator) -> None:
 
 @pytest.fixture(scope="module")
 def http() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=10) as client:
+    with checked_client(timeout=10) as client:
         yield client
 
 

@@ -26,6 +26,7 @@ from tests.harness import (
     task_config,
     wait_until,
 )
+from tests.openai_shapes import checked_client
 from tunegate.commands import cli
 from tunegate.config.compiled import load_config
 from tunegate.experiments.report import build_document, render_table
@@ -75,7 +76,7 @@ def gw(
         yield gateway
 
 
-HTTP = httpx.Client(timeout=10)
+HTTP = checked_client(timeout=10)
 
 
 def ask(gw: Gateway, task: str, text: str | None = None, **headers: str) -> httpx.Response:
