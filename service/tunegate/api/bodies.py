@@ -8,7 +8,7 @@ the few parameters the task allows; anything the task owns is a 400 naming the `
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -154,3 +154,34 @@ def cache_mode(headers: Mapping[str, str]) -> tuple[bool, bool]:
     if "no-cache" in directives:
         return False, True
     return True, True
+
+
+class FeedbackBody(BaseModel):
+    """`POST /v1/feedback` (SPEC §2): a score of 0 to 1 or a boolean for an answered
+    request. Other fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
+
+    request_id: str = Field(min_length=1)
+    score: bool | Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+    comment: str | None = None
+
+
+FEEDBACK_PROBLEMS = {
+    "request_id": "`request_id` must be a non-empty string: the x-request-id, the "
+    "completion's `id` or the task-native `id`.",
+    "score": "`score` must be a number from 0 to 1, or a boolean.",
+    "comment": "`comment` must be a string.",
+}
+
+
+def feedback_body(raw: bytes) -> FeedbackBody:
+    """Validate a feedback body; a 400 naming the field, in words a caller can act on."""
+    try:
+        return FeedbackBody.model_validate_json(raw)
+    except ValidationError as exc:
+        loc = exc.errors(include_url=False)[0]["loc"]
+        field = str(loc[0]) if loc else ""
+        if field in FEEDBACK_PROBLEMS:
+            raise InvalidRequest(FEEDBACK_PROBLEMS[field], param=field) from None
+        raise _invalid(exc) from None

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tunegate.api.bodies import FEEDBACK_PROBLEMS, feedback_body
 from tunegate.api.chat import COMPLETION_ID_PREFIX
 from tunegate.api.incoming import caller, read_body
 from tunegate.api.responses import json_response
@@ -30,7 +27,13 @@ async def post_feedback(request: Request) -> Response:
     services = services_of(request)
     experiments = services.experiments
     principal = caller(services.runtime, request)
-    request_id, score, comment = _feedback_body(await read_body(request, FEEDBACK_BODY_LIMIT))
+    body = feedback_body(await read_body(request, FEEDBACK_BODY_LIMIT))
+    # A completion's `id` is its request id behind OpenAI's prefix.
+    request_id = body.request_id.removeprefix(COMPLETION_ID_PREFIX)
+    if not request_id:
+        raise InvalidRequest(FEEDBACK_PROBLEMS["request_id"], param="request_id")
+    score = float(body.score)
+    comment = body.comment[:MAX_COMMENT_CHARS] if body.comment else None
     record = await experiments.request(request_id)
     if isinstance(record, StoreFailure):
         raise Unavailable("The store is unavailable; retry shortly.", code="not_ready")
@@ -54,37 +57,6 @@ async def post_feedback(request: Request) -> Response:
             "sample": record.sample,
         }
     )
-
-
-def _feedback_body(body: bytes) -> tuple[str, float, str | None]:
-    """(request_id, score in [0, 1], comment); 400 naming the wrong field."""
-    try:
-        data: Any = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("The body is not valid JSON.") from None
-    if not isinstance(data, dict):
-        raise InvalidRequest("The body must be a JSON object.")
-    request_id = data.get("request_id")
-    if isinstance(request_id, str):
-        # A completion's `id` is its request id behind OpenAI's prefix.
-        request_id = request_id.removeprefix(COMPLETION_ID_PREFIX)
-    if not isinstance(request_id, str) or not request_id:
-        raise InvalidRequest(
-            "`request_id` must be a non-empty string: the x-request-id, the completion's "
-            "`id` or the task-native `id`.",
-            param="request_id",
-        )
-    raw = data.get("score")
-    if isinstance(raw, bool):
-        score = 1.0 if raw else 0.0
-    elif isinstance(raw, int | float) and math.isfinite(raw) and 0 <= raw <= 1:
-        score = float(raw)
-    else:
-        raise InvalidRequest("`score` must be a number from 0 to 1, or a boolean.", param="score")
-    comment = data.get("comment")
-    if comment is not None and not isinstance(comment, str):
-        raise InvalidRequest("`comment` must be a string.", param="comment")
-    return request_id, score, comment[:MAX_COMMENT_CHARS] if comment else None
 
 
 async def get_experiments(request: Request) -> Response:
