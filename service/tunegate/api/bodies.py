@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tunegate.config.compiled import Task
+from tunegate.config.compiled import CALLER_PARAMS, Task
 from tunegate.errors import InvalidRequest
 
 # Fields OpenAI defines that the task decides for the caller (SPEC §7).
@@ -36,7 +36,6 @@ OWNED_PARAMS = frozenset(
         "verbosity",
     }
 )
-_ALLOWABLE = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "stop")
 
 
 class _Body(BaseModel):
@@ -125,7 +124,7 @@ def chat_params(body: ChatBody, task: Task) -> dict[str, Any]:
     if body.n is not None and body.n != 1:
         raise InvalidRequest("n must be 1: the task returns one answer.", param="n")
     params: dict[str, Any] = {}
-    for name in _ALLOWABLE:
+    for name in sorted(CALLER_PARAMS):  # the ones a task may allow (config's list)
         value = getattr(body, name)
         if value is None:
             continue
