@@ -215,10 +215,11 @@ async def test_at_most_sixteen_judgements_run_and_the_rest_are_skipped(
     path.write_text(yaml.safe_dump(gateway_config("http://127.0.0.1:1", {"t": reply_task()})))
     task = load_config(path).tasks["t"]
     upstream, outcomes = Stalled(), list[JudgeOutcome]()
-    judges = Judges(upstream, PriceTable({}), [outcomes.append])
+    judges = Judges(upstream, PriceTable({}), [outcomes.append], start_delay_s=0)
     for i in range(20):
         judges.point(Judged(f"r{i}", task, "tuned", (), "Guten Tag. Ihr Acme-Team"))
-    await asyncio.sleep(0)
+    for _ in range(3):  # each judgement's task starts, then reaches its upstream call
+        await asyncio.sleep(0)
     assert upstream.calls == 16
     assert [o.status for o in outcomes] == ["skipped"] * 4
     upstream.release.set()

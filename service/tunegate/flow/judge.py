@@ -32,6 +32,7 @@ from tunegate.spans import NO_SPANS, Spans
 log = logging.getLogger("tunegate.judge")
 
 MAX_IN_FLIGHT = 16
+START_DELAY_S = 0.002
 SYSTEM = (
     "You judge a customer-facing answer against a rubric. Be strict and fair; the order "
     "in which answers are shown says nothing about their quality. Reply with one JSON "
@@ -100,8 +101,10 @@ class Judges:
         max_in_flight: int = MAX_IN_FLIGHT,
         rng: random.Random | None = None,
         spans: Spans = NO_SPANS,
+        start_delay_s: float = START_DELAY_S,
     ) -> None:
         self._upstreams = upstreams
+        self._start_delay_s = start_delay_s
         self._prices = prices
         self._recorders = tuple(recorders)
         self._max_in_flight = max_in_flight
@@ -154,6 +157,9 @@ class Judges:
         task.add_done_callback(self._running.discard)
 
     async def _run(self, work: Coroutine[Any, Any, JudgeOutcome]) -> None:
+        # Scheduled while the caller's answer is still on its way out: building the judge's
+        # request takes CPU, so it starts once the answer has been written.
+        await asyncio.sleep(self._start_delay_s)
         self._record(await work)
 
     async def _point(self, judge: Judge, judged: Judged) -> JudgeOutcome:

@@ -29,8 +29,6 @@ KINDS = ("language", "max_sentences", "max_chars", "contains", "not_contains", "
 CONTRAST_LANGUAGES = ("en", "de", "fr", "es")
 # Texts with fewer letters than this pass the language check: too short to tell.
 MIN_LETTERS = 20
-# From this many characters on, the trigram-only detector is as accurate (lingua's docs).
-LONG_TEXT = 120
 # A sentence ends at one or more of these followed by whitespace or the end of the text.
 _SENTENCE_END = re.compile(r"[.!?…]+(?:\s+|$)")
 
@@ -45,28 +43,22 @@ class CheckConfigError(ValueError):
 
 
 class Detector:
-    """Lingua detectors for a fixed, small set of languages, built once per config: the
-    high-accuracy one (1- to 5-gram models) for short texts, where it matters, and the
-    low-accuracy one (trigrams only) from `LONG_TEXT` characters on, where lingua's own
-    evaluation finds both alike and the trigram one costs about a third less."""
+    """A lingua detector for a fixed, small set of languages, built once per config with
+    its models loaded (so no request pays for loading them)."""
 
     def __init__(self, codes: Iterable[str]) -> None:
         wanted = sorted({*codes, *CONTRAST_LANGUAGES})
         languages = [Language.from_iso_code_639_1(_iso(code)) for code in wanted]
         self.codes = tuple(wanted)
-        builder = LanguageDetectorBuilder.from_languages(*languages)
-        self._short: LanguageDetector = builder.with_preloaded_language_models().build()
-        self._long: LanguageDetector = (
+        self._lingua: LanguageDetector = (
             LanguageDetectorBuilder.from_languages(*languages)
             .with_preloaded_language_models()
-            .with_low_accuracy_mode()
             .build()
         )
 
     def detect(self, text: str) -> str | None:
         """The ISO 639-1 code of `text`'s language (lowercase), or None if undecided."""
-        lingua = self._long if len(text) >= LONG_TEXT else self._short
-        found = lingua.detect_language_of(text)
+        found = self._lingua.detect_language_of(text)
         return found.iso_code_639_1.name.lower() if found is not None else None
 
 
