@@ -66,7 +66,8 @@ def config_path(sim: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Pat
         key_entry("admin", admin=True),
     ]
     # A generous store timeout: this machine's cores are shared by every process of the
-    # test, and a store call that times out lets a limited request through (fail open).
+    # test, and a cache lookup slower than the timeout is a miss (SPEC §3), so the 50
+    # identical misses would no longer share one upstream call.
     store = {"socket_timeout_ms": 2000}
     config = gateway_config(sim.url, tasks, pricing=PRICING, auth={"keys": keys}, store=store)
     path = tmp_path_factory.mktemp("fleet") / "gateway.yaml"

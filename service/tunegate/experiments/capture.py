@@ -45,7 +45,7 @@ READ_PAGE = 500
 Result = Literal["kept", "skipped"]
 
 # KEYS: [stream]. ARGV: [max entries, oldest id kept (ms), ttl s, entry...].
-_WRITE = """
+_WRITE = """-- tunegate:capture.write:v1
 local maxlen, minid, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 for i = 4, #ARGV do
     redis.call("XADD", KEYS[1], "MAXLEN", maxlen, "*", "d", ARGV[i])
@@ -55,7 +55,7 @@ redis.call("EXPIRE", KEYS[1], ttl)
 return 1
 """
 # KEYS: [scores hash]. ARGV: [request id, score, max fields, ttl s].
-_SCORE = """
+_SCORE = """-- tunegate:capture.score:v1
 local room = redis.call("HLEN", KEYS[1]) < tonumber(ARGV[3])
 if room or redis.call("HEXISTS", KEYS[1], ARGV[1]) == 1 then
     redis.call("HSET", KEYS[1], ARGV[1], ARGV[2])
@@ -64,10 +64,10 @@ redis.call("EXPIRE", KEYS[1], tonumber(ARGV[4]))
 return 1
 """
 # KEYS: [stream]. ARGV: [start id (exclusive prefix "("), count].
-_PAGE = """
+_PAGE = """-- tunegate:capture.page:v1
 return redis.call("XRANGE", KEYS[1], ARGV[1], "+", "COUNT", tonumber(ARGV[2]))
 """
-_SCORES = """
+_SCORES = """-- tunegate:capture.scores:v1
 return redis.call("HGETALL", KEYS[1])
 """
 
