@@ -11,8 +11,9 @@ rate is counted; a failure's detail names the check and what it saw, never the t
 
 Language detection: one `Detector` per config, built at load for the languages the config
 names plus `CONTRAST_LANGUAGES` (so an answer in English is detected as English, not as
-the nearest of the configured ones). A detector over a handful of languages is small and
-fast; one over all of lingua's 75 costs about a millisecond per answer and over a GiB.
+the nearest of the configured ones). Its models are loaded at build (about 30 MB a
+language: 130 MB for de, en, fr, es); one over all of lingua's 75 would cost about a
+millisecond per answer and over a GiB.
 """
 
 from __future__ import annotations
