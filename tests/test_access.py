@@ -8,12 +8,14 @@ import json
 import logging
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.harness import (
+    BASE,
     TUNED,
     Gateway,
     Simulator,
@@ -113,6 +115,23 @@ def test_a_refused_request_of_a_known_task_names_it(
     assert response.headers["x-tunegate-task"] == "triage"
     line = access_line(logs, response.headers["x-request-id"])
     assert (line["status"], line["task"], line["cost_usd"]) == (400, "triage", 0)
+
+
+def test_a_failed_shadow_call_logs_its_request_and_task(
+    tmp_path: Path, http: httpx.Client, sim: Simulator, logs: pytest.LogCaptureFixture
+) -> None:
+    tasks = {"shadowed": task_config(routing={"shadow": {"variant": "few_shot", "rate": 1.0}})}
+    with running_gateway(tmp_path, gateway_config(sim.url, tasks)) as gateway:
+        sim.script(BASE, "401")
+        response = chat(http, gateway, "shadowed")
+        assert response.status_code == 200
+        request_id = response.headers["x-request-id"]
+
+        def failed() -> list[logging.LogRecord]:
+            return [r for r in lines_of(logs, request_id) if r.getMessage() == "shadow call failed"]
+
+        assert wait_until(lambda: bool(failed()))
+        assert getattr(failed()[0], "task", None) == "shadowed"
 
 
 def test_a_text_streams_line_has_its_whole_cost(

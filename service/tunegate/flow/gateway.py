@@ -246,7 +246,10 @@ class Gateway:
             try:
                 recorder(outcome)
             except Exception:  # a broken recorder must never fail a request
-                log.exception("recorder failed", extra={"request_id": outcome.request_id})
+                log.exception(
+                    "recorder failed",
+                    extra={"request_id": outcome.request_id, "task": outcome.task},
+                )
 
     async def _serve(self, call: Call, trail: _Trail, order: tuple[str, ...]) -> Answer:
         """Try each variant in `order` until one answers."""

@@ -128,7 +128,15 @@ class Shadows:
         except UpstreamError as exc:
             span.failed(exc.kind)
             seconds = self._clock() - started
-            log.info("shadow call failed", extra={"variant": variant.name, "kind": exc.kind})
+            log.info(
+                "shadow call failed",
+                extra={
+                    "request_id": primary.request_id,
+                    "task": task.name,
+                    "variant": variant.name,
+                    "kind": exc.kind,
+                },
+            )
             self._record(self._outcome(variant, primary, "error", None, seconds, 0.0))
             return
         span.answered(
@@ -187,4 +195,7 @@ class Shadows:
             try:
                 recorder(outcome)
             except Exception:  # a broken recorder must never fail anything
-                log.exception("shadow recorder failed")
+                log.exception(
+                    "shadow recorder failed",
+                    extra={"request_id": outcome.request_id, "task": outcome.task},
+                )
