@@ -16,6 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from testkit.redis_server import RedisServer
 from tests.harness import BASE, TUNED, Gateway, Simulator, gateway_config, running_gateway
@@ -25,6 +28,7 @@ from tunegate.auth import hash_key
 from tunegate.config.settings import TracingSettings, settings_from_env, tracing_from_env
 from tunegate.errors import ConfigError
 from tunegate.observability.tracing import Tracing
+from tunegate.records import rejected
 
 CALLER_KEY = "key-ops-" + secrets.token_hex(8)
 UPSTREAM_KEY = "sk-upstream-secret"
@@ -333,6 +337,30 @@ def test_without_an_endpoint_no_trace_sdk_is_loaded(
     assert probe.returncode == 0, probe.stderr
     loaded = probe.stdout.strip().splitlines()[-1]
     assert (loaded == "[]") is not traced, loaded
+
+
+def test_an_outcome_meets_its_own_server_span_by_request_id() -> None:
+    exporter = InMemorySpanExporter()
+    tracing = Tracing(TracingSettings(endpoint="http://127.0.0.1:9/v1/traces"))
+    tracing.open(SimpleSpanProcessor(exporter))
+    first, second = tracing.tracer.start_span("first"), tracing.tracer.start_span("second")
+    tracing.record(rejected("r1", "triage", 0.1))  # before its response starts
+    tracing.responding("r1", first)
+    tracing.responding("r2", second)
+    with trace.use_span(second):  # a stream finalized late, in another request's context
+        tracing.record(rejected("r0", "reply", 0.1))
+    tracing.record(rejected("r2", "shadowed", 0.1))
+    for request_id, span in (("r1", first), ("r2", second)):
+        tracing.responded(request_id)
+        span.end()
+    tracing.record(rejected("r1", "triage", 0.1))  # after the span ended: goes nowhere
+    tracing.close()
+    ended = {span.name: dict(span.attributes or {}) for span in exporter.get_finished_spans()}
+    assert ended["first"]["tunegate.request_id"] == "r1"
+    assert (ended["second"]["tunegate.request_id"], ended["second"]["tunegate.task"]) == (
+        "r2",
+        "shadowed",
+    )
 
 
 def test_grpc_export_when_the_protocol_says_grpc(tmp_path: Path) -> None:

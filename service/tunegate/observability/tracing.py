@@ -46,6 +46,9 @@ _PROPAGATOR = TraceContextTextMapPropagator()
 # In a background call's context: the request it was made for (a judge of a shadow pair
 # links to the request, not to the shadow call it starts from).
 _REQUEST = context.create_key("tunegate.request")
+# Outcomes waiting for their server span's response to start: a bound, for outcomes whose
+# response never does (a stream abandoned by its caller and finalized late).
+WAITING_MAX = 1024
 _CARRIED = (b"traceparent", b"tracestate")
 
 
@@ -58,6 +61,10 @@ class Tracing:
         self._settings = settings
         self._provider: TracerProvider | None = None
         self.tracer: trace.Tracer = trace.NoOpTracer()
+        # A request's outcome meets its server span by request id (the `x-request-id` of
+        # its response), never through whatever context a late stream finalizer runs in.
+        self._serving: dict[str, trace.Span] = {}
+        self._waiting: dict[str, dict[str, Any]] = {}
 
     def open(self, processor: SpanProcessor | None = None) -> None:
         settings = self._settings
@@ -130,10 +137,8 @@ class Tracing:
     # -- recorders ----------------------------------------------------------------------
 
     def record(self, outcome: Outcome) -> None:
-        """The request's outcome, onto its server span (the span current in the request)."""
-        span = trace.get_current_span()
-        if not span.is_recording():
-            return
+        """The request's outcome, onto its server span: now if its response has started,
+        else when it starts (`responding`)."""
         # Each attribute costs its encoding (some µs): what is implied is left out.
         attributes: dict[str, Any] = {
             "tunegate.request_id": outcome.request_id,
@@ -147,7 +152,27 @@ class Tracing:
             attributes["tunegate.status"] = outcome.status
         if outcome.chosen and outcome.chosen != outcome.served:
             attributes["tunegate.variant.chosen"] = outcome.chosen
-        span.set_attributes(attributes)
+        span = self._serving.get(outcome.request_id)
+        if span is not None:
+            span.set_attributes(attributes)
+            return
+        if len(self._waiting) >= WAITING_MAX:
+            del self._waiting[next(iter(self._waiting))]
+        self._waiting[outcome.request_id] = attributes
+
+    def responding(self, request_id: str, span: trace.Span) -> None:
+        """The response to `request_id` started: its outcome (recorded or to come) goes
+        onto `span` until `responded`."""
+        if not request_id:
+            return
+        self._serving[request_id] = span
+        attributes = self._waiting.pop(request_id, None)
+        if attributes is not None:
+            span.set_attributes(attributes)
+
+    def responded(self, request_id: str) -> None:
+        self._serving.pop(request_id, None)
+        self._waiting.pop(request_id, None)
 
     def log_fields(self) -> Mapping[str, str]:
         """`trace_id` and `span_id` of the span current where a log line is written."""
@@ -229,18 +254,29 @@ class ServerSpans:
         )
         token = context.attach(trace.set_span_in_context(span, parent))
         status = 500  # unless a response starts
+        request_id = ""
 
         async def send_noting_status(message: MutableMapping[str, Any]) -> None:
-            nonlocal status
+            nonlocal status, request_id
             if message["type"] == "http.response.start":
                 status = message["status"]
+                request_id = _request_id(message)
+                self._tracing.responding(request_id, span)
             await send(message)
 
         try:
             await self._app(scope, receive, send_noting_status)
         finally:
             context.detach(token)
+            self._tracing.responded(request_id)
             _finish(span, scope, status, self._routes.get(scope.get("endpoint")))
+
+
+def _request_id(start: MutableMapping[str, Any]) -> str:
+    for name, value in start.get("headers", ()):
+        if name == b"x-request-id":
+            return str(value.decode("latin-1"))
+    return ""
 
 
 def _http(scope: Scope) -> dict[str, Any]:
