@@ -51,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the whole system on this machine, no key needed")
     demo.add_argument("--requests", type=int, default=300, help="requests in the workload")
+    demo.add_argument(
+        "--lifecycle",
+        action="store_true",
+        help="few-shot to tuned: capture, export, tuning job, candidate, decision",
+    )
     demo.set_defaults(run=_demo)
 
     check = commands.add_parser("check-config", help="validate a config file")
@@ -106,6 +111,10 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if args.lifecycle:
+        from tunegate.commands.lifecycle import run_lifecycle
+
+        return run_lifecycle()
     from tunegate.commands.demo import run_demo
 
     return run_demo(requests=args.requests)
