@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from tunegate.errors import ConfigError
 from tunegate.experiments.adaptive import Split
 from tunegate.observability.metrics import FLUSH_DELAY_S, NO_VARIANT, Metrics, mark_process_dead
+from tunegate.observability.metrics.files import add_cells
 from tunegate.quality.checks import CheckResult, CheckVerdict
 from tunegate.records import JudgeOutcome, Outcome, ShadowOutcome, UpstreamCall, rejected
 
@@ -573,3 +575,18 @@ def test_experiment_gauges_carry_the_split_bounds_and_decisions() -> None:
         (labels["figure"], labels["decision"])
         for labels in series(scrape(metrics), "tunegate_experiment_decision")
     }
+
+
+def test_buffered_cells_land_in_the_librarys_histogram_and_a_change_there_fails_loudly() -> None:
+    histogram = Histogram("cells_seconds", "cells", ("task",), registry=None, buckets=(0.1, 1.0))
+    add_cells(histogram.labels("t"), [2.0, 0.0, 1.0, 3.5])  # per bucket, +Inf, then the sum
+    samples = {
+        (s.name, s.labels.get("le")): s.value for m in histogram.collect() for s in m.samples
+    }
+    assert samples[("cells_seconds_bucket", "0.1")] == 2.0
+    assert samples[("cells_seconds_bucket", "1.0")] == 2.0
+    assert samples[("cells_seconds_bucket", "+Inf")] == 3.0
+    assert samples[("cells_seconds_count", None)] == 3.0
+    assert samples[("cells_seconds_sum", None)] == 3.5
+    with pytest.raises(RuntimeError, match="no longer keeps `_buckets` and `_sum`"):
+        add_cells(object(), [1.0, 0.0])  # type: ignore[arg-type]  # what a changed library is

@@ -30,11 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from itertools import accumulate
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -42,12 +39,8 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import (
     CONTENT_TYPE_PLAIN_0_0_4,
     CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
     generate_latest,
     multiprocess,
-    values,
 )
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -55,250 +48,50 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.utils import floatToGoString
 
-from tunegate.errors import ConfigError
+from tunegate.observability.metrics.buffer import Counts, Observations
+from tunegate.observability.metrics.families import (
+    CACHE_LOOKUPS,
+    CACHE_RESULTS,
+    CACHE_SAVED,
+    CAPTURE,
+    CHECK_RESULTS,
+    COST,
+    EXPERIMENT_DECISION,
+    EXPERIMENT_DIFFERENCE,
+    EXPERIMENT_SAMPLES,
+    EXPERIMENT_STATE,
+    EXPERIMENT_WEIGHT,
+    FALLBACKS,
+    FEEDBACK_SCORE,
+    JSON_VALIDATION,
+    JUDGE_COST,
+    JUDGE_REQUESTS,
+    JUDGE_SCORE,
+    OVERHEAD_DURATION,
+    REQUEST_DURATION,
+    REQUESTS,
+    SHADOW_COST,
+    SHADOW_REQUESTS,
+    STORE_STATE,
+    TIME_TO_FIRST_TOKEN,
+    TOKENS,
+    UPSTREAM_DURATION,
+    UPSTREAM_ERRORS,
+    Family,
+    Labels,
+)
+from tunegate.observability.metrics.families import EXPERIMENT_FAMILIES as EXPERIMENT_FAMILIES
+from tunegate.observability.metrics.families import FAMILIES as FAMILIES
+from tunegate.observability.metrics.families import FLUSH_DELAY_S as FLUSH_DELAY_S
+from tunegate.observability.metrics.families import IN_FLIGHT as IN_FLIGHT
+from tunegate.observability.metrics.families import NO_VARIANT as NO_VARIANT
+from tunegate.observability.metrics.files import Files, check_multiprocess
+from tunegate.observability.metrics.files import mark_process_dead as mark_process_dead
 
 if TYPE_CHECKING:  # the gateway imports the whole request flow; records need none of it
     from tunegate.experiments.adaptive import Split
     from tunegate.records import JudgeOutcome, Outcome, ShadowOutcome
-
-NO_VARIANT = "none"
-CACHE_RESULTS = ("hit", "miss", "bypass", "error")
-FLUSH_DELAY_S = 1.0
-
-# Seconds. Cache hits answer in about a millisecond; deadlines reach minutes.
-LATENCY_BUCKETS = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
-)  # fmt: skip
-# The gateway's own time per request: tens of microseconds when all is well.
-OVERHEAD_BUCKETS = (
-    0.000025, 0.00005, 0.0001, 0.00025, 0.0005,
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-)  # fmt: skip
-FEEDBACK_BUCKETS = tuple(i / 10 for i in range(11))
-
-Labels = tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Family:
-    """One metric: its name, help, label names and, for a histogram, its buckets."""
-
-    name: str
-    doc: str
-    labels: Labels
-    buckets: tuple[float, ...] = ()
-
-    @property
-    def is_histogram(self) -> bool:
-        return bool(self.buckets)
-
-
-REQUESTS = Family(
-    "tunegate_requests_total",
-    "Requests by task, serving variant, cache state and outcome.",
-    ("task", "variant", "cache", "outcome"),
-)
-REQUEST_DURATION = Family(
-    "tunegate_request_duration_seconds",
-    "Whole-request latency, retries and fallbacks included.",
-    ("task", "variant", "cache"),
-    LATENCY_BUCKETS,
-)
-UPSTREAM_DURATION = Family(
-    "tunegate_upstream_duration_seconds",
-    "Latency of each upstream call, failed ones included.",
-    ("task", "variant", "model"),
-    LATENCY_BUCKETS,
-)
-OVERHEAD_DURATION = Family(
-    "tunegate_overhead_duration_seconds",
-    "Time a request spent in the gateway itself, not waiting on upstream or store.",
-    ("task",),
-    OVERHEAD_BUCKETS,
-)
-TIME_TO_FIRST_TOKEN = Family(
-    "tunegate_time_to_first_token_seconds",
-    "Time from the request to the first streamed token.",
-    ("task", "variant"),
-    LATENCY_BUCKETS,
-)
-TOKENS = Family(
-    "tunegate_tokens_total",
-    "Upstream tokens by kind (prompt, completion).",
-    ("task", "variant", "model", "kind"),
-)
-COST = Family(
-    "tunegate_cost_usd_total",
-    "Upstream cost in USD, re-asks and failed attempts included.",
-    ("task", "variant", "model"),
-)
-CACHE_LOOKUPS = Family(
-    "tunegate_cache_lookups_total",
-    "Cache lookups by result (hit, miss, bypass, error).",
-    ("task", "result"),
-)
-CACHE_SAVED = Family(
-    "tunegate_cache_saved_usd_total",
-    "Upstream cost the cache saved, in USD.",
-    ("task",),
-)
-JSON_VALIDATION = Family(
-    "tunegate_json_validation_total",
-    "JSON output checks by result (valid, repaired, invalid).",
-    ("task", "variant", "result"),
-)
-CHECK_RESULTS = Family(
-    "tunegate_check_results_total",
-    "Output checks by kind (language, max_sentences, ...) and result (pass, fail), for "
-    "every evaluated answer, under the variant that made it.",
-    ("task", "variant", "check", "result"),
-)
-UPSTREAM_ERRORS = Family(
-    "tunegate_upstream_errors_total",
-    "Failed upstream calls by kind of failure.",
-    ("task", "variant", "kind"),
-)
-FALLBACKS = Family(
-    "tunegate_fallbacks_total",
-    "Moves from a failed variant to the next one, by reason.",
-    ("task", "from_variant", "to_variant", "reason"),
-)
-FEEDBACK_SCORE = Family(
-    "tunegate_feedback_score",
-    "Feedback scores (0..1) by the variant that served the request.",
-    ("task", "variant"),
-    FEEDBACK_BUCKETS,
-)
-SHADOW_REQUESTS = Family(
-    "tunegate_shadow_requests_total",
-    "Shadow calls by shadow variant and result (ok, invalid, error, skipped).",
-    ("task", "variant", "result"),
-)
-SHADOW_COST = Family(
-    "tunegate_shadow_cost_usd_total",
-    "Upstream cost of shadow calls in USD, apart from the callers' cost.",
-    ("task", "variant", "model"),
-)
-JUDGE_REQUESTS = Family(
-    "tunegate_judge_requests_total",
-    "Judgements by kind (point, pair) and result (ok, invalid, error, skipped).",
-    ("task", "kind", "result"),
-)
-JUDGE_COST = Family(
-    "tunegate_judge_cost_usd_total",
-    "Upstream cost of judge calls in USD, apart from the callers' cost.",
-    ("task", "model"),
-)
-JUDGE_SCORE = Family(
-    "tunegate_judge_score",
-    "Judge scores of served samples, score/10 (0..1), by the judged variant.",
-    ("task", "variant"),
-    FEEDBACK_BUCKETS,
-)
-IN_FLIGHT = Family("tunegate_in_flight_requests", "Task requests being served now.", ())
-
-# Experiment gauges, read from the shared store (the same in every worker), so exported
-# by whichever worker answers the scrape and never through the multiprocess files.
-EXPERIMENT_WEIGHT = Family(
-    "tunegate_experiment_weight",
-    "Share of traffic each variant gets now (adaptive splits move it; else configured).",
-    ("task", "variant"),
-)
-EXPERIMENT_STATE = Family(
-    "tunegate_experiment_state",
-    "1 for the split's current state (configured, warming, exploring, stopped), else 0.",
-    ("task", "state"),
-)
-EXPERIMENT_DIFFERENCE = Family(
-    "tunegate_experiment_difference",
-    "Compared figure, a - b (tuned minus the other): estimate, fixed-horizon 95% interval "
-    "(ci_low, ci_high) and anytime-valid 95% confidence sequence (cs_low, cs_high).",
-    ("task", "figure", "bound"),
-)
-EXPERIMENT_DECISION = Family(
-    "tunegate_experiment_decision",
-    "1 for each figure's current decision (a variant's name, equivalent or undecided); "
-    "figure overall is the policy's recommendation.",
-    ("task", "figure", "decision"),
-)
-EXPERIMENT_SAMPLES = Family(
-    "tunegate_experiment_samples",
-    "Experiment samples per variant (requests the router chose it for), from the store.",
-    ("task", "variant"),
-)
-
-STORE_STATE = Family(
-    "tunegate_store_state",
-    "1 for the store's state as this process sees it (ok; slow after a timeout; down "
-    "after 3 failures in a row, until a probe succeeds), else 0.",
-    ("state",),
-)
-
-CAPTURE = Family(
-    "tunegate_capture_total",
-    "Sampled exchanges kept for fine-tuning, or skipped (opted-out key, failed check, stream).",
-    ("task", "result"),
-)
-FAMILIES = (
-    REQUESTS,
-    REQUEST_DURATION,
-    UPSTREAM_DURATION,
-    OVERHEAD_DURATION,
-    TIME_TO_FIRST_TOKEN,
-    TOKENS,
-    COST,
-    CACHE_LOOKUPS,
-    CACHE_SAVED,
-    JSON_VALIDATION,
-    CHECK_RESULTS,
-    CAPTURE,
-    UPSTREAM_ERRORS,
-    FALLBACKS,
-    FEEDBACK_SCORE,
-    SHADOW_REQUESTS,
-    SHADOW_COST,
-    JUDGE_REQUESTS,
-    JUDGE_COST,
-    JUDGE_SCORE,
-)
-EXPERIMENT_FAMILIES = (
-    EXPERIMENT_WEIGHT,
-    EXPERIMENT_STATE,
-    EXPERIMENT_SAMPLES,
-    EXPERIMENT_DIFFERENCE,
-    EXPERIMENT_DECISION,
-)
-
-
-class _Counts(dict[Labels, float]):
-    """A counter's values by label values."""
-
-    def add(self, labels: Labels, amount: float = 1.0) -> None:
-        self[labels] = self.get(labels, 0.0) + amount
-
-
-class _Observations(dict[Labels, list[float]]):
-    """A histogram's cells by label values: one count per bucket (not cumulative), the
-    +Inf bucket's, then the sum."""
-
-    __slots__ = ("bounds", "le")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        super().__init__()
-        self.bounds = bounds
-        # The `le` label values, spelled as prometheus-client spells its own.
-        self.le: list[str] = [floatToGoString(b) for b in (*bounds, float("inf"))]  # type: ignore[no-untyped-call]
-
-    def observe(self, labels: Labels, value: float) -> None:
-        cells = self.get(labels)
-        if cells is None:
-            cells = self[labels] = [0.0] * (len(self.bounds) + 2)
-        # Prometheus buckets are "less than or equal": bisect_left finds that bucket.
-        cells[bisect_left(self.bounds, value)] += 1.0
-        cells[-1] += value
 
 
 class Metrics:
@@ -310,8 +103,8 @@ class Metrics:
 
     def __init__(self, multiprocess_dir: str | None = None) -> None:
         # Totals since start; in multiprocess mode, what changed since the last flush.
-        self._counts = {f: _Counts() for f in FAMILIES if not f.is_histogram}
-        self._observations = {f: _Observations(f.buckets) for f in FAMILIES if f.is_histogram}
+        self._counts = {f: Counts() for f in FAMILIES if not f.is_histogram}
+        self._observations = {f: Observations(f.buckets) for f in FAMILIES if f.is_histogram}
         self._requests = self._counts[REQUESTS]
         self._duration = self._observations[REQUEST_DURATION]
         self._upstream = self._observations[UPSTREAM_DURATION]
@@ -330,15 +123,15 @@ class Metrics:
         self._in_flight_tracker = _InFlight(self)
         self._tasks_seen: set[str] = set()
         self._flush_pending = False
-        self._files: _Files | None = None
+        self._files: Files | None = None
         self._experiments: dict[str, dict[Family, dict[Labels, float]]] = {}
         self._registry = CollectorRegistry()
         self._registry.register(_ExperimentGauges(self._experiments))
         if multiprocess_dir is None:
             self._registry.register(self)
         else:
-            _check_multiprocess(multiprocess_dir)
-            self._files = _Files()
+            check_multiprocess(multiprocess_dir)
+            self._files = Files()
             # The collector registers itself; the call is untyped in the library.
             multiprocess.MultiProcessCollector(self._registry, path=multiprocess_dir)  # type: ignore[no-untyped-call]
 
@@ -567,74 +360,3 @@ class _InFlight(AbstractContextManager[None]):
         metrics._in_flight -= 1
         if metrics._files is not None and not metrics._flush_pending:
             metrics._schedule_flush()
-
-
-class _Files:
-    """This worker's memory-mapped files (prometheus-client's multiprocess mode), written
-    through the library's own metric objects so its collector can read and sum them."""
-
-    def __init__(self) -> None:
-        self._counters = {
-            f: Counter(f.name, f.doc, f.labels, registry=None)
-            for f in FAMILIES
-            if not f.is_histogram
-        }
-        self._histograms = {
-            f: Histogram(f.name, f.doc, f.labels, registry=None, buckets=f.buckets)
-            for f in FAMILIES
-            if f.is_histogram
-        }
-        self._in_flight = Gauge(
-            IN_FLIGHT.name, IN_FLIGHT.doc, registry=None, multiprocess_mode="livesum"
-        )
-
-    def write(
-        self,
-        counts: dict[Family, _Counts],
-        observations: dict[Family, _Observations],
-        in_flight: int,
-    ) -> None:
-        """Add `counts` and `observations` to the files and empty them; set the gauge."""
-        for family, table in counts.items():
-            counter = self._counters[family]
-            for labels, value in list(table.items()):
-                counter.labels(*labels).inc(value)
-            table.clear()
-        for family, cells_by_labels in observations.items():
-            histogram = self._histograms[family]
-            for labels, cells in list(cells_by_labels.items()):
-                child = histogram.labels(*labels)
-                # A histogram has no public "add these bucket counts"; observing each
-                # value again would cost what the buffering saves. These attributes are
-                # the library's own cells (pinned version; tests/test_metrics.py checks).
-                for cell, count in zip(child._buckets, cells[:-1], strict=True):
-                    if count:
-                        cell.inc(count)
-                child._sum.inc(cells[-1])
-            cells_by_labels.clear()
-        self._in_flight.set(in_flight)
-
-
-def mark_process_dead(multiprocess_dir: str, pid: int) -> None:
-    """Forget a dead worker's live gauges (its in-flight count); call it from the
-    supervisor when worker `pid` exits. Its counters and histograms stay, as they must."""
-    multiprocess.mark_process_dead(pid, multiprocess_dir)  # type: ignore[no-untyped-call]
-
-
-def _check_multiprocess(directory: str) -> None:
-    # prometheus_client itself reads this variable (at import, and for its file paths);
-    # this only checks that it agrees with the settings.
-    configured = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if not getattr(values.ValueClass, "_multiprocess", False) or configured is None:
-        raise ConfigError(
-            f"metrics: a multiprocess directory ({directory}) was given, but "
-            "PROMETHEUS_MULTIPROC_DIR was not set when prometheus_client was imported; "
-            "set it in the environment before starting the workers."
-        )
-    if os.path.realpath(configured) != os.path.realpath(directory):
-        raise ConfigError(
-            f"metrics: the multiprocess directory {directory} differs from "
-            f"PROMETHEUS_MULTIPROC_DIR={configured}; use one directory."
-        )
-    if not os.path.isdir(directory):
-        raise ConfigError(f"metrics: PROMETHEUS_MULTIPROC_DIR={directory} is not a directory.")
