@@ -37,6 +37,10 @@ KEYS = {
     "admin": "tg-admin",
 }
 BUDGET_USD = 0.0006
+WEAK = "gpt-3.5-turbo-weak"  # the adaptive task's worse variant: 30 % valid first time
+
+
+ADAPTIVE = {"metric": "first_try_valid", "min_samples": 30, "floor": 0.1}
 
 
 def key_entry(name: str, **limits: Any) -> dict[str, Any]:
@@ -46,7 +50,14 @@ def key_entry(name: str, **limits: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
     haproxy_or_skip()
-    scenario = {"models": {TUNED: {"latency_ms": LATENCY_MS}, BASE: {"latency_ms": LATENCY_MS}}}
+    weak = {"latency_ms": LATENCY_MS, "quality": {"valid": 0.3, "valid_with_examples": 0.3}}
+    scenario = {
+        "models": {
+            TUNED: {"latency_ms": LATENCY_MS},
+            BASE: {"latency_ms": LATENCY_MS},
+            WEAK: weak,
+        }
+    }
     with simulator_with(scenario, tmp_path_factory.mktemp("sim")) as simulator:
         yield simulator
 
@@ -58,7 +69,9 @@ def config_path(sim: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Pat
         "triage": task_config(),
         "sticky": task_config(weights=split, routing={"sticky": "user"}),
         "exp": task_config(weights=split),
+        "adaptive": task_config(routing={"weights": split, "adaptive": ADAPTIVE}),
     }
+    tasks["adaptive"]["variants"]["few_shot"]["model"] = WEAK
     keys = [
         key_entry("rpm", rpm=RPM),
         key_entry("budget", daily_budget_usd=BUDGET_USD),
@@ -190,3 +203,31 @@ def test_experiment_totals_and_feedback_equal_what_was_sent(fleet: Fleet) -> Non
         time.sleep(0.05)
     assert counted == served
     assert feedback == served
+
+
+def weights(metrics: str, task: str) -> dict[str, float]:
+    found = {}
+    for line in metrics.splitlines():
+        if line.startswith(f'tunegate_experiment_weight{{task="{task}",'):
+            variant = line.split('variant="')[1].split('"')[0]
+            found[variant] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def test_an_adaptive_split_is_the_same_on_every_instance(fleet: Fleet) -> None:
+    """SPEC §12: instances agree on an adaptive split within one refresh period; a scrape
+    refreshes it at once, so each instance's /metrics shows the split of the same figures."""
+    answers = in_parallel(120, lambda i: ask(fleet, "plain", f"adaptive {i}", task="adaptive"))
+    assert [a.status_code for a in answers] == [200] * 120
+    assert {a.headers["x-served-by"] for a in answers} == {"g0", "g1", "g2"}
+    admin = {"authorization": f"Bearer {KEYS['admin']}"}
+    deadline = time.monotonic() + 10
+    while True:  # every instance's batch of samples written (they flush every 20 ms)
+        report = httpx.get(f"{fleet.url}/v1/experiments/adaptive", headers=admin).json()
+        if sum(v["requests"] for v in report["variants"].values()) == 120:
+            break
+        assert time.monotonic() < deadline, report["variants"]
+        time.sleep(0.05)
+    splits = [weights(httpx.get(f"{url}/metrics").text, "adaptive") for url in fleet.instances]
+    assert splits[0] == splits[1] == splits[2], splits
+    assert splits[0]["tuned"] > 0.5  # moved from 50/50 towards the better variant
