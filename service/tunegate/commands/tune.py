@@ -232,7 +232,7 @@ def candidate_yaml(task: Task, model: str, upstream: str) -> str:
     head = (
         f"# Add to your config (merge at these paths): the tuned model as variant {name!r},\n"
         "# served as the shadow (paired figures, no caller sees it) with weight 0.\n"
-        "# Give it weight (and name it in routing.compare) to make it an experiment arm.\n"
+        "# Give it weight to make it an experiment arm.\n"
     )
     return head + yaml.safe_dump(overlay, sort_keys=False, allow_unicode=True, width=88)
 
