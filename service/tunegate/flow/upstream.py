@@ -135,52 +135,47 @@ class Upstreams:
         client = self._clients[variant.upstream]
         request = _request_params(variant, params)
         limit = self._response_limit(variant, request)
-        received = 0
+        body = {
+            "model": variant.model,
+            "messages": messages,
+            **request,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         try:
-            chunks = await client.chat.completions.create(  # type: ignore[call-overload]  # plain dicts of the SDK's shape
-                model=variant.model,
-                messages=messages,
-                timeout=timeout_s,
-                stream=True,
-                stream_options={"include_usage": True},
-                **request,
+            # Read raw, not through the SDK's stream: its decoder holds a whole event in
+            # memory, however large; here an event past the limit is cut while read.
+            raw = await client.post(
+                "/chat/completions",
+                body=body,
+                cast_to=httpx2.Response,
+                options={"timeout": timeout_s, "headers": {_RAW_RESPONSE: "stream"}},
             )
-            finish_reason = "stop"
-            prompt_tokens = completion_tokens = 0
-            fingerprint: str | None = None
-            model: str | None = None
-            async with chunks:
-                async for chunk in chunks:
-                    fingerprint = chunk.system_fingerprint or fingerprint
-                    model = chunk.model or model
-                    if chunk.usage is not None:
-                        prompt_tokens = chunk.usage.prompt_tokens
-                        completion_tokens = chunk.usage.completion_tokens
-                    if not chunk.choices:
-                        continue
-                    choice = chunk.choices[0]
-                    if choice.finish_reason:
-                        finish_reason = choice.finish_reason
-                    if choice.delta.content:
-                        received += len(choice.delta.content)
-                        if received > limit:
-                            raise UpstreamServerError(
-                                f"{variant.model}: streamed more than the {limit:,} characters "
-                                "its max_tokens allow"
-                            )
-                        yield Delta(
-                            content=choice.delta.content,
-                            system_fingerprint=fingerprint,
-                        )
         except openai.OpenAIError as exc:
             _translate(exc, variant)
-        yield Delta(
-            finish_reason=finish_reason,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            system_fingerprint=fingerprint,
-            model=model,
-        )
+        end = Delta(finish_reason="stop")
+        received = 0
+        try:
+            async for event in _sse_data(raw, limit + _EVENT_ENVELOPE, variant.model):
+                delta = _delta_of(event, variant.model)
+                end = _merged_end(end, delta)
+                if delta.content:
+                    received += len(delta.content)
+                    if received > limit:
+                        raise UpstreamServerError(
+                            f"{variant.model}: streamed more than the {limit:,} characters "
+                            "its max_tokens allow"
+                        )
+                    yield Delta(content=delta.content, system_fingerprint=end.system_fingerprint)
+        except httpx2.TimeoutException:
+            raise UpstreamTimeout(f"{variant.model}: timed out") from None
+        except httpx2.HTTPError:
+            raise UpstreamConnectionError(
+                f"{variant.model}: connection failed mid-stream"
+            ) from None
+        finally:
+            await raw.aclose()
+        yield end
 
 
 # For programs that call a gateway as its users do (the demo, benchmarks): the official
@@ -237,6 +232,68 @@ async def _read_at_most(response: httpx2.Response, limit: int, model: str) -> by
     finally:
         await response.aclose()
     return b"".join(pieces)
+
+
+# Room for one stream event's JSON around its text.
+_EVENT_ENVELOPE = 16 * 1024
+
+
+async def _sse_data(response: httpx2.Response, limit: int, model: str) -> AsyncIterator[bytes]:
+    """The `data` of each server-sent event of `response` until `[DONE]`; an event (or a
+    line) longer than `limit` bytes is an `UpstreamServerError` as soon as it passes it."""
+    pending = b""
+    data: list[bytes] = []
+    size = 0
+    async for piece in response.aiter_bytes():
+        pending += piece
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            line = line.rstrip(b"\r")
+            if not line:  # the end of an event
+                if data:
+                    event, data, size = b"\n".join(data), [], 0
+                    if event.strip() == b"[DONE]":
+                        return
+                    yield event
+            elif line.startswith(b"data:"):
+                data.append(line[5:].removeprefix(b" "))
+                size += len(line)
+            elif line.startswith(b"event:") and line[6:].strip() == b"error":
+                raise UpstreamServerError(f"{model}: upstream error (error event)")
+        if size + len(pending) > limit:
+            raise _oversized(model, size + len(pending), limit)
+
+
+def _delta_of(event: bytes, model: str) -> Delta:
+    """One stream chunk's text, finish reason, usage, fingerprint and model."""
+    try:
+        chunk = orjson.loads(event)
+        if chunk.get("error"):
+            raise UpstreamServerError(f"{model}: upstream error (APIError)")
+        usage = chunk.get("usage") or {}
+        choices = chunk.get("choices") or [{}]
+        choice = choices[0]
+        return Delta(
+            content=(choice.get("delta") or {}).get("content") or "",
+            finish_reason=_text_or_none(choice.get("finish_reason")),
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            system_fingerprint=_text_or_none(chunk.get("system_fingerprint")),
+            model=_text_or_none(chunk.get("model")),
+        )
+    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError, IndexError):
+        raise UpstreamServerError(f"{model}: streamed a chunk that is not one") from None
+
+
+def _merged_end(end: Delta, delta: Delta) -> Delta:
+    """The final `Delta` so far: the last finish reason, usage, fingerprint and model."""
+    return Delta(
+        finish_reason=delta.finish_reason or end.finish_reason,
+        prompt_tokens=delta.prompt_tokens or end.prompt_tokens,
+        completion_tokens=delta.completion_tokens or end.completion_tokens,
+        system_fingerprint=delta.system_fingerprint or end.system_fingerprint,
+        model=delta.model or end.model,
+    )
 
 
 def _oversized(model: str, size: int, limit: int) -> UpstreamServerError:
