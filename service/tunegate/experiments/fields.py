@@ -25,11 +25,19 @@ HISTOGRAM = "h:"
 FEEDBACK = "fb"  # feedback on samples, compared
 FEEDBACK_NOT_SAMPLED = "fbx"  # feedback on answers that were no sample, shown only
 
+CHECKED = "chk_n"  # samples whose first answer the output checks evaluated
+CHECKS_PASSED_FIRST = "chk_first"  # ... and that answer passed them all
+CHECK_FAILURE = "chkf:"  # chkf:<kind>: the first answer failed that kind of check
+JUDGE_SCORE = "js"  # judge scores of samples (/10): js_n, js_s, js_ss
+
 ANSWERED = "answered"
 INVALID = "invalid"
 AGREE = "agree"
 D_LATENCY = "dl"
 D_COST = "dc"
+JUDGED_PAIRS = "jp_n"  # shadow pairs the judge compared
+JUDGED_TIES = "jp_ties"
+JUDGED_PRIMARY_WINS = "jp_primary"  # ... where the answer the caller got was better
 
 
 def squared(field: str) -> str:
@@ -43,5 +51,10 @@ def histogram(bucket: int) -> str:
 
 
 def feedback(prefix: str) -> tuple[str, str, str]:
-    """The count, sum and sum of squares of the scores under `prefix`."""
+    """The count, sum and sum of squares of the scores under `prefix` (feedback, judge)."""
     return f"{prefix}_n", f"{prefix}_s", f"{prefix}_ss"
+
+
+def check_failure(kind: str) -> str:
+    """The count of samples whose first answer failed checks of `kind`."""
+    return f"{CHECK_FAILURE}{kind}"

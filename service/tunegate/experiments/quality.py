@@ -15,11 +15,11 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from tunegate.experiments import fields as f
 from tunegate.experiments import stats
 from tunegate.experiments.stats import Comparison, Interval, Moments, Policy
 
 Sums = Mapping[str, float]
-FAILURE_PREFIX = "chkf:"
 
 
 def _pair(interval: Interval | None) -> list[float] | None:
@@ -36,20 +36,21 @@ def _count(s: Sums, field: str) -> int:
 
 
 def checks_first_try_pass(s: Sums, alpha: float) -> dict[str, Any]:
-    k, n = _count(s, "chk_first"), _count(s, "chk_n")
+    k, n = _count(s, f.CHECKS_PASSED_FIRST), _count(s, f.CHECKED)
     return {"rate": k / n if n else None, "ci95": _pair(stats.wilson(k, n, alpha))}
 
 
 def check_failures(s: Sums) -> dict[str, int]:
     return {
-        name.removeprefix(FAILURE_PREFIX): int(v)
+        name.removeprefix(f.CHECK_FAILURE): int(v)
         for name, v in sorted(s.items())
-        if name.startswith(FAILURE_PREFIX)
+        if name.startswith(f.CHECK_FAILURE)
     }
 
 
 def judge_moments(s: Sums) -> Moments:
-    return Moments(_count(s, "js_n"), s.get("js_s", 0.0), s.get("js_ss", 0.0))
+    n, total, total_sq = f.feedback(f.JUDGE_SCORE)
+    return Moments(_count(s, n), s.get(total, 0.0), s.get(total_sq, 0.0))
 
 
 def _anytime(m: Moments, policy: Policy) -> Interval | None:
@@ -74,11 +75,10 @@ def preference_moments(pairs: Mapping[tuple[str, str], Sums], a: str, b: str) ->
     """a's score over judged pairs of a and b (1 a better, 0.5 tie, 0 b better), whichever
     of them answered the caller."""
     a_first, b_first = pairs.get((a, b), {}), pairs.get((b, a), {})
-    n = _count(a_first, "jp_n") + _count(b_first, "jp_n")
-    ties = _count(a_first, "jp_ties") + _count(b_first, "jp_ties")
-    wins = _count(a_first, "jp_primary") + (
-        _count(b_first, "jp_n") - _count(b_first, "jp_ties") - _count(b_first, "jp_primary")
-    )
+    n = _count(a_first, f.JUDGED_PAIRS) + _count(b_first, f.JUDGED_PAIRS)
+    ties = _count(a_first, f.JUDGED_TIES) + _count(b_first, f.JUDGED_TIES)
+    b_lost = _count(b_first, f.JUDGED_PAIRS) - _count(b_first, f.JUDGED_TIES)
+    wins = _count(a_first, f.JUDGED_PRIMARY_WINS) + b_lost - _count(b_first, f.JUDGED_PRIMARY_WINS)
     return Moments(n, wins + ties / 2, wins + ties / 4)
 
 
@@ -89,7 +89,9 @@ def preference(
     m = preference_moments(pairs, a, b)
     if not m.n:
         return None
-    ties = _count(pairs.get((a, b), {}), "jp_ties") + _count(pairs.get((b, a), {}), "jp_ties")
+    ties = _count(pairs.get((a, b), {}), f.JUDGED_TIES) + _count(
+        pairs.get((b, a), {}), f.JUDGED_TIES
+    )
     return {
         "pairs": m.n,
         "ties": ties,
@@ -133,10 +135,10 @@ def quality_comparisons(
     figures: dict[str, Comparison] = {}
     if checks:
         figures["checks_first_try_pass"] = stats.compare_proportions(
-            _count(a, "chk_first"),
-            _count(a, "chk_n"),
-            _count(b, "chk_first"),
-            _count(b, "chk_n"),
+            _count(a, f.CHECKS_PASSED_FIRST),
+            _count(a, f.CHECKED),
+            _count(b, f.CHECKS_PASSED_FIRST),
+            _count(b, f.CHECKED),
             names,
             policy,
             higher_is_better=True,

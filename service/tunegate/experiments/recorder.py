@@ -153,8 +153,8 @@ def sample_fields(outcome: Outcome) -> SampleFields | None:
     }
     first = next((v for name, v in outcome.check_results if name == chosen), None)
     if first is not None:
-        ints |= {"chk_n": 1, "chk_first": int(first.passed)}
-        ints |= {f"chkf:{failed.kind}": 1 for failed in first.failures}
+        ints |= {f.CHECKED: 1, f.CHECKS_PASSED_FIRST: int(first.passed)}
+        ints |= {f.check_failure(failed.kind): 1 for failed in first.failures}
     return SampleFields(ints, floats)
 
 
@@ -164,13 +164,14 @@ def judgement_fields(outcome: JudgeOutcome) -> tuple[str, SampleFields] | None:
         return None
     if outcome.kind == "point" and outcome.score is not None:
         score = outcome.score / 10
-        fields = SampleFields({"js_n": 1}, {"js_s": score, "js_ss": score * score})
+        n, total, total_sq = f.feedback(f.JUDGE_SCORE)
+        fields = SampleFields({n: 1}, {total: score, total_sq: score * score})
         return aggregate_key(outcome.task, outcome.variant), fields
     if outcome.kind == "pair" and outcome.shadow is not None:
         ints = {
-            "jp_n": 1,
-            "jp_ties": int(outcome.winner == "tie"),
-            "jp_primary": int(outcome.winner == outcome.variant),
+            f.JUDGED_PAIRS: 1,
+            f.JUDGED_TIES: int(outcome.winner == "tie"),
+            f.JUDGED_PRIMARY_WINS: int(outcome.winner == outcome.variant),
         }
         return pair_key(outcome.task, outcome.variant, outcome.shadow), SampleFields(ints, {})
     return None
