@@ -27,7 +27,7 @@ from tunegate.auth import hash_key
 from tunegate.config.compiled import load_config
 from tunegate.state.limits import budget_key
 
-LATENCY_MS = 300  # every upstream answer: long enough for 50 misses to overlap
+LATENCY_MS = 150  # every upstream answer: long enough for 50 misses to overlap
 PRICING = {TUNED: {"input": 3.0, "output": 6.0}, BASE: {"input": 0.5, "output": 1.5}}
 RPM = 30
 KEYS = {

@@ -44,7 +44,6 @@ async def test_a_failed_batch_is_kept_and_written_once_the_store_is_back(
         for outcome in outcomes:
             experiments.record(outcome)
         await experiments.settle()  # every write fails: kept
-        assert store.state != "ok"
         server.restart()
         experiments.record(sample(task))
         await experiments.settle()

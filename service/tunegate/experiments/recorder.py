@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -245,7 +245,7 @@ class Experiments:
 
     `record` never waits on the store: samples gather for `flush_s` and go in the
     background, one Lua script per task (sums merged per variant, keys under the task's
-    hash tag) and one SET per answered request's record. `settle` writes
+    hash tag) and one pipeline of SETs for the answered requests' records. `settle` writes
     what is gathered and waits for this process's writes (read-your-writes), `drain` at
     shutdown. A process killed outright loses at most its last `flush_s` of samples."""
 
@@ -333,19 +333,19 @@ class Experiments:
         if not batch.size:
             return
         now = repr(self._clock())
-        writes: list[Coroutine[Any, Any, None]] = [
-            self._write_record(key, value) for key, value in batch.records.items()
-        ]
-        writes += [self._write_sums(sums, now) for sums in _by_task(batch.sums).values()]
+        writes = [self._write_sums(sums, now) for sums in _by_task(batch.sums).values()]
+        if batch.records:
+            writes.append(self._write_records(batch.records))
         loop = asyncio.get_running_loop()
         for write in writes:
             task = loop.create_task(write)
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
-    async def _write_record(self, key: str, value: str) -> None:
-        if not await self._store.set(key, value.encode(), self._request_ttl_s):
-            self._keep({key: value}, {})
+    async def _write_records(self, records: dict[str, str]) -> None:
+        encoded = {key: value.encode() for key, value in records.items()}
+        if not await self._store.set_many(encoded, self._request_ttl_s):
+            self._keep(records, {})
 
     async def _write_sums(self, sums: dict[str, _Sums], now: str) -> None:
         plan = {

@@ -27,7 +27,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -133,6 +133,22 @@ class Store:
             raise ValueError(f"ttl_s must be at least 1, not {ttl_s}")
         done = await self._call(lambda: self._redis.set(key, value, ex=ttl_s))
         return not isinstance(done, StoreFailure)
+
+    async def set_many(self, items: Mapping[str, bytes], ttl_s: int) -> bool:
+        """Store every value of `items` at its key for `ttl_s` seconds, in one round trip
+        (per node of a cluster): a pipeline, not a transaction, so the keys may live in
+        different slots. `False` when the store failed (some may be stored: a `SET` is
+        safe to repeat)."""
+        if ttl_s < 1:
+            raise ValueError(f"ttl_s must be at least 1, not {ttl_s}")
+
+        async def write() -> object:
+            pipe = self._redis.pipeline(transaction=False)
+            for key, value in items.items():
+                pipe.set(key, value, ex=ttl_s)
+            return await pipe.execute()
+
+        return not isinstance(await self._call(write), StoreFailure)
 
     async def ping(self) -> bool:
         """True when the server answered PING; tried even while `down` (a probe)."""
