@@ -44,6 +44,12 @@ EXAMPLES = [
     ("The search page shows an error after the update.", "bug", "medium"),
     ("I cannot log in since yesterday, urgent!", "account", "high"),
     ("Can I get a printed catalogue when you can?", "other", "low"),
+    ("Please refund the duplicate payment from last week.", "billing", "medium"),
+    ("Uploading a photo fails with error 413 every time.", "bug", "medium"),
+    ("How do I add a colleague to my account?", "account", "low"),
+    ("Our whole team is locked out of the account, we are down!", "account", "high"),
+    ("Is there an API for exporting reports?", "other", "low"),
+    ("The app crashed and lost my draft, please fix asap.", "bug", "high"),
 ]
 SHORT_SYSTEM = "Classify the support ticket."
 
@@ -121,13 +127,14 @@ class Story:
         self.reload(data)
         self.traffic(120)
         print(f"  shadow calls: {self.metric('tunegate_shadow_requests_total', 'result')}")
+        print(self.shadow_figures())
         step("5/5", "the candidate as an arm: weights few_shot 50, candidate 50; the report")
         routing = data["tasks"][TASK]["routing"]
         candidate = routing["shadow"]["variant"]
         routing["weights"] = {"few_shot": 50, candidate: 50}
         routing.pop("shadow")
         self.reload(data)
-        self.traffic(900)
+        self.traffic(700)
         return self.run("report", TASK, "--url", self.url).returncode
 
     def run(
@@ -153,6 +160,22 @@ class Story:
         tickets = [f"{self.rng.choice(TICKETS)} (#{self.sent + i})" for i in range(requests)]
         self.sent += requests
         asyncio.run(_send(self.url, tickets, self.concurrency))
+
+    def shadow_figures(self) -> str:
+        """The report's paired figures of the candidate and the serving variant."""
+        document = httpx.get(f"{self.url}/v1/experiments/{TASK}", timeout=30).json()
+        shadow = document.get("shadow")
+        if not shadow:
+            return "  no shadow pairs yet"
+        agreement = shadow["agreement"]
+        latency = shadow["latency_s_difference"]
+        cost = shadow["cost_usd_difference"]
+        return (
+            f"  on the same inputs ({shadow['answered']} answered): agreement "
+            f"{agreement['value']:.2f} {_interval(agreement['ci95'])}; candidate - few_shot "
+            f"latency {latency['mean']:+.4f} s {_interval(latency['ci95'])}, cost "
+            f"{cost['mean']:+.7f} USD {_interval(cost['ci95'], 7)}"
+        )
 
     def metric(self, name: str, label: str) -> str:
         counts: dict[str, float] = {}
@@ -238,6 +261,10 @@ def _merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
 
 def _write(path: Path, data: Mapping[str, Any]) -> None:
     path.write_text(yaml.safe_dump(dict(data), sort_keys=False, allow_unicode=True))
+
+
+def _interval(bounds: list[float] | None, digits: int = 4) -> str:
+    return f"[{bounds[0]:.{digits}f}, {bounds[1]:.{digits}f}]" if bounds else "[-]"
 
 
 def step(number: str, title: str) -> None:
