@@ -17,8 +17,9 @@ from tunegate.experiments.quality import (
     preference,
     preference_comparison,
 )
-from tunegate.experiments.report import build_document, render_table
+from tunegate.experiments.report import build_document
 from tunegate.experiments.report_html import render_html
+from tunegate.experiments.report_text import render_table
 from tunegate.experiments.stats import Policy
 
 POLICY = Policy()

@@ -29,7 +29,8 @@ from tests.harness import (
 from tests.openai_shapes import checked_client
 from tunegate.commands import cli
 from tunegate.config.compiled import load_config
-from tunegate.experiments.report import build_document, render_table
+from tunegate.experiments.report import build_document
+from tunegate.experiments.report_text import render_table
 
 SLOW_BASE = "slow-base-model"
 SLOW_MS = 300

@@ -134,7 +134,7 @@ def _report(args: argparse.Namespace) -> int:
     import asyncio
     import json
 
-    from tunegate.experiments.report import render_table
+    from tunegate.experiments.report_text import render_table
 
     try:
         if args.url:

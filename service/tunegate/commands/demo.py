@@ -213,8 +213,8 @@ def _experiments(gateway_url: str, task: str) -> dict[str, Any] | None:
 def _experiment_report(document: dict[str, Any] | None) -> str:
     """The `tunegate report TASK` table, read from the running gateway; its charts
     (`--html`) go to a file in the temporary directory, named at the end."""
-    from tunegate.experiments.report import render_table
     from tunegate.experiments.report_html import render_html
+    from tunegate.experiments.report_text import render_table
 
     if document is None:
         return "experiments: not available"

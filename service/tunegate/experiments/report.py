@@ -1,5 +1,5 @@
 """The experiments document (`GET /v1/experiments/{task}`, SPEC §4 and §7) built from the
-stored sums, and the same as a readable table (`tunegate report TASK`).
+stored sums (report_text.py shows it as a table, report_html.py as a page).
 
 The document's shape is kept stable; the README's "Experiments" section describes it.
 Pure functions: they take the task's config and the sums `Experiments.read` returned.
@@ -8,7 +8,7 @@ Pure functions: they take the task's config and the sums `Experiments.read` retu
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from tunegate.config.compiled import Task, Variant
@@ -383,161 +383,3 @@ def _decision(
         return decision
     decision["reason"] = "the confidence sequences do not settle quality and cost yet"
     return decision
-
-
-# -- the table -------------------------------------------------------------------------
-
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 1e-3 and value else f"{value:.{digits}f}"
-    return str(value)
-
-
-def _pct(figure: Mapping[str, Any] | None) -> str:
-    if not figure or figure["value"] is None:
-        return "-"
-    low, high = figure["ci95"]
-    return f"{100 * figure['value']:.1f}% [{100 * low:.1f}, {100 * high:.1f}]"
-
-
-def _interval(pair: list[float] | None, digits: int = 4) -> str:
-    return f"[{_fmt(pair[0], digits)}, {_fmt(pair[1], digits)}]" if pair else "-"
-
-
-def render_table(document: Mapping[str, Any]) -> str:
-    """The experiments document as text for a terminal."""
-    lines = [f"task {document['task']}  (tuned variant: {document['tuned'] or '-'})", ""]
-    rows = [("", *document["variants"])]
-    figures: list[tuple[str, Callable[[Any], str]]] = [
-        ("samples", lambda v: str(v["requests"])),
-        ("success rate", lambda v: _pct(v["success_rate"])),
-        ("first-try JSON valid", lambda v: _pct(v["first_try_valid"])),
-        ("repaired/re-asked", lambda v: _pct(v["repair_rate"])),
-        (
-            "latency p50 / p95 s",
-            lambda v: f"{_fmt(v['latency_s']['p50'])} / {_fmt(v['latency_s']['p95'])}",
-        ),
-        (
-            "tokens in / out",
-            lambda v: (
-                f"{_fmt(v['tokens_per_request']['prompt'], 1)} / "
-                f"{_fmt(v['tokens_per_request']['completion'], 1)}"
-            ),
-        ),
-        ("cost USD / request", lambda v: _fmt(v["cost_usd_per_request"]["value"], 6)),
-        ("cost USD / valid answer", lambda v: _fmt(v["cost_usd_per_valid_answer"], 6)),
-        ("feedback n, mean", lambda v: f"{v['feedback']['count']}, {_fmt(v['feedback']['mean'])}"),
-        ("checks first-try pass", lambda v: _checks_pass(v.get("checks_first_try_pass"))),
-        ("check failures", lambda v: _failures(v.get("check_failures"))),
-        ("judge score n, mean", lambda v: _judge(v.get("judge_score"))),
-    ]
-    for label, get in figures:
-        rows.append((label, *(get(v) for v in document["variants"].values())))
-    lines += _columns(rows)
-    comparison = document["comparison"]
-    if comparison:
-        lines += ["", f"{comparison['a']} - {comparison['b']}:"]
-        rows = [("figure", "difference", "95% CI", "p", "anytime 95% CS", "decision", "n needed")]
-        for name, c in comparison["figures"].items():
-            rows.append(
-                (
-                    name,
-                    _fmt(c["difference"], 4),
-                    _interval(c["ci95"]),
-                    _fmt(c["p_value"], 3),
-                    _interval(c["anytime_ci95"]),
-                    c["decision"],
-                    _fmt(c["samples_needed_per_variant"]),
-                )
-            )
-        lines += _columns(rows)
-    even = document["break_even"]
-    if even:
-        share = even["few_shot_examples_share_of_input"]
-        lines += [
-            "",
-            f"break-even: saving per request {_fmt(even['saving_usd_per_request'], 6)} USD; "
-            f"few-shot examples ~{even['few_shot_example_tokens_estimate']} tokens"
-            + (f" ({100 * share:.0f}% of input)" if share is not None else ""),
-            _payback(even),
-        ]
-    shadow = document.get("shadow")
-    if shadow:
-        lines += [
-            "",
-            f"shadow pairs ({comparison['a']} - {comparison['b']} on the same inputs): "
-            f"{shadow['calls']} calls, {shadow['answered']} answered, "
-            f"{shadow['invalid']} invalid; shadow cost {_fmt(shadow['shadow_cost_usd'], 6)} USD "
-            "(apart from the callers')",
-        ]
-        rows = [("figure", "value", "95% CI")]
-        agreement = shadow["agreement"]
-        rows.append(("agreement", _fmt(agreement["value"]), _interval(agreement["ci95"], 3)))
-        for label, key, digits in (
-            ("latency difference s", "latency_s_difference", 4),
-            ("cost difference USD", "cost_usd_difference", 8),
-        ):
-            figure = shadow[key]
-            rows.append((label, _fmt(figure["mean"], digits), _interval(figure["ci95"], digits)))
-        lines += ["  " + line for line in _columns(rows)]
-        preference = shadow.get("preference")
-        if preference:
-            lines.append(
-                f"  judge preference: {comparison['a']} wins {_fmt(preference['tuned_win_rate'])} "
-                f"of {preference['pairs']} pairs ({preference['ties']} ties, counted half), "
-                f"95% CI {_interval(preference['ci95'], 3)}, "
-                f"anytime {_interval(preference['anytime_ci95'], 3)}"
-            )
-    decision = document["decision"]
-    lines += [
-        "",
-        f"decision: {decision['status']}"
-        + (f" -> {decision['recommendation']}" if decision["recommendation"] else "")
-        + f" ({decision['reason']})",
-    ]
-    return "\n".join(lines)
-
-
-def _checks_pass(figure: Mapping[str, Any] | None) -> str:
-    if not figure or figure["rate"] is None:
-        return "-"
-    return _pct({"value": figure["rate"], "ci95": figure["ci95"]})
-
-
-def _failures(failures: Mapping[str, int] | None) -> str:
-    return ", ".join(f"{kind} {n}" for kind, n in failures.items()) if failures else "-"
-
-
-def _judge(score: Mapping[str, Any] | None) -> str:
-    if not score or score["mean"] is None:
-        return "-"
-    return f"{score['n']}, {_fmt(score['mean'])} {_interval(score['ci95'], 3)}"
-
-
-def _payback(even: Mapping[str, Any]) -> str:
-    saving = even["saving_usd_per_request"]
-    if saving is None or saving <= 0:
-        return "  the tuned variant is not cheaper per request: it never pays back its tuning"
-    if even["requests_to_break_even"] is None:
-        return "  no training_cost_usd configured for the task, and no dataset exported"
-    source = (
-        " (dataset export's estimate)"
-        if even.get("training_cost_source") == "dataset export (estimate)"
-        else ""
-    )
-    return (
-        f"  training {_fmt(even['training_cost_usd'], 2)} USD{source} pays back after "
-        f"{even['requests_to_break_even']} requests = {_fmt(even['days_to_break_even'], 1)} "
-        f"days at {_fmt(even['requests_per_day'], 0)} samples/day"
-    )
-
-
-def _columns(rows: list[tuple[str, ...]]) -> list[str]:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return [
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    ]

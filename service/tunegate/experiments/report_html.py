@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from html import escape
 from typing import Any
 
-from tunegate.experiments.report import render_table
+from tunegate.experiments.report_text import render_table
 
 WIDTH = 640
 ROW = 26
