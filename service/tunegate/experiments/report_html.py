@@ -34,6 +34,8 @@ pre { background: #f4f6fa; padding: 1rem; overflow-x: auto; font-size: 12px; }
 
 
 def render_html(document: Mapping[str, Any]) -> str:
+    """The page: the decision, then quality, cost, latency, differences and shadow pairs
+    as charts, and every figure as the text table."""
     variants: Mapping[str, Any] = document["variants"]
     names = list(variants)
     colour = {name: COLOURS[i % len(COLOURS)] for i, name in enumerate(names)}
@@ -41,8 +43,31 @@ def render_html(document: Mapping[str, Any]) -> str:
         f"<h1>Experiment: {escape(str(document['task']))}</h1>",
         _decision(document["decision"]),
         _legend(names, colour, variants),
-        "<h2>Quality (95% confidence intervals)</h2>",
+        *_quality(names, colour, variants),
+        *_cost(names, colour, variants),
+        _break_even(document.get("break_even")),
+        "<h2>Latency</h2>",
+        _latency(names, colour, variants),
     ]
+    comparison = document.get("comparison")
+    if comparison:
+        parts += _differences(comparison)
+    shadow = document.get("shadow")
+    if shadow:
+        parts.append(_shadow(shadow, comparison))
+    parts.append(f"<h2>All figures</h2><pre>{escape(render_table(document))}</pre>")
+    body = "\n".join(part for part in parts if part)
+    title = escape(f"tunegate experiment {document['task']}")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{title}</title><style>{_STYLE}</style></head>\n<body>\n{body}\n</body></html>\n"
+    )
+
+
+def _quality(
+    names: Sequence[str], colour: Mapping[str, str], variants: Mapping[str, Any]
+) -> list[str]:
+    parts = ["<h2>Quality (95% confidence intervals)</h2>"]
     for key, title in (
         ("success_rate", "success rate"),
         ("first_try_valid", "first-try JSON valid"),
@@ -62,8 +87,13 @@ def render_html(document: Mapping[str, Any]) -> str:
     ]
     if feedback:
         parts.append(_bars("feedback score", feedback, colour, 1.0))
-    parts += _quality_signals(names, colour, variants)
-    parts.append("<h2>Cost (USD)</h2>")
+    return parts + _quality_signals(names, colour, variants)
+
+
+def _cost(
+    names: Sequence[str], colour: Mapping[str, str], variants: Mapping[str, Any]
+) -> list[str]:
+    parts = ["<h2>Cost (USD)</h2>"]
     per_request = [
         (name, figure["value"], figure["ci95"])
         for name in names
@@ -77,27 +107,16 @@ def render_html(document: Mapping[str, Any]) -> str:
     for title, rows in (("per request", per_request), ("per valid answer", per_valid)):
         if rows:
             parts.append(_bars(title, rows, colour, _top(rows)))
-    parts.append(_break_even(document.get("break_even")))
-    parts.append("<h2>Latency</h2>")
-    parts.append(_latency(names, colour, variants))
-    comparison = document.get("comparison")
-    if comparison:
-        parts.append(
-            f"<h2>Differences {escape(comparison['a'])} &minus; {escape(comparison['b'])}</h2>"
-            '<p class="note">Bars: 95% confidence interval; whiskers: the anytime-valid 95% '
-            "confidence sequence the decision reads. The dashed line is no difference.</p>"
-        )
-        parts.append(_forest(comparison["figures"]))
-    shadow = document.get("shadow")
-    if shadow:
-        parts.append(_shadow(shadow, comparison))
-    parts.append(f"<h2>All figures</h2><pre>{escape(render_table(document))}</pre>")
-    body = "\n".join(part for part in parts if part)
-    title = escape(f"tunegate experiment {document['task']}")
-    return (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{title}</title><style>{_STYLE}</style></head>\n<body>\n{body}\n</body></html>\n"
-    )
+    return parts
+
+
+def _differences(comparison: Mapping[str, Any]) -> list[str]:
+    return [
+        f"<h2>Differences {escape(comparison['a'])} &minus; {escape(comparison['b'])}</h2>"
+        '<p class="note">Bars: 95% confidence interval; whiskers: the anytime-valid 95% '
+        "confidence sequence the decision reads. The dashed line is no difference.</p>",
+        _forest(comparison["figures"]),
+    ]
 
 
 def _decision(decision: Mapping[str, Any]) -> str:
