@@ -118,12 +118,14 @@ def trace_of(receiver: Receiver, response: httpx.Response) -> tuple[Received, li
 
 
 def test_a_miss_is_a_server_span_with_a_cache_lookup_and_an_attempt(
-    gw: Gateway, receiver: Receiver
+    gw: Gateway, receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
     trace_id, parent_id = secrets.token_hex(16), secrets.token_hex(8)
-    response = chat(gw, "triage", ticket(), traceparent=f"00-{trace_id}-{parent_id}-01")
-    assert response.status_code == 200, response.text
-    server, children = trace_of(receiver, response)
+    with caplog.at_level(logging.INFO, logger="tunegate.access"):
+        response = chat(gw, "triage", ticket(), traceparent=f"00-{trace_id}-{parent_id}-01")
+        assert response.status_code == 200, response.text
+        # The server span ends after the access line is written.
+        server, children = trace_of(receiver, response)
     assert (server.name, server.trace_id, server.parent_id) == (
         "POST /v1/chat/completions",
         trace_id,
@@ -158,6 +160,13 @@ def test_a_miss_is_a_server_span_with_a_cache_lookup_and_an_attempt(
     assert "error.type" not in attempt.attributes
     for span in (server, *children):
         assert {k for k in span.attributes if k.startswith("gen_ai.")} <= GEN_AI
+    # The access line carries the request's trace and server span.
+    request_id = response.headers["x-request-id"]
+    [line] = [r for r in caplog.records if getattr(r, "request_id", None) == request_id]
+    assert (getattr(line, "trace_id", None), getattr(line, "span_id", None)) == (
+        trace_id,
+        server.span_id,
+    )
 
 
 def test_a_hit_has_a_lookup_and_no_attempt(gw: Gateway, receiver: Receiver) -> None:
