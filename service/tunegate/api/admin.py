@@ -13,7 +13,7 @@ warm. Otherwise new clients are opened for the new runtime and the old ones are 
 once the old config's longest task deadline has passed, by which time every request that
 could use them has ended (each request, streams included, ends by its deadline).
 Cache, metrics, limits and the store are shared by every runtime; store settings
-(`store.*`) take effect on restart.
+(`store.*`) and `server.header_timeout_s` (the HTTP server's) take effect on restart.
 """
 
 from __future__ import annotations
@@ -146,6 +146,8 @@ class Reloader:
         after = (new.store_socket_timeout_ms, new.store_connect_timeout_ms)
         if before != after:
             log.warning("config reloaded: the new store.* settings take effect on restart")
+        if old.header_timeout_s != new.header_timeout_s:
+            log.warning("config reloaded: server.header_timeout_s takes effect on restart")
 
 
 def watch_sighup(reloader: Reloader) -> Callable[[], None]:
