@@ -212,6 +212,22 @@ def test_a_failed_attempt_has_its_error_type_and_the_fallback_its_own_span(
     )
 
 
+def test_a_corrective_reask_is_its_own_attempt_span(
+    gw: Gateway, sim: Simulator, receiver: Receiver
+) -> None:
+    sim.script(TUNED, "wrong_enum", "ok")
+    response = chat(gw, "triage", ticket())
+    assert response.status_code == 200, response.text
+    _, children = trace_of(receiver, response)
+    # Both children of the request; the first answered, but not what the schema asks.
+    attempts = [
+        (s.attributes["tunegate.attempt"], s.attributes.get("error.type"))
+        for s in children
+        if s.kind == "client"
+    ]
+    assert attempts == [("first", None), ("reask", None)]
+
+
 def test_a_retry_and_a_failed_request(gw: Gateway, sim: Simulator, receiver: Receiver) -> None:
     sim.script(TUNED, "500", "401")
     sim.script(BASE, "401")
