@@ -272,15 +272,20 @@ async def _one_request(client: Any, rng: random.Random, i: int) -> Result:
             messages=[{"role": "user", "content": text}],
             user=f"user-{rng.randrange(60)}",
             stream=stream,
+            # A stream ends with usage and cost only when asked, as OpenAI's do.
+            **({"stream_options": {"include_usage": True}} if stream else {}),
         )
         parsed = raw.parse()
         usage = None
+        headers = raw.headers
+        cost_usd = float(headers.get("x-tunegate-cost-usd", "0"))
         if stream:
             async for chunk in parsed:
-                usage = chunk.usage or usage
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                    cost_usd = float((chunk.model_extra or {}).get("cost_usd", cost_usd))
         else:
             usage = parsed.usage
-        headers = raw.headers
         return Result(
             task=task,
             status=200,
@@ -290,7 +295,7 @@ async def _one_request(client: Any, rng: random.Random, i: int) -> Result:
             seconds=time.monotonic() - started,
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,
-            cost_usd=float(headers.get("x-tunegate-cost-usd", "0")),
+            cost_usd=cost_usd,
             json_status=headers.get("x-tunegate-json"),
         )
     except CallerError as exc:
