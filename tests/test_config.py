@@ -313,3 +313,39 @@ def test_every_real_problem_is_reported_once_without_follow_on_errors(tmp_path: 
         "tasks.triage.variants.few_shot.upstream: unknown upstream 'nope'; "
         "define it under `upstreams:` or use one of: sim.",
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "refused"),
+    [
+        ("a: &a [*a]\nupstreams: {}\n", "an alias refers to the value that holds it"),
+        (
+            "x0: &x0 [a, a, a, a, a, a, a, a, a, a]\n"
+            + "".join(f"x{i}: &x{i} [{', '.join([f'*x{i - 1}'] * 10)}]\n" for i in range(1, 9))
+            + "upstreams: {}\n",
+            "more than 100,000 values once aliases are expanded",
+        ),
+        ("a: " + "[" * 3000 + "]" * 3000 + "\n", "nested too deeply"),
+    ],
+    ids=["recursive-alias", "billion-laughs", "deep"],
+)
+def test_hostile_yaml_is_refused_quickly_and_cleanly(
+    tmp_path: Path, text: str, refused: str
+) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=refused):
+        load_config(path)
+
+
+def test_anchors_and_merge_keys_still_work(tmp_path: Path) -> None:
+    text = yaml.safe_dump(good(), sort_keys=False)
+    text = text.replace("      tuned:\n", "      tuned: &tuned\n", 1)
+    text = text.replace("      few_shot:\n", "      few_shot:\n        <<: *tuned\n", 1)
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    few_shot = load_config(path).tasks["triage"].variants["few_shot"]
+    assert few_shot.example_count == 1  # its own keys over the merged ones
+    path.write_text(text + "x-unused: *tuned\n")
+    with pytest.raises(ConfigError, match=r":\d+: x-unused: unknown key"):
+        load_config(path)

@@ -397,7 +397,11 @@ def _describe(lines: Lines, exc: ValidationError) -> str:
 
 def _shown(value: Any) -> str:
     """A short view of a refused value, with its YAML type: `"yes"` is a string."""
-    text = orjson.dumps(value, default=str).decode() if not isinstance(value, dict) else "a mapping"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    text = orjson.dumps(value, default=str).decode()
     return text if len(text) <= 40 else text[:37] + "..."
 
 

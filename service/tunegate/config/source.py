@@ -19,6 +19,9 @@ from tunegate.errors import ConfigError
 
 Key = str | int
 YamlPath = tuple[Key, ...]
+# A config is small; more values than this (aliases expanding into each other) is an
+# attack or a mistake, refused before anything walks or validates it.
+MAX_VALUES = 100_000
 
 
 @dataclass(frozen=True)
@@ -72,11 +75,14 @@ def read_yaml(path: Path) -> tuple[Any, Lines]:
         node = loader.get_single_node()
         if node is None:
             return {}, Lines(path)
+        _check_size(path, node)
         lines: dict[YamlPath, int] = {}
-        duplicates = list(_walk(loader, node, (), lines))
+        duplicates = list(_walk(loader, node, (), lines, set()))
         if duplicates:
             raise ConfigError("\n".join(f"{path}:{d}" for d in duplicates))
         data = loader.construct_document(node)
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config.") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
@@ -86,11 +92,48 @@ def read_yaml(path: Path) -> tuple[Any, Lines]:
     return (data if data is not None else {}), Lines(path, lines)
 
 
+def _check_size(path: Path, node: yaml.Node) -> None:
+    """Refuse a document whose aliases refer to themselves or expand past `MAX_VALUES`."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise ConfigError(f"{path}: an alias refers to the value that holds it.")
+        open_nodes.add(key)
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        total = 1 + sum(size(child) for child in children)
+        open_nodes.discard(key)
+        sizes[key] = total
+        if total > MAX_VALUES:
+            raise ConfigError(
+                f"{path}: more than {MAX_VALUES:,} values once aliases are expanded; "
+                "a config this large is a mistake."
+            )
+        return total
+
+    size(node)
+
+
 def _walk(
-    loader: yaml.SafeLoader, node: yaml.Node, at: YamlPath, lines: dict[YamlPath, int]
+    loader: yaml.SafeLoader,
+    node: yaml.Node,
+    at: YamlPath,
+    lines: dict[YamlPath, int],
+    walked: set[int],
 ) -> Iterator[str]:
     """Record the line of every key and item under `node`; yield one message per
-    duplicate key."""
+    duplicate key. A node reached again through an alias is walked once."""
+    if id(node) in walked:
+        return
+    walked.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: dict[Any, int] = {}
         for key_node, value_node in node.value:
@@ -108,11 +151,11 @@ def _walk(
             if _hashable(key):
                 seen[key] = line
             lines[path] = line
-            yield from _walk(loader, value_node, path, lines)
+            yield from _walk(loader, value_node, path, lines, walked)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             lines[(*at, i)] = item.start_mark.line + 1
-            yield from _walk(loader, item, (*at, i), lines)
+            yield from _walk(loader, item, (*at, i), lines, walked)
 
 
 def _hashable(key: object) -> bool:
