@@ -14,7 +14,7 @@ event of a stream as it arrives (a `data:` event is a chunk, or an in-band error
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +167,60 @@ class _SdkCheckingTransport(httpx2.HTTPTransport):
         return response
 
 
+class _AsyncCheckedStream(httpx.AsyncByteStream):
+    def __init__(self, inner: httpx.AsyncByteStream, schema: str | None, sse: bool) -> None:
+        self._inner = inner
+        self._schema = schema
+        self._sse = sse
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        chunks = [chunk async for chunk in self._inner]
+        for chunk in _checked(chunks, self._schema, self._sse):
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class AsyncCheckingTransport(httpx.AsyncHTTPTransport):
+    """The async transport's twin: each answer is checked once it has been read whole."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        content_type = response.headers.get("content-type", "")
+        what = _what_to_check(request.method, request.url.path, response.status_code, content_type)
+        if what is not None:
+            assert isinstance(response.stream, httpx.AsyncByteStream)
+            response.stream = _AsyncCheckedStream(response.stream, *what)
+        return response
+
+
+class _SdkAsyncCheckedStream(httpx2.AsyncByteStream):
+    def __init__(self, inner: httpx2.AsyncByteStream, schema: str | None, sse: bool) -> None:
+        self._inner = inner
+        self._schema = schema
+        self._sse = sse
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        chunks = [chunk async for chunk in self._inner]
+        for chunk in _checked(chunks, self._schema, self._sse):
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _SdkAsyncCheckingTransport(httpx2.AsyncHTTPTransport):
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = await super().handle_async_request(request)
+        content_type = response.headers.get("content-type", "")
+        what = _what_to_check(request.method, request.url.path, response.status_code, content_type)
+        if what is not None:
+            assert isinstance(response.stream, httpx2.AsyncByteStream)
+            response.stream = _SdkAsyncCheckedStream(response.stream, *what)
+        return response
+
+
 class _SdkClient(httpx2.Client):
     """Closed when dropped, as the SDK's own default client is, so a test's client does
     not leave a socket to the garbage collector."""
@@ -184,3 +238,18 @@ def checked_sdk(base_url: str, api_key: str = "caller-key") -> openai.OpenAI:
     """The official SDK, retries off, reading through the checking transport."""
     http_client = _SdkClient(transport=_SdkCheckingTransport())
     return openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, http_client=http_client)
+
+
+def checked_async_client(**kwargs: Any) -> httpx.AsyncClient:
+    """An async httpx client that checks each answer once read (streams whole, at the end)."""
+    return httpx.AsyncClient(transport=AsyncCheckingTransport(), **kwargs)
+
+
+def checked_async_sdk(
+    base_url: str, api_key: str = "caller-key", **kwargs: Any
+) -> openai.AsyncOpenAI:
+    """The async SDK, retries off, reading through the checking transport; close it."""
+    http_client = httpx2.AsyncClient(transport=_SdkAsyncCheckingTransport())
+    return openai.AsyncOpenAI(
+        base_url=base_url, api_key=api_key, max_retries=0, http_client=http_client, **kwargs
+    )

@@ -33,7 +33,12 @@ from tests.harness import (
     simulator_with,
     task_config,
 )
-from tests.openai_shapes import checked_client, checked_sdk
+from tests.openai_shapes import (
+    checked_async_client,
+    checked_async_sdk,
+    checked_client,
+    checked_sdk,
+)
 from tunegate.auth import hash_key
 from tunegate.config.compiled import load_config
 from tunegate.state.cache import KEY_PREFIX, LOCK_PREFIX, Cache, Entry, Write, cache_key_for
@@ -547,9 +552,7 @@ async def test_concurrent_identical_misses_share_one_upstream_call(
     gw: Gateway, sim: Simulator
 ) -> None:
     text = ticket()
-    async with openai.AsyncOpenAI(
-        base_url=f"{gw.url}/v1", api_key="caller-key", max_retries=0, timeout=10
-    ) as client:
+    async with checked_async_sdk(f"{gw.url}/v1", timeout=10) as client:
         responses = await asyncio.gather(
             *(
                 client.chat.completions.with_raw_response.create(
@@ -598,7 +601,7 @@ async def test_a_crowd_arriving_after_the_answer_is_stored_counts_as_hits(
 async def crowd(urls: list[str], text: str, n: int) -> list[httpx.Response]:
     """`n` identical requests for the `crowd` task at once, spread over `urls`."""
     body = {"model": "crowd", "messages": [{"role": "user", "content": text}]}
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with checked_async_client(timeout=10) as client:
         return await asyncio.gather(
             *(
                 client.post(f"{urls[i % len(urls)]}/v1/chat/completions", json=body)
