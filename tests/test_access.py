@@ -134,6 +134,24 @@ def test_a_failed_shadow_call_logs_its_request_and_task(
         assert getattr(failed()[0], "task", None) == "shadowed"
 
 
+def test_a_failed_judge_call_logs_its_request_and_task(
+    tmp_path: Path, http: httpx.Client, sim: Simulator, logs: pytest.LogCaptureFixture
+) -> None:
+    judged = task_config(output={"type": "text"})
+    judged["judge"] = {"upstream": "sim", "model": "gpt-4o-mini", "rate": 1.0, "rubric": "Be kind."}
+    with running_gateway(tmp_path, gateway_config(sim.url, {"judged": judged})) as gateway:
+        sim.script("gpt-4o-mini", "401")
+        response = chat(http, gateway, "judged")
+        assert response.status_code == 200
+        request_id = response.headers["x-request-id"]
+
+        def failed() -> list[logging.LogRecord]:
+            return [r for r in lines_of(logs, request_id) if r.getMessage() == "judge call failed"]
+
+        assert wait_until(lambda: bool(failed()))
+        assert getattr(failed()[0], "task", None) == "judged"
+
+
 def test_a_text_streams_line_has_its_whole_cost(
     http: httpx.Client, gw: Gateway, logs: pytest.LogCaptureFixture
 ) -> None:

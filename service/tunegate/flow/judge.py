@@ -165,7 +165,9 @@ class Judges:
     async def _point(self, judge: Judge, judged: Judged) -> JudgeOutcome:
         prompt = point_prompt(judge.rubric, judged.messages, judged.text)
         with self._spans.background("judge point", judged.task, judge.variant, judged.request_id):
-            status, value, cost = await self._ask(judge, judged.task, prompt, self._point_schema)
+            status, value, cost = await self._ask(
+                judge, judged.task, prompt, self._point_schema, judged.request_id
+            )
         score = float(value["score"]) if status == "ok" else None
         return JudgeOutcome(
             judged.request_id, judged.task.name, "point", judge.variant.model, status,
@@ -178,7 +180,9 @@ class Judges:
         prompt = pair_prompt(judge.rubric, primary.messages, first.text, second.text)
         task = primary.task
         with self._spans.background("judge pair", task, judge.variant, primary.request_id):
-            status, value, cost = await self._ask(judge, task, prompt, self._pair_schema)
+            status, value, cost = await self._ask(
+                judge, task, prompt, self._pair_schema, primary.request_id
+            )
         winner = None
         if status == "ok":
             better = value["better"]
@@ -189,7 +193,12 @@ class Judges:
         )  # fmt: skip
 
     async def _ask(
-        self, judge: Judge, task: Task, prompt: str, schema: jsonguard.CompiledSchema
+        self,
+        judge: Judge,
+        task: Task,
+        prompt: str,
+        schema: jsonguard.CompiledSchema,
+        request_id: str,
     ) -> tuple[JudgeStatus, Any, float]:
         """The judge's parsed answer: one call, and one corrective re-ask when it is not
         the JSON asked for. Returns (status, value, cost)."""
@@ -199,7 +208,7 @@ class Judges:
         ]
         cost = 0.0
         for reask in range(2):
-            completion = await self._call(task, judge.variant, messages)
+            completion = await self._call(task, judge.variant, messages, request_id)
             if completion is None:
                 return "error", None, cost
             price = self._prices.cost_usd(
@@ -217,7 +226,7 @@ class Judges:
         return "invalid", None, cost
 
     async def _call(
-        self, task: Task, variant: Variant, messages: Sequence[Message]
+        self, task: Task, variant: Variant, messages: Sequence[Message], request_id: str
     ) -> Completion | None:
         """One attempt within the judge upstream's timeout; None when it failed."""
         timeout = self._upstreams.timeout_for(variant)
@@ -228,7 +237,15 @@ class Judges:
         except (UpstreamError, TimeoutError) as exc:
             kind = exc.kind if isinstance(exc, UpstreamError) else "timeout"
             span.failed(kind)
-            log.info("judge call failed", extra={"model": variant.model, "kind": kind})
+            log.info(
+                "judge call failed",
+                extra={
+                    "request_id": request_id,
+                    "task": task.name,
+                    "model": variant.model,
+                    "kind": kind,
+                },
+            )
             return None
         model = done.model or variant.model
         span.answered(
@@ -241,7 +258,10 @@ class Judges:
             try:
                 recorder(outcome)
             except Exception:  # a broken recorder must never fail anything
-                log.exception("judge recorder failed")
+                log.exception(
+                    "judge recorder failed",
+                    extra={"request_id": outcome.request_id, "task": outcome.task},
+                )
 
 
 def point_prompt(rubric: str, messages: Sequence[Message], answer: str) -> str:
