@@ -34,7 +34,14 @@ from tests.harness import (
 )
 from tunegate.auth import hash_key
 from tunegate.commands import cli
-from tunegate.experiments.recorder import AGGREGATE_TTL_S, REQUEST_TTL_S
+from tunegate.experiments.recorder import (
+    AGGREGATE_TTL_S,
+    MAX_PENDING,
+    REQUEST_TTL_S,
+    Experiments,
+)
+from tunegate.records import Outcome
+from tunegate.state.store import Store
 
 # Models the scenario's "*" entry answers, always with valid JSON.
 PERFECT_TUNED = "ft:perfect-model:acme::1"
@@ -292,3 +299,36 @@ def test_a_store_that_fails_is_an_error_not_zero_figures(
         failed = experiments(gw, "fresh")
         assert failed.status_code == 503
         assert failed.json()["error"]["code"] == "not_ready"
+
+
+@pytest.mark.anyio
+async def test_a_sample_dropped_for_a_slow_store_is_logged_with_its_request(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Store(server.url)
+    experiments = Experiments(store, flush_s=60.0)  # nothing is written before the end
+    outcomes = [
+        Outcome(
+            request_id=uuid.uuid4().hex,
+            task="dropped",
+            tenant=None,
+            chosen="tuned",
+            served="tuned",
+            served_model=TUNED,
+            sample=True,
+            status="ok",
+            cache="bypass",
+            cache_lookup="bypass",
+            seconds=0.1,
+        )
+        for _ in range(MAX_PENDING + 1)
+    ]
+    try:
+        for outcome in outcomes:
+            experiments.record(outcome)
+    finally:
+        await experiments.drain()
+        await store.close()
+    [dropped] = [r for r in caplog.records if "dropping a sample" in r.getMessage()]
+    assert getattr(dropped, "request_id", None) == outcomes[-1].request_id
+    assert getattr(dropped, "task", None) == "dropped"

@@ -198,7 +198,10 @@ class Capture:
         if result != "kept":
             return
         if self._size >= MAX_PENDING:
-            log.warning("capture: the store is not keeping up; dropping an exchange")
+            log.warning(
+                "capture: the store is not keeping up; dropping an exchange",
+                extra={"request_id": outcome.request_id, "task": outcome.task},
+            )
             return
         entry = {
             "id": outcome.request_id,

@@ -277,7 +277,10 @@ class Experiments:
             return
         batch = self._batch
         if batch.size >= MAX_PENDING:
-            log.warning("experiments: the store is not keeping up; dropping a sample")
+            log.warning(
+                "experiments: the store is not keeping up; dropping a sample",
+                extra={"request_id": outcome.request_id, "task": outcome.task},
+            )
             return
         batch.size += 1
         if answered:
@@ -304,7 +307,10 @@ class Experiments:
         if fields is None:
             return
         if self._batch.size >= MAX_PENDING:
-            log.warning("experiments: the store is not keeping up; dropping a shadow pair")
+            log.warning(
+                "experiments: the store is not keeping up; dropping a shadow pair",
+                extra={"request_id": outcome.request_id, "task": outcome.task},
+            )
             return
         self._batch.size += 1
         self._batch.add(pair_key(outcome.task, outcome.primary, outcome.shadow), fields)
@@ -317,7 +323,10 @@ class Experiments:
         if found is None:
             return
         if self._batch.size >= MAX_PENDING:
-            log.warning("experiments: the store is not keeping up; dropping a judgement")
+            log.warning(
+                "experiments: the store is not keeping up; dropping a judgement",
+                extra={"request_id": outcome.request_id, "task": outcome.task},
+            )
             return
         self._batch.size += 1
         self._batch.add(*found)
