@@ -28,13 +28,9 @@ from tunegate.errors import ConfigError
 
 def serve(args: argparse.Namespace) -> int:
     from tunegate.observability.logs import configure_logging
-    from tunegate.state.embedded import EmbeddedServer
 
-    try:
-        settings = settings_from_env(config_path=args.config, host=args.host, port=args.port)
-    except ValueError:
-        settings = None
-    if settings is None or not 1 <= settings.port <= 65535:
+    settings = _settings(args)
+    if settings is None:
         print(f"tunegate serve: PORT={os.environ.get('PORT')!r} is not a port", file=sys.stderr)
         return 2
     config = load_config(settings.config_path)
@@ -49,30 +45,47 @@ def serve(args: argparse.Namespace) -> int:
     # Workers build their app from the environment, so flags travel through it.
     os.environ["TUNEGATE_CONFIG"] = str(settings.config_path)
     with ExitStack() as stack:
-        if settings.redis_url is None:
-            # One embedded store for all workers, so cache, limits and experiments are
-            # shared (SPEC §7); it stops with this process.
-            embedded = stack.enter_context(EmbeddedServer())
-            os.environ["REDIS_URL"] = embedded.url
-            logging.getLogger("tunegate.store").warning(
-                "no REDIS_URL: started an embedded Redis-compatible server at %s", embedded.url
-            )
-        if args.workers > 1 and not settings.metrics_dir:
-            metrics_dir = stack.enter_context(
-                tempfile.TemporaryDirectory(prefix="tunegate-metrics-")
-            )
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        _open_shared(stack, settings, args.workers)
         # uvicorn re-raises SIGTERM once it has shut down; turn it into an exit that
         # unwinds this stack, so the embedded store stops with the gateway.
         signal.signal(signal.SIGTERM, _exit_on_signal)
         try:
             _run_uvicorn(settings, args.workers, config.header_timeout_s)
         except SystemExit as exc:
-            if exc.code in (0, None):
-                return 0
-            print(f"tunegate serve: the server did not start ({_where(settings)})", file=sys.stderr)
-            return 1
+            if exc.code not in (0, None):
+                print(
+                    f"tunegate serve: the server did not start on {settings.host}:"
+                    f"{settings.port}; the log above says why",
+                    file=sys.stderr,
+                )
+                return 1
     return 0
+
+
+def _settings(args: argparse.Namespace) -> Settings | None:
+    """The process settings, or None when `PORT` is no port (flags are checked by argparse)."""
+    try:
+        settings = settings_from_env(config_path=args.config, host=args.host, port=args.port)
+    except ValueError:
+        return None
+    return settings if 1 <= settings.port <= 65535 else None
+
+
+def _open_shared(stack: ExitStack, settings: Settings, workers: int) -> None:
+    """What every worker shares, opened in this process and closed by `stack`: the
+    embedded store without `REDIS_URL` (SPEC §7: cache, limits and experiments are then
+    shared), the metrics directory with several workers."""
+    from tunegate.state.embedded import EmbeddedServer
+
+    if settings.redis_url is None:
+        embedded = stack.enter_context(EmbeddedServer())
+        os.environ["REDIS_URL"] = embedded.url
+        logging.getLogger("tunegate.store").warning(
+            "no REDIS_URL: started an embedded Redis-compatible server at %s", embedded.url
+        )
+    if workers > 1 and not settings.metrics_dir:
+        metrics_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="tunegate-metrics-"))
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
 
 
 def bind_problem(host: str, port: int) -> str | None:
@@ -90,10 +103,6 @@ def bind_problem(host: str, port: int) -> str | None:
             except OSError as exc:
                 return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
     return None
-
-
-def _where(settings: Settings) -> str:
-    return f"{settings.host}:{settings.port}; the log above says why"
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:
