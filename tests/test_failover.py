@@ -1,7 +1,8 @@
 """Failover under load (SPEC §10): 20 callers send requests through a gateway on a Redis
 Sentinel group; the primary is SIGKILLed; the sentinels promote the replica. Every request
-is answered (while the store is away, as in any outage: cache misses, limits open), and
-the gateway writes to the new primary within 5 s of its promotion, measured and printed."""
+is answered (while the store is away, as in any outage: cache misses, the callers' rpm
+limit open per `auth.on_store_error`), and the gateway writes to the new primary within
+5 s of its promotion, measured and printed."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ import pytest
 
 from tests.harness import Simulator, gateway_config, running_gateway, task_config
 from tests.redis_topologies import SentinelGroup, redis_sentinel
+from tunegate.auth import hash_key
 
 CALLERS = 20
+KEY = "tg-failover-caller"
 BACK_WITHIN_S = 5.0
 
 
@@ -45,7 +48,9 @@ def test_sigkill_of_the_primary_under_load(
     sim: Simulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with redis_sentinel(tmp_path / "redis") as group:
-        config = gateway_config(sim.url, {"triage": task_config()})
+        # A key with an rpm limit: its checks follow `auth.on_store_error` (open) meanwhile.
+        key = {"name": "caller", "sha256": hash_key(KEY), "tenant": "t", "rpm": 1_000_000}
+        config = gateway_config(sim.url, {"triage": task_config()}, auth={"keys": [key]})
         with running_gateway(tmp_path, config, redis_url=group.url) as gw:
             figures = _load_through_failover(gw.url, group)
     statuses, promoted_after_s, back_after_s = figures
@@ -64,7 +69,7 @@ def _load_through_failover(url: str, group: SentinelGroup) -> tuple[Counter[int]
     lock = threading.Lock()
 
     def caller(n: int) -> None:
-        with httpx.Client(timeout=30) as client:
+        with httpx.Client(timeout=30, headers={"authorization": f"Bearer {KEY}"}) as client:
             i = 0
             while not stop.is_set():
                 i += 1
