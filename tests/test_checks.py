@@ -149,6 +149,7 @@ def test_contains_and_not_contains_are_opposites(literal: str, text: str) -> Non
     [
         ([{"language": "xx"}], "0.language", "ISO 639-1"),
         ([{"language": "DE"}], "0.language", "ISO 639-1"),
+        ([{"language": False}], "0.language", "quote it"),
         ([{"regex": "([a-z"}], "0.regex", "not a valid regular expression"),
         ([{"max_chars": 0}], "0.max_chars", "at least 1"),
         ([{"max_sentences": -2}], "0.max_sentences", "at least 1"),

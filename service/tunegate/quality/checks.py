@@ -261,6 +261,8 @@ def _compile_one(index: int, spec: Any, detector: Detector | None) -> Check:
     if kind not in KINDS:
         raise CheckConfigError(where, f"unknown check; use one of: {', '.join(KINDS)}")
     if kind == "language":
+        if isinstance(value, bool):  # YAML reads a bare `no` (Norwegian) as false
+            raise CheckConfigError(where, "a code, not a boolean: quote it ('no')")
         if not detectable(value):
             raise CheckConfigError(
                 where, f"{value!r} is not an ISO 639-1 code the language detector knows"
