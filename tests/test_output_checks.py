@@ -69,6 +69,7 @@ def gw(sim: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gat
         "observed": reply_task("observe"),
         "once": reply_task(reasks=0),
         "triage": json_task,
+        "counted": reply_task(),
     }
     with running_gateway(tmp_path_factory.mktemp("gw"), gateway_config(sim.url, tasks)) as gateway:
         yield gateway
@@ -224,3 +225,20 @@ def test_every_evaluated_answer_counts_per_check(gw: Gateway, sim: Simulator) ->
     assert metric(gw, "reply", "language", "fail") == before["fail"] + 1
     assert metric(gw, "reply", "language", "pass") == before["pass"] + 1
     assert metric(gw, "reply", "contains", "pass") == contains_before + 1
+
+
+def test_first_answers_are_counted_per_variant_in_the_experiments(
+    gw: Gateway, sim: Simulator
+) -> None:
+    sim.script(TUNED, "english", "ok", "markup", "ok", "ok", "ok")
+    for _ in range(4):
+        assert ask(gw, "counted").status_code == 200
+    document = httpx.get(f"{gw.url}/v1/experiments/counted").json()
+    tuned = document["variants"]["tuned"]
+    assert tuned["requests"] == 4
+    assert tuned["checks_first_try_pass"]["rate"] == 0.5
+    low, high = tuned["checks_first_try_pass"]["ci95"]
+    assert low < 0.5 < high
+    # The English reply also lacks the signature; the re-asks are not first answers.
+    assert tuned["check_failures"] == {"contains": 1, "language": 1, "regex": 1}
+    assert document["variants"]["few_shot"]["checks_first_try_pass"]["rate"] is None
