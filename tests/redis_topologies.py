@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 
-from tunegate.state.embedded import answers_ping, find_server_binary, free_port
+from tunegate.state.embedded import find_server_binary, free_port
 
 SLOTS = 16384
 SERVICE = "tunegate"
@@ -37,9 +37,19 @@ class Node:
     port: int
     process: subprocess.Popen[bytes]
     bus_port: int = 0  # a cluster node's bus (any free port: not the default port + 10000)
+    password: str | None = None
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=5, decode_responses=True)
+        return redis.Redis(
+            port=self.port, password=self.password, socket_timeout=5, decode_responses=True
+        )
+
+    def answers(self) -> bool:
+        try:
+            with self.client() as client:
+                return bool(client.ping())
+        except redis.RedisError:
+            return False
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -48,7 +58,12 @@ class Node:
 
 
 def start_node(
-    directory: Path, name: str, *args: str, config: str | None = None, cluster: bool = False
+    directory: Path,
+    name: str,
+    *args: str,
+    config: str | None = None,
+    cluster: bool = False,
+    password: str | None = None,
 ) -> Node:
     """One server process (a sentinel with `config` holding its `sentinel` lines)."""
     port = free_port()
@@ -67,8 +82,8 @@ def start_node(
         argv += ["--dir", str(workdir), *args]
     with (workdir / "server.log").open("wb") as log:
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    node = Node(port, process, bus_port)
-    wait_until(lambda: answers_ping(port), f"{name} did not answer PING", node)
+    node = Node(port, process, bus_port, password)
+    wait_until(node.answers, f"{name} did not answer PING", node)
     return node
 
 
@@ -133,8 +148,13 @@ class SentinelGroup:
 
     @property
     def url(self) -> str:
+        """With the passwords the group was started with, when any."""
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
-        return f"redis+sentinel://{hosts}/{SERVICE}"
+        userinfo = f":{self.primary.password}@" if self.primary.password else ""
+        query = (
+            f"?sentinel_password={self.sentinels[0].password}" if self.sentinels[0].password else ""
+        )
+        return f"redis+sentinel://{userinfo}{hosts}/{SERVICE}{query}"
 
     def primary_port(self) -> int:
         """The port of the primary the sentinels name now."""
@@ -147,13 +167,23 @@ class SentinelGroup:
 
 
 @contextlib.contextmanager
-def redis_sentinel(directory: Path, down_after_ms: int = 1000) -> Iterator[SentinelGroup]:
-    """A primary, a replica of it, and three sentinels that agree on both (quorum 2)."""
+def redis_sentinel(
+    directory: Path,
+    down_after_ms: int = 1000,
+    password: str | None = None,
+    sentinel_password: str | None = None,
+) -> Iterator[SentinelGroup]:
+    """A primary, a replica of it, and three sentinels that agree on both (quorum 2);
+    `password` guards the data nodes, `sentinel_password` the sentinels."""
     started: list[Node] = []
+    auth = ("--requirepass", password, "--masterauth", password) if password else ()
     try:
-        primary = start_node(directory, "primary")
+        primary = start_node(directory, "primary", *auth, password=password)
         started.append(primary)
-        replica = start_node(directory, "replica", "--replicaof", "127.0.0.1", str(primary.port))
+        replica = start_node(
+            directory, "replica", "--replicaof", "127.0.0.1", str(primary.port), *auth,
+            password=password,
+        )  # fmt: skip
         started.append(replica)
         group = SentinelGroup(primary, replica)
         config = (
@@ -161,8 +191,16 @@ def redis_sentinel(directory: Path, down_after_ms: int = 1000) -> Iterator[Senti
             f"sentinel down-after-milliseconds {SERVICE} {down_after_ms}\n"
             f"sentinel failover-timeout {SERVICE} 10000\n"
         )
+        if password:
+            config += f"sentinel auth-pass {SERVICE} {password}\n"
+        if sentinel_password:
+            config += (
+                f"requirepass {sentinel_password}\nsentinel sentinel-pass {sentinel_password}\n"
+            )
         for i in range(3):
-            sentinel = start_node(directory, f"sentinel-{i}", config=config)
+            sentinel = start_node(
+                directory, f"sentinel-{i}", config=config, password=sentinel_password
+            )
             started.append(sentinel)
             group.sentinels.append(sentinel)
 

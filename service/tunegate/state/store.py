@@ -282,7 +282,11 @@ def _client(
     if target.kind == "sentinel":
         sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
             list(target.hosts),
-            sentinel_kwargs={"password": target.sentinel_password, **timeouts},
+            sentinel_kwargs={
+                "password": target.sentinel_password,
+                "retry": Retry(NoBackoff(), retries=0),
+                **timeouts,
+            },
             **credentials,
         )
         primary = sentinel.master_for(
