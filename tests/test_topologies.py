@@ -1,8 +1,8 @@
 """Every feature on a Redis Cluster (three primaries) and on Redis Sentinel (one primary,
 one replica, three sentinels), started by the tests from the embedded store's binary
-(SPEC §10): the cache and single-flight, rpm limits, budgets, experiments, feedback and
-capture. The store fails open, so a command the topology refused (a CROSSSLOT script)
-would pass unnoticed: every test also asserts the store logged no error."""
+(SPEC §10): the cache and single-flight, rpm limits, budgets, experiments, feedback,
+capture and shadow pairs. The store fails open, so a command the topology refused (a
+CROSSSLOT script) would pass unnoticed: every test also asserts the store logged no error."""
 
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ def config(sim: Simulator) -> dict[str, Any]:
     tasks = {
         "triage": task_config(),
         "exp": task_config(weights=split, capture={"rate": 1.0}),
+        "shadowed": task_config(routing={"shadow": {"variant": "few_shot", "rate": 1.0}}),
     }
     keys = [
         entry("app"),
@@ -152,6 +153,19 @@ def test_experiments_feedback_and_capture(gw: Gateway) -> None:
     assert {
         line.split('"request_id":')[1].split('"')[1] for line in captured.text.splitlines()
     } == ids
+
+
+def test_shadow_pairs(gw: Gateway) -> None:
+    for i in range(5):
+        assert ask(gw, "app", f"shadowed {i}", task="shadowed").status_code == 200
+    admin = {"authorization": f"Bearer {KEYS['admin']}"}
+    deadline = time.monotonic() + 10
+    while True:  # shadow calls run after the answer, in the background
+        shadow = httpx.get(f"{gw.url}/v1/experiments/shadowed", headers=admin).json()["shadow"]
+        if (shadow or {}).get("calls") == 5:
+            break
+        assert time.monotonic() < deadline, shadow
+        time.sleep(0.05)
 
 
 def test_the_keys_spread_over_the_cluster(gw: Gateway, store_url: str) -> None:
