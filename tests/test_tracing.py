@@ -338,7 +338,7 @@ config = gateway_config(sys.argv[1], {"triage": task_config()})
 with running_gateway(Path(sys.argv[2]), config, tracing=tracing) as gw:
     body = {"model": "triage", "messages": [{"role": "user", "content": "hi"}]}
     assert httpx.post(gw.url + "/v1/chat/completions", json=body).status_code == 200
-# FastAPI and redis import parts of OpenTelemetry on their own (its API, the metrics SDK);
+# redis-py imports parts of OpenTelemetry on its own (its API, the metrics SDK);
 # the trace SDK, the exporters and the gateway's tracing are what tracing would load.
 TRACING = ("opentelemetry.sdk.trace", "opentelemetry.exporter", "tunegate.observability.tracing")
 print(sorted({m for m in sys.modules if m.startswith(TRACING)}))
