@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from tunegate.api.drain import DRAIN_TIMEOUT_S
+from tunegate.commands.cli import _parser
 from tunegate.config.compiled import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,6 +104,8 @@ def test_the_deployment_keeps_the_contract() -> None:
     pod = spec["template"]["spec"]
     (gateway,) = pod["containers"]
     assert spec["replicas"] == 3
+    assert gateway["args"][0] == "tunegate"
+    _parser().parse_args(gateway["args"][1:])  # exits on an unknown command or flag
     assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"
     pre_stop_s = int(gateway["lifecycle"]["preStop"]["exec"]["command"][-1])
