@@ -96,11 +96,16 @@ def _task(judge_rate: float) -> dict[str, Any]:
     }
 
 
-def miss_path(requests: int, workdir: Path) -> dict[str, float]:
+def miss_path(requests: int, workdir: Path, latency_ms: float) -> dict[str, float]:
     sim_port, gateway_port = free_port(), free_port()
+    scenario = workdir / "scenario.yaml"
+    scenario.write_text(yaml.safe_dump({"models": {"*": {"latency_ms": latency_ms}}}))
     sim = start_server(
         "simulator",
-        [sys.executable, "-m", "tunegate.simulator", "--port", str(sim_port)],
+        [
+            *(sys.executable, "-m", "tunegate.simulator", "--port", str(sim_port)),
+            *("--scenario", str(scenario)),
+        ],
         port=sim_port,
         ready_path="/v1/models",
         log_dir=workdir,
@@ -158,14 +163,18 @@ def _interleaved(url: str, requests: int, block: int = 25) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300, help="per task (default 300)")
+    parser.add_argument(
+        "--latency-ms", type=float, default=0.0, help="the simulated models' (default 0)"
+    )
     args = parser.parse_args()
     figures = check_figures()
     print(f"600-char answer: five cheap checks p50 {figures['cheap_checks_p50_us']:.1f} µs; "
           f"language p50 {figures['language_p50_us']:.1f} µs; "
           f"all six p50 {figures['all_six_p50_us']:.1f} µs")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="checks-bench-") as workdir:
-        miss = miss_path(args.requests, Path(workdir))
-    print(f"miss path at c=1, {miss['requests_per_task']} requests each, in alternating blocks: "
+        miss = miss_path(args.requests, Path(workdir), args.latency_ms)
+    print(f"miss path at c=1, upstream latency {args.latency_ms:g} ms, "
+          f"{miss['requests_per_task']} requests each, in alternating blocks: "
           f"judge rate 0 p50 {miss['plain_p50_ms']:.2f} ms, judge rate 1.0 p50 "
           f"{miss['judged_p50_ms']:.2f} ms (ratio {miss['judged_over_plain']:.3f})")  # fmt: skip
 
