@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.harness import free_port
 
@@ -54,8 +55,6 @@ class Fleet:
 
 
 def haproxy_or_skip() -> str:
-    import pytest
-
     found = shutil.which("haproxy")
     if found is None:
         pytest.skip("haproxy is not on PATH (scripts/ensure-haproxy installs it)")

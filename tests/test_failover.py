@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from tests.harness import Simulator, gateway_config, running_gateway, task_config
 from tests.redis_topologies import SentinelGroup, redis_sentinel
@@ -35,8 +36,6 @@ def poll(done: Callable[[], bool], timeout_s: float, what: str) -> float:
 
 
 def cache_entries(port: int) -> int:
-    import redis
-
     try:
         with redis.Redis(port=port, socket_timeout=1) as client:
             return len(list(client.scan_iter(match="tunegate:cache:*", count=1000)))

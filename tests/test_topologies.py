@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from tests.harness import (
     BASE,
@@ -171,8 +172,6 @@ def test_shadow_pairs(gw: Gateway) -> None:
 def test_the_keys_spread_over_the_cluster(gw: Gateway, store_url: str) -> None:
     if not store_url.startswith("redis+cluster://"):
         pytest.skip("a Sentinel group has one primary")
-    import redis
-
     sizes = []
     for node in store_url.removeprefix("redis+cluster://").split(","):
         host, port = node.split(":")
