@@ -15,9 +15,10 @@ import pytest
 
 from tests.harness import TUNED, Gateway, Simulator, gateway_config, running_gateway, task_config
 from tunegate.auth import hash_key
-from tunegate.config.compiled import load_config
+from tunegate.config.compiled import CapturePolicy, load_config
 from tunegate.errors import ConfigError
-from tunegate.experiments.capture import sampled
+from tunegate.experiments.capture import decide, sampled
+from tunegate.records import Exchange, Outcome
 
 ADMIN, APP, PRIVATE = "key-admin", "key-app", "key-private"
 KEYS = [
@@ -170,3 +171,39 @@ def test_capture_of_an_unknown_variant_is_a_config_error(sim: Simulator, tmp_pat
     policy = load_config(path).tasks["triage"].capture
     assert policy is not None and policy.variants == {"tuned"}  # the arms: weight above 0
     assert (policy.ttl_s, policy.max_examples, policy.only_valid) == (30 * 86400, 50_000, True)
+
+
+def _outcome(**fields: Any) -> Outcome:
+    policy = fields.pop("policy", CapturePolicy(1.0, frozenset({"tuned"}), True, 86400, 10))
+    exchange = Exchange(({"role": "user", "content": "hi"},), "{}", policy, False, False)
+    base: dict[str, Any] = {
+        "request_id": "r1",
+        "task": "triage",
+        "tenant": "acme",
+        "chosen": "tuned",
+        "served": "tuned",
+        "served_model": TUNED,
+        "sample": True,
+        "status": "ok",
+        "cache": "miss",
+        "cache_lookup": "miss",
+        "seconds": 0.01,
+        "json_results": (("tuned", "valid"),),
+        "exchange": exchange,
+    }
+    return Outcome(**{**base, **fields})
+
+
+def result_of(outcome: Outcome) -> str | None:
+    decision = decide(outcome)
+    return decision[0] if decision is not None else None
+
+
+def test_only_the_chosen_variants_own_answers_in_the_capture_variants_are_candidates() -> None:
+    assert result_of(_outcome()) == "kept"
+    assert decide(_outcome(status="fallback", served="few_shot")) is None
+    assert decide(_outcome(chosen="few_shot", served="few_shot")) is None  # not in variants
+    assert decide(_outcome(exchange=None)) is None  # hits, forced: no exchange
+    only_few_shot = CapturePolicy(1.0, frozenset({"few_shot"}), True, 86400, 10)
+    assert decide(_outcome(policy=only_few_shot)) is None
+    assert result_of(_outcome(json_results=(("tuned", "invalid"),))) == "skipped"
