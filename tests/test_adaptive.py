@@ -4,7 +4,7 @@ traffic toward the better variant and stops, with the split in its metrics."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from testkit.redis_server import RedisServer
+from tests.documents import compared, figure
 from tests.harness import (
     BASE,
     TUNED,
@@ -25,6 +26,7 @@ from tests.harness import (
 from tunegate.config.compiled import GatewayConfig, Task, load_config
 from tunegate.errors import ConfigError
 from tunegate.experiments.adaptive import Split, Watcher, probability_a_better, split_for
+from tunegate.experiments.document import Bounds, ExperimentsDocument, Verdict
 from tunegate.experiments.recorder import Experiments
 from tunegate.records import Outcome
 from tunegate.state.store import Store
@@ -43,18 +45,11 @@ def task_with(tmp_path: Path, **adaptive: Any) -> Task:
 
 
 def document(
-    n: int, difference: float, ci95: list[float], verdict: str = "undecided", **decision: Any
-) -> dict[str, Any]:
-    figure = {"difference": difference, "ci95": ci95, "verdict": verdict, "decision": verdict}
-    return {
-        "variants": {"tuned": {"requests": n}, "few_shot": {"requests": n}},
-        "comparison": {
-            "a": "tuned",
-            "b": "few_shot",
-            "figures": {"first_try_valid": figure, "cost_usd_per_valid_answer": figure},
-        },
-        "decision": {"status": "undecided", "recommendation": None, "reason": "", **decision},
-    }
+    n: int, difference: float, ci95: Bounds, verdict: Verdict = "undecided", **decision: Any
+) -> ExperimentsDocument:
+    same = figure(difference, ci95, verdict)
+    figures = {"first_try_valid": same, "cost_usd_per_valid_answer": same}
+    return compared((n, n), figures, **decision)
 
 
 def test_the_probability_of_being_better_follows_the_normal_approximation() -> None:
@@ -68,33 +63,33 @@ def test_the_probability_of_being_better_follows_the_normal_approximation() -> N
 
 def test_splits_warm_then_explore_within_the_floor_then_stop(tmp_path: Path) -> None:
     task = task_with(tmp_path, metric="first_try_valid", min_samples=100, floor=0.1)
-    warming = split_for(task, document(99, 0.08, [0.02, 0.14]))
+    warming = split_for(task, document(99, 0.08, (0.02, 0.14)))
     assert (warming.state, dict(warming.weights)) == ("warming", {"tuned": 0.5, "few_shot": 0.5})
     # P(tuned better) = Phi(0.01 / (0.04 / 1.96)) = 0.69
-    leaning = split_for(task, document(100, 0.01, [-0.03, 0.05]))
+    leaning = split_for(task, document(100, 0.01, (-0.03, 0.05)))
     assert leaning.state == "exploring"
     assert leaning.weights["tuned"] == pytest.approx(0.6879, abs=1e-3)
     assert sum(leaning.weights.values()) == pytest.approx(1.0)
-    sure = split_for(task, document(100, 0.08, [0.02, 0.14]))
+    sure = split_for(task, document(100, 0.08, (0.02, 0.14)))
     assert dict(sure.weights) == pytest.approx({"tuned": 0.9, "few_shot": 0.1})
-    stopped = split_for(task, document(100, 0.08, [0.02, 0.14], verdict="a_better"))
+    stopped = split_for(task, document(100, 0.08, (0.02, 0.14), verdict="a_better"))
     assert (stopped.state, dict(stopped.weights)) == ("stopped", {"tuned": 1.0, "few_shot": 0.0})
 
 
 def test_a_lower_is_better_metric_and_no_stop(tmp_path: Path) -> None:
     task = task_with(tmp_path, metric="cost_usd_per_valid_answer", min_samples=10, stop=False)
     # tuned costs more per valid answer: traffic leans to few_shot, and never stops.
-    split = split_for(task, document(50, 0.0002, [0.0001, 0.0003], verdict="b_better"))
+    split = split_for(task, document(50, 0.0002, (0.0001, 0.0003), verdict="b_better"))
     assert split.state == "exploring"
     assert dict(split.weights) == pytest.approx({"tuned": 0.1, "few_shot": 0.9})
 
 
 def test_the_decision_metric_waits_for_the_policy(tmp_path: Path) -> None:
     task = task_with(tmp_path, min_samples=10)
-    waiting = split_for(task, document(50, 0.1, [0.05, 0.15]))
+    waiting = split_for(task, document(50, 0.1, (0.05, 0.15)))
     assert (waiting.state, waiting.weights["tuned"]) == ("exploring", 0.5)
     done = split_for(
-        task, document(50, 0.1, [0.05, 0.15], status="recommend", recommendation="few_shot")
+        task, document(50, 0.1, (0.05, 0.15), status="recommend", recommendation="few_shot")
     )
     assert (done.state, done.weights["few_shot"]) == ("stopped", 1.0)
 
@@ -134,8 +129,8 @@ async def test_a_scrape_sees_every_sample_recorded_before_it(
     experiments = Experiments(store, flush_s=60.0)  # only a settle writes the samples
     seen: list[int] = []
 
-    def publish(task: str, document: Mapping[str, Any], split: Split) -> None:
-        seen.append(document["variants"]["tuned"]["requests"])
+    def publish(task: str, document: ExperimentsDocument, split: Split) -> None:
+        seen.append(document.variants["tuned"].requests)
 
     watcher = Watcher(experiments, publish)
     try:

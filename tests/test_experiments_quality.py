@@ -10,6 +10,7 @@ import yaml
 
 from tests.harness import gateway_config, task_config
 from tunegate.config.compiled import Task, load_config
+from tunegate.experiments.document import ChecksPass, document_json
 from tunegate.experiments.quality import (
     check_failures,
     checks_first_try_pass,
@@ -27,10 +28,11 @@ POLICY = Policy()
 
 def test_checks_first_try_pass_is_a_wilson_rate() -> None:
     figure = checks_first_try_pass({"chk_n": 40, "chk_first": 30}, 0.05)
-    assert figure["rate"] == 0.75
-    low, high = figure["ci95"]
+    assert figure.rate == 0.75
+    assert figure.ci95 is not None
+    low, high = figure.ci95
     assert 0.59 < low < 0.75 < high < 0.87
-    assert checks_first_try_pass({}, 0.05) == {"rate": None, "ci95": None}
+    assert checks_first_try_pass({}, 0.05) == ChecksPass(rate=None, ci95=None)
 
 
 def test_failures_are_counted_per_kind() -> None:
@@ -42,8 +44,9 @@ def test_judge_score_has_an_interval_and_a_wider_confidence_sequence() -> None:
     scores = [0.8, 0.9, 1.0, 0.7] * 10
     sums = {"js_n": 40, "js_s": sum(scores), "js_ss": sum(s * s for s in scores)}
     figure = judge_score(sums, POLICY)
-    assert figure["n"] == 40 and figure["mean"] == pytest.approx(0.85)
-    ci, cs = figure["ci95"], figure["anytime_ci95"]
+    assert figure.n == 40 and figure.mean == pytest.approx(0.85)
+    ci, cs = figure.ci95, figure.anytime_ci95
+    assert ci is not None and cs is not None
     assert cs[0] < ci[0] < 0.85 < ci[1] < cs[1]
 
 
@@ -56,8 +59,8 @@ def test_preference_adds_both_directions_with_ties_counted_half() -> None:
     }
     figure = preference(pairs, "tuned", "few_shot", POLICY)
     assert figure is not None
-    assert figure["pairs"] == 10 and figure["ties"] == 2
-    assert figure["tuned_win_rate"] == pytest.approx((3 + 3 + 1) / 10)
+    assert figure.pairs == 10 and figure.ties == 2
+    assert figure.tuned_win_rate == pytest.approx((3 + 3 + 1) / 10)
     assert preference({}, "tuned", "few_shot", POLICY) is None
 
 
@@ -98,11 +101,12 @@ def sums(n: int, passed: int, score: float) -> dict[str, float]:
 
 def test_the_document_report_and_page_carry_the_quality_figures(tmp_path: Path) -> None:
     pairs = {("tuned", "few_shot"): {"n": 40, "jp_n": 40, "jp_ties": 8, "jp_primary": 24}}
-    document = build_document(
+    built = build_document(
         reply_task(tmp_path),
         {"tuned": sums(60, 57, 0.9), "few_shot": sums(50, 40, 0.7)},
         pairs=pairs,
     )
+    document = document_json(built)
     tuned = document["variants"]["tuned"]
     assert tuned["checks_first_try_pass"]["rate"] == pytest.approx(0.95)
     assert tuned["check_failures"] == {"max_chars": 3}
@@ -113,11 +117,11 @@ def test_the_document_report_and_page_carry_the_quality_figures(tmp_path: Path) 
     figures = document["decision"]["figures"]
     assert {"checks_first_try_pass", "judge_score", "preference"} <= set(figures)
     assert set(document["comparison"]["figures"]) >= {"judge_score", "preference"}
-    table = render_table(document)
+    table = render_table(built)
     assert "checks first-try pass" in table and "95.0% [" in table
     assert "max_chars 3" in table
     assert "judge preference: tuned wins 0.700 of 40 pairs (8 ties" in table
-    page = render_html(document)
+    page = render_html(built)
     assert "output checks passed first try" in page
     assert "judge score (score/10)" in page
     assert "judge preference for tuned" in page

@@ -10,14 +10,15 @@ import sys
 import textwrap
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import pytest
 from prometheus_client import Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.documents import compared, figure
 from tunegate.errors import ConfigError
 from tunegate.experiments.adaptive import Split
+from tunegate.experiments.document import ExperimentsDocument
 from tunegate.observability.metrics import FLUSH_DELAY_S, NO_VARIANT, Metrics, mark_process_dead
 from tunegate.observability.metrics.files import add_cells
 from tunegate.quality.checks import CheckResult, CheckVerdict
@@ -126,32 +127,13 @@ def shadow_outcome(**fields: object) -> ShadowOutcome:
 EXPLORING = Split({"tuned": 0.7, "few_shot": 0.3}, "exploring", "P(tuned better) = 0.7")
 
 
-def experiment_document() -> dict[str, Any]:
-    """The parts of an experiments document the gauges read."""
-    return {
-        "variants": {"tuned": {"requests": 120}, "few_shot": {"requests": 80}},
-        "comparison": {
-            "a": "tuned",
-            "b": "few_shot",
-            "figures": {
-                "first_try_valid": {
-                    "difference": 0.08,
-                    "ci95": [0.03, 0.13],
-                    "anytime_ci95": [0.01, 0.15],
-                    "verdict": "a_better",
-                    "decision": "tuned better",
-                },
-                "latency_s": {
-                    "difference": -0.01,
-                    "ci95": [-0.05, 0.03],
-                    "anytime_ci95": None,
-                    "verdict": "undecided",
-                    "decision": "undecided",
-                },
-            },
-        },
-        "decision": {"recommendation": None},
-    }
+VALID = figure(0.08, (0.03, 0.13), "a_better", "tuned better", anytime=(0.01, 0.15))
+LATENCY = figure(-0.01, (-0.05, 0.03))
+
+
+def experiment_document() -> ExperimentsDocument:
+    """An experiments document with the parts the gauges read."""
+    return compared((120, 80), {"first_try_valid": VALID, "latency_s": LATENCY})
 
 
 def test_every_spec_metric_is_exposed_with_its_type_and_labels() -> None:
@@ -568,8 +550,7 @@ def test_experiment_gauges_carry_the_split_bounds_and_decisions() -> None:
         ("overall", "undecided"),
     }
     # A later document replaces the task's gauges: no stale series stay behind.
-    later = experiment_document()
-    del later["comparison"]["figures"]["latency_s"]
+    later = compared((120, 80), {"first_try_valid": VALID})
     metrics.publish_experiment(TASK, later, EXPLORING)
     assert ("latency_s", "undecided") not in {
         (labels["figure"], labels["decision"])

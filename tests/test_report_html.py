@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from tests.harness import gateway_config, task_config
 from tunegate.config.compiled import load_config
+from tunegate.experiments.document import ExperimentsDocument
 from tunegate.experiments.report import build_document
 from tunegate.experiments.report_html import render_html
 from tunegate.experiments.stats import bucket_of
@@ -69,7 +70,7 @@ def sums(n: int, valid: int, latency_s: float, cost: float) -> dict[str, float]:
     }
 
 
-def document(tmp_path: Path) -> dict[str, Any]:
+def document(tmp_path: Path) -> ExperimentsDocument:
     path = tmp_path / "gateway.yaml"
     tasks = {"triage": task_config(training_cost_usd=12.4)}
     path.write_text(yaml.safe_dump(gateway_config("http://127.0.0.1:9", tasks)))
@@ -101,8 +102,7 @@ def test_the_page_draws_every_section_and_fetches_nothing(tmp_path: Path) -> Non
 
 
 def test_names_are_escaped(tmp_path: Path) -> None:
-    doc = document(tmp_path)
-    doc["task"] = "<b>triage</b> & co"
+    doc = dataclasses.replace(document(tmp_path), task="<b>triage</b> & co")
     html = render_html(doc)
     assert "<b>triage" not in html
     assert "&lt;b&gt;triage&lt;/b&gt; &amp; co" in html

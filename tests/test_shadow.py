@@ -29,6 +29,7 @@ from tests.harness import (
 from tests.openai_shapes import checked_client
 from tunegate.commands import cli
 from tunegate.config.compiled import load_config
+from tunegate.experiments.document import document_json
 from tunegate.experiments.report import build_document
 from tunegate.experiments.report_text import render_table
 
@@ -243,7 +244,7 @@ def test_the_report_combines_both_directions_as_a_minus_b(tmp_path: Path) -> Non
             "dl": -2.0, "dl_sq": 4.0, "dc": -0.1, "dc_sq": 0.01, "cost": 0.1,
         },
     }  # fmt: skip
-    shadow = build_document(task, {}, pairs=pairs)["shadow"]
+    shadow = document_json(build_document(task, {}, pairs=pairs))["shadow"]
     assert (shadow["calls"], shadow["answered"], shadow["invalid"]) == (5, 4, 1)
     assert shadow["by_primary"] == {"tuned": 4, "few_shot": 1}
     assert shadow["agreement"]["value"] == 0.75
@@ -256,4 +257,4 @@ def test_the_report_combines_both_directions_as_a_minus_b(tmp_path: Path) -> Non
     assert shadow["shadow_cost_usd"] == pytest.approx(0.6)
     text = render_table(build_document(task, {}, pairs=pairs))
     assert "shadow pairs (tuned - few_shot on the same inputs): 5 calls" in text
-    assert build_document(task, {}, pairs={})["shadow"] is None
+    assert build_document(task, {}, pairs={}).shadow is None

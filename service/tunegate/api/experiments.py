@@ -17,6 +17,7 @@ from tunegate.errors import (
     PermissionDenied,
     Unavailable,
 )
+from tunegate.experiments.document import document_json
 from tunegate.state.store import StoreFailure
 
 MAX_COMMENT_CHARS = 2000
@@ -72,4 +73,4 @@ async def get_experiments(request: Request) -> Response:
     document = await services.experiments.document(task)
     if document is None:
         raise Unavailable("The store is unavailable; retry shortly.", code="not_ready")
-    return json_response(document)
+    return json_response(document_json(document))

@@ -8,10 +8,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tunegate.commands import dataset, tune
 from tunegate.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tunegate.experiments.document import ExperimentsDocument
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,6 +137,7 @@ def _report(args: argparse.Namespace) -> int:
     import asyncio
     import json
 
+    from tunegate.experiments.document import document_json
     from tunegate.experiments.report_text import render_table
 
     try:
@@ -152,13 +156,15 @@ def _report(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"tunegate report: cannot write {args.html}: {exc.strerror}", file=sys.stderr)
             return 1
-    print(json.dumps(document, indent=2) if args.json else render_table(document))
+    print(json.dumps(document_json(document), indent=2) if args.json else render_table(document))
     return 0
 
 
-def _report_over_http(url: str, task: str) -> dict[str, Any]:
+def _report_over_http(url: str, task: str) -> ExperimentsDocument:
     """GET /v1/experiments/TASK, with the key in $TUNEGATE_API_KEY when set."""
     import httpx
+
+    from tunegate.experiments.document import document_from_json
 
     key = os.environ.get("TUNEGATE_API_KEY")
     headers = {"authorization": f"Bearer {key}"} if key else {}
@@ -168,11 +174,13 @@ def _report_over_http(url: str, task: str) -> dict[str, Any]:
         raise RuntimeError(f"cannot reach {url}: {type(exc).__name__}") from None
     if response.status_code != 200:
         raise RuntimeError(f"{url} answered {response.status_code}: {response.text[:300]}")
-    document: dict[str, Any] = response.json()
-    return document
+    try:
+        return document_from_json(response.json())
+    except ValueError as exc:  # not JSON, or not a document (DocumentError)
+        raise RuntimeError(f"{url} answered no experiments document: {exc}") from None
 
 
-async def _report_from_store(task_name: str, config_path: Path | None) -> dict[str, Any]:
+async def _report_from_store(task_name: str, config_path: Path | None) -> ExperimentsDocument:
     from tunegate.config.compiled import load_config
     from tunegate.config.settings import settings_from_env
     from tunegate.experiments.recorder import Experiments

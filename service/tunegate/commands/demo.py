@@ -21,12 +21,15 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import yaml
 
 from tunegate.flow.upstream import CallerError, caller_client
+
+if TYPE_CHECKING:
+    from tunegate.experiments.document import ExperimentsDocument
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE_CONFIG = ROOT / "config" / "gateway.yaml"
@@ -202,15 +205,16 @@ def _wait_for_judgements(gateway_url: str, timeout_s: float = 10.0) -> None:
         time.sleep(0.5)
 
 
-def _experiments(gateway_url: str, task: str) -> dict[str, Any] | None:
+def _experiments(gateway_url: str, task: str) -> ExperimentsDocument | None:
+    from tunegate.experiments.document import document_from_json
+
     response = httpx.get(f"{gateway_url}/v1/experiments/{task}", timeout=10)
     if response.status_code != 200:
         return None
-    document: dict[str, Any] = response.json()
-    return document
+    return document_from_json(response.json())
 
 
-def _experiment_report(document: dict[str, Any] | None) -> str:
+def _experiment_report(document: ExperimentsDocument | None) -> str:
     """The `tunegate report TASK` table, read from the running gateway; its charts
     (`--html`) go to a file in the temporary directory, named at the end."""
     from tunegate.experiments.report_html import render_html
@@ -218,34 +222,34 @@ def _experiment_report(document: dict[str, Any] | None) -> str:
 
     if document is None:
         return "experiments: not available"
-    charts = Path(tempfile.gettempdir()) / f"tunegate-demo-{document['task']}.html"
+    charts = Path(tempfile.gettempdir()) / f"tunegate-demo-{document.task}.html"
     charts.write_text(render_html(document), encoding="utf-8")
     return f"{render_table(document)}\ncharts: {charts}"
 
 
-def _quality_summary(document: dict[str, Any] | None) -> str:
+def _quality_summary(document: ExperimentsDocument | None) -> str:
     """reply-de's quality signals in three lines: checks, judge scores, preference."""
     if document is None:
         return ""
 
-    def interval(pair: list[float] | None) -> str:
+    def interval(pair: tuple[float, float] | None) -> str:
         return f"[{pair[0]:.2f}, {pair[1]:.2f}]" if pair else "[-]"
 
     lines = ["", "reply-de quality signals (95% intervals; anytime-valid in braces):"]
-    for name, v in document["variants"].items():
-        checks, score = v.get("checks_first_try_pass") or {}, v.get("judge_score") or {}
-        passed = f"{checks['rate']:.2f} {interval(checks['ci95'])}" if checks.get("rate") else "-"
-        judged = f"{score['mean']:.2f} {interval(score['ci95'])}" if score.get("mean") else "-"
+    for name, v in document.variants.items():
+        checks, score = v.checks_first_try_pass, v.judge_score
+        passed = f"{checks.rate:.2f} {interval(checks.ci95)}" if checks and checks.rate else "-"
+        judged = f"{score.mean:.2f} {interval(score.ci95)}" if score and score.mean else "-"
         lines.append(
             f"  {name:<9} checks passed first try {passed}   judge score "
-            f"(n={score.get('n', 0)}) {judged}   failures {v.get('check_failures') or {}}"
+            f"(n={score.n if score else 0}) {judged}   failures {dict(v.check_failures or {})}"
         )
-    preference = (document.get("shadow") or {}).get("preference")
+    preference = document.shadow.preference if document.shadow else None
     if preference:
         lines.append(
-            f"  judge preference: tuned wins {preference['tuned_win_rate']:.2f} of "
-            f"{preference['pairs']} pairs ({preference['ties']} ties count half) "
-            f"{interval(preference['ci95'])} {{{interval(preference['anytime_ci95'])[1:-1]}}}"
+            f"  judge preference: tuned wins {preference.tuned_win_rate or 0.0:.2f} of "
+            f"{preference.pairs} pairs ({preference.ties} ties count half) "
+            f"{interval(preference.ci95)} {{{interval(preference.anytime_ci95)[1:-1]}}}"
         )
     else:
         lines.append("  judge preference: no judged pairs yet")

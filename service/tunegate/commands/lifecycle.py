@@ -163,18 +163,20 @@ class Story:
 
     def shadow_figures(self) -> str:
         """The report's paired figures of the candidate and the serving variant."""
-        document = httpx.get(f"{self.url}/v1/experiments/{TASK}", timeout=30).json()
-        shadow = document.get("shadow")
+        from tunegate.experiments.document import document_from_json
+
+        reply = httpx.get(f"{self.url}/v1/experiments/{TASK}", timeout=30).json()
+        shadow = document_from_json(reply).shadow
         if not shadow:
             return "  no shadow pairs yet"
-        agreement = shadow["agreement"]
-        latency = shadow["latency_s_difference"]
-        cost = shadow["cost_usd_difference"]
+        agreement = shadow.agreement
+        latency = shadow.latency_s_difference
+        cost = shadow.cost_usd_difference
         return (
-            f"  on the same inputs ({shadow['answered']} answered): agreement "
-            f"{agreement['value']:.2f} {_interval(agreement['ci95'])}; candidate - few_shot "
-            f"latency {latency['mean']:+.4f} s {_interval(latency['ci95'])}, cost "
-            f"{cost['mean']:+.7f} USD {_interval(cost['ci95'], 7)}"
+            f"  on the same inputs ({shadow.answered} answered): agreement "
+            f"{_number(agreement.value, 2)} {_interval(agreement.ci95)}; candidate - few_shot "
+            f"latency {_number(latency.mean, 4, '+')} s {_interval(latency.ci95)}, cost "
+            f"{_number(cost.mean, 7, '+')} USD {_interval(cost.ci95, 7)}"
         )
 
     def metric(self, name: str, label: str) -> str:
@@ -263,8 +265,12 @@ def _write(path: Path, data: Mapping[str, Any]) -> None:
     path.write_text(yaml.safe_dump(dict(data), sort_keys=False, allow_unicode=True))
 
 
-def _interval(bounds: list[float] | None, digits: int = 4) -> str:
+def _interval(bounds: tuple[float, float] | None, digits: int = 4) -> str:
     return f"[{bounds[0]:.{digits}f}, {bounds[1]:.{digits}f}]" if bounds else "[-]"
+
+
+def _number(value: float | None, digits: int, sign: str = "") -> str:
+    return "-" if value is None else f"{value:{sign}.{digits}f}"
 
 
 def step(number: str, title: str) -> None:

@@ -26,9 +26,10 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from tunegate.config.compiled import GatewayConfig, Task, cumulative_weights
+from tunegate.experiments.document import ExperimentsDocument
 from tunegate.experiments.recorder import Experiments
 from tunegate.flow.router import Cumulative
 
@@ -55,35 +56,35 @@ def configured_split(task: Task, state: SplitState = "configured", reason: str =
     return Split(weights, state, reason or "the configured weights")
 
 
-def split_for(task: Task, document: Mapping[str, Any]) -> Split:
+def split_for(task: Task, document: ExperimentsDocument) -> Split:
     """The split of `task` given its experiments document (`report.build_document`)."""
     adaptive = task.routing.adaptive
     if adaptive is None:
         return configured_split(task)
-    comparison = document.get("comparison")
+    comparison = document.comparison
     if not comparison:
         return configured_split(task, "warming", "no comparison yet")
-    a, b = comparison["a"], comparison["b"]
-    have = min(document["variants"][a]["requests"], document["variants"][b]["requests"])
+    a, b = comparison.a, comparison.b
+    have = min(document.variants[a].requests, document.variants[b].requests)
     if have < adaptive.min_samples:
         return configured_split(
             task, "warming", f"{have} of {adaptive.min_samples} samples for each variant"
         )
     if adaptive.metric == "decision":
-        decision = document["decision"]
-        winner = decision.get("recommendation")
-        if adaptive.stop and decision["status"] == "recommend" and winner in (a, b):
-            return _all_to(task, winner, f"the policy recommends {winner}: {decision['reason']}")
+        decision = document.decision
+        winner = decision.recommendation
+        if adaptive.stop and decision.status == "recommend" and winner in (a, b) and winner:
+            return _all_to(task, winner, f"the policy recommends {winner}: {decision.reason}")
         return configured_split(task, "exploring", "the policy's decision is not reached")
-    figure = comparison["figures"].get(adaptive.metric)
-    if not figure or figure.get("difference") is None or not figure.get("ci95"):
+    figure = comparison.figures.get(adaptive.metric)
+    if not figure or figure.difference is None or not figure.ci95:
         return configured_split(task, "exploring", f"no {adaptive.metric} figures yet")
-    verdict = figure.get("verdict")
+    verdict = figure.verdict
     if adaptive.stop and verdict in ("a_better", "b_better"):
         winner = a if verdict == "a_better" else b
-        return _all_to(task, winner, f"{adaptive.metric}: {figure['decision']}")
+        return _all_to(task, winner, f"{adaptive.metric}: {figure.decision}")
     p_a = probability_a_better(
-        figure["difference"], figure["ci95"], adaptive.metric not in LOWER_IS_BETTER
+        figure.difference, figure.ci95, adaptive.metric not in LOWER_IS_BETTER
     )
     share = min(max(p_a, adaptive.floor), 1 - adaptive.floor)
     weights = {name: 0.0 for name in task.routing.weights}
@@ -108,7 +109,7 @@ def _all_to(task: Task, winner: str, reason: str) -> Split:
     return Split(weights, "stopped", reason)
 
 
-Publish = Callable[[str, Mapping[str, Any], Split], None]
+Publish = Callable[[str, ExperimentsDocument, Split], None]
 
 
 class Watcher:
@@ -184,7 +185,7 @@ class Watcher:
             self._publish(task.name, document, self._splits[task.name])
         self._finished = number
 
-    def _update(self, task: Task, document: Mapping[str, Any]) -> None:
+    def _update(self, task: Task, document: ExperimentsDocument) -> None:
         before = self._splits.get(task.name)
         split = before if before and before.state == "stopped" else split_for(task, document)
         self._splits[task.name] = split

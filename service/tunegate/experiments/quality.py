@@ -13,31 +13,31 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
 
 from tunegate.experiments import fields as f
 from tunegate.experiments import stats
+from tunegate.experiments.document import Bounds, ChecksPass, JudgeScore, Preference
 from tunegate.experiments.stats import Comparison, Interval, Moments, Policy
 
 Sums = Mapping[str, float]
 
 
-def _pair(interval: Interval | None) -> list[float] | None:
-    return [interval.low, interval.high] if interval else None
+def _pair(interval: Interval | None) -> Bounds | None:
+    return (interval.low, interval.high) if interval else None
 
 
-def _share(interval: Interval | None) -> list[float] | None:
+def _share(interval: Interval | None) -> Bounds | None:
     """An interval of a figure that lies in [0, 1], clipped to it."""
-    return [max(0.0, interval.low), min(1.0, interval.high)] if interval else None
+    return (max(0.0, interval.low), min(1.0, interval.high)) if interval else None
 
 
 def _count(s: Sums, field: str) -> int:
     return int(s.get(field, 0))
 
 
-def checks_first_try_pass(s: Sums, alpha: float) -> dict[str, Any]:
+def checks_first_try_pass(s: Sums, alpha: float) -> ChecksPass:
     k, n = _count(s, f.CHECKS_PASSED_FIRST), _count(s, f.CHECKED)
-    return {"rate": k / n if n else None, "ci95": _pair(stats.wilson(k, n, alpha))}
+    return ChecksPass(rate=k / n if n else None, ci95=_pair(stats.wilson(k, n, alpha)))
 
 
 def check_failures(s: Sums) -> dict[str, int]:
@@ -61,14 +61,14 @@ def _anytime(m: Moments, policy: Policy) -> Interval | None:
     return Interval(mean - radius, mean + radius)
 
 
-def judge_score(s: Sums, policy: Policy) -> dict[str, Any]:
+def judge_score(s: Sums, policy: Policy) -> JudgeScore:
     m = judge_moments(s)
-    return {
-        "n": m.n,
-        "mean": m.mean,
-        "ci95": _share(stats.mean_interval(m, policy.alpha)),
-        "anytime_ci95": _share(_anytime(m, policy)),
-    }
+    return JudgeScore(
+        n=m.n,
+        mean=m.mean,
+        ci95=_share(stats.mean_interval(m, policy.alpha)),
+        anytime_ci95=_share(_anytime(m, policy)),
+    )
 
 
 def preference_moments(pairs: Mapping[tuple[str, str], Sums], a: str, b: str) -> Moments:
@@ -84,7 +84,7 @@ def preference_moments(pairs: Mapping[tuple[str, str], Sums], a: str, b: str) ->
 
 def preference(
     pairs: Mapping[tuple[str, str], Sums], a: str, b: str, policy: Policy
-) -> dict[str, Any] | None:
+) -> Preference | None:
     """`shadow.preference` for a (the tuned arm) against b; None without judged pairs."""
     m = preference_moments(pairs, a, b)
     if not m.n:
@@ -92,13 +92,13 @@ def preference(
     ties = _count(pairs.get((a, b), {}), f.JUDGED_TIES) + _count(
         pairs.get((b, a), {}), f.JUDGED_TIES
     )
-    return {
-        "pairs": m.n,
-        "ties": ties,
-        "tuned_win_rate": m.mean,
-        "ci95": _share(stats.mean_interval(m, policy.alpha)),
-        "anytime_ci95": _share(_anytime(m, policy)),
-    }
+    return Preference(
+        pairs=m.n,
+        ties=ties,
+        tuned_win_rate=m.mean,
+        ci95=_share(stats.mean_interval(m, policy.alpha)),
+        anytime_ci95=_share(_anytime(m, policy)),
+    )
 
 
 def preference_comparison(

@@ -36,13 +36,13 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 
 from tunegate.config.compiled import Task
 from tunegate.experiments import fields as f
 from tunegate.experiments.capture import dataset_cost, dataset_key
+from tunegate.experiments.document import ExperimentsDocument
 from tunegate.experiments.report import build_document
 from tunegate.experiments.stats import bucket_of
 from tunegate.records import JudgeOutcome, Outcome, ShadowOutcome
@@ -396,7 +396,7 @@ class Experiments:
     async def drain(self) -> None:
         await self.settle(timeout_s=5.0)
 
-    async def document(self, task: Task) -> dict[str, Any] | None:
+    async def document(self, task: Task) -> ExperimentsDocument | None:
         """`task`'s experiments document as the store has it now (this process's gathered
         samples written first); None when the store failed: no figures, not zeros."""
         await self.settle()

@@ -1,19 +1,36 @@
 """The experiments document (`GET /v1/experiments/{task}`, SPEC §4 and §7) built from the
 stored sums (report_text.py shows it as a table, report_html.py as a page).
 
-The document's shape is kept stable; the README's "Experiments" section describes it.
-Pure functions: they take the task's config and the sums `Experiments.read` returned.
+The document's records are in document.py, whose field names the README's "Experiments"
+section describes. Pure functions: they take the task's config and the sums
+`Experiments.read` returned.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from collections.abc import Mapping
-from typing import Any
 
 from tunegate.config.compiled import Task, Variant
 from tunegate.experiments import fields as f
 from tunegate.experiments import quality, stats
+from tunegate.experiments.document import (
+    Bounds,
+    BreakEven,
+    ComparisonFigures,
+    Decision,
+    ExperimentsDocument,
+    FigureComparison,
+    Latency,
+    Mean,
+    PolicyFigures,
+    Rate,
+    Shadow,
+    Tokens,
+    VariantFigures,
+)
 from tunegate.experiments.stats import Comparison, Interval, Moments, Policy, RatioSums
 
 Sums = Mapping[str, float]
@@ -29,7 +46,7 @@ def build_document(
     policy: Policy | None = None,
     pairs: Mapping[tuple[str, str], Sums] | None = None,
     dataset_cost_usd: float | None = None,
-) -> dict[str, Any]:
+) -> ExperimentsDocument:
     """Per-variant figures, the comparison of the tuned variant with the other, the
     break-even, the shadow pairs' figures (from `Experiments.read_pairs`) and the
     decision."""
@@ -38,18 +55,18 @@ def build_document(
         name: _variant_figures(task, task.variants[name], sums.get(name, {}), policy)
         for name in task.variants
     }
+    tuned = next((n for n, v in task.variants.items() if v.is_tuned), None)
     pair = _pair(task, sums)
-    document: dict[str, Any] = {
-        "task": task.name,
-        "tuned": next((n for n, v in task.variants.items() if v.is_tuned), None),
-        "variants": variants,
-        "comparison": None,
-        "break_even": None,
-        "shadow": None,
-        "decision": _no_decision(policy, "the task needs two variants to compare"),
-    }
     if pair is None:
-        return document
+        return ExperimentsDocument(
+            task=task.name,
+            tuned=tuned,
+            variants=variants,
+            comparison=None,
+            break_even=None,
+            shadow=None,
+            decision=_no_decision(policy, "the task needs two variants to compare"),
+        )
     a, b = pair
     comparisons = _compare(task, sums.get(a, {}), sums.get(b, {}), (a, b), policy)
     comparisons |= quality.quality_comparisons(
@@ -63,27 +80,30 @@ def build_document(
     preferred = quality.preference_comparison(pairs or {}, (a, b), policy)
     if preferred is not None:
         comparisons["preference"] = preferred
-    document["comparison"] = {
-        "a": a,
-        "b": b,
-        "difference": "a - b",
-        "alpha": policy.alpha,
-        "figures": {
-            name: _comparison_json(c, sums.get(a, {}), sums.get(b, {}))
+    comparison = ComparisonFigures(
+        a=a,
+        b=b,
+        difference="a - b",
+        alpha=policy.alpha,
+        figures={
+            name: _figure_comparison(c, sums.get(a, {}), sums.get(b, {}))
             for name, c in comparisons.items()
         },
-    }
-    document["break_even"] = _break_even(task, sums, (a, b), variants, dataset_cost_usd)
-    document["shadow"] = _shadow(pairs or {}, (a, b), policy.alpha)
-    if document["shadow"] is not None:
-        document["shadow"]["preference"] = quality.preference(pairs or {}, a, b, policy)
-    document["decision"] = _decision(comparisons, (a, b), sums, policy)
-    return document
+    )
+    return ExperimentsDocument(
+        task=task.name,
+        tuned=tuned,
+        variants=variants,
+        comparison=comparison,
+        break_even=_break_even(task, sums, (a, b), variants, dataset_cost_usd),
+        shadow=_shadow(pairs or {}, (a, b), policy),
+        decision=_decision(comparisons, (a, b), sums, policy),
+    )
 
 
 def _shadow(
-    pairs: Mapping[tuple[str, str], Sums], names: tuple[str, str], alpha: float
-) -> dict[str, Any] | None:
+    pairs: Mapping[tuple[str, str], Sums], names: tuple[str, str], policy: Policy
+) -> Shadow | None:
     """Paired figures of a and b over the shadow calls in either direction: agreement of
     the parsed outputs, and a - b differences of latency and cost on the same inputs."""
     a, b = names
@@ -94,22 +114,23 @@ def _shadow(
     answered = _count(a_first, f.ANSWERED) + _count(b_first, f.ANSWERED)
     agree = _count(a_first, f.AGREE) + _count(b_first, f.AGREE)
 
-    def paired(field: str) -> dict[str, Any]:
+    def paired(field: str) -> Mean:
         # Stored as shadow - primary: b - a when a answered the caller, a - b otherwise.
         total = b_first.get(field, 0.0) - a_first.get(field, 0.0)
         total_sq = a_first.get(f.squared(field), 0.0) + b_first.get(f.squared(field), 0.0)
-        return _mean_json(Moments(answered, total, total_sq), alpha)
+        return _mean(Moments(answered, total, total_sq), policy.alpha)
 
-    return {
-        "calls": calls,
-        "by_primary": {a: _count(a_first, f.N), b: _count(b_first, f.N)},
-        "answered": answered,
-        "invalid": _count(a_first, f.INVALID) + _count(b_first, f.INVALID),
-        "agreement": _rate(agree, answered, alpha),
-        "latency_s_difference": paired(f.D_LATENCY),
-        "cost_usd_difference": paired(f.D_COST),
-        "shadow_cost_usd": a_first.get(f.COST, 0.0) + b_first.get(f.COST, 0.0),
-    }
+    return Shadow(
+        calls=calls,
+        by_primary={a: _count(a_first, f.N), b: _count(b_first, f.N)},
+        answered=answered,
+        invalid=_count(a_first, f.INVALID) + _count(b_first, f.INVALID),
+        agreement=_rate(agree, answered, policy.alpha),
+        latency_s_difference=paired(f.D_LATENCY),
+        cost_usd_difference=paired(f.D_COST),
+        shadow_cost_usd=a_first.get(f.COST, 0.0) + b_first.get(f.COST, 0.0),
+        preference=quality.preference(pairs, a, b, policy),
+    )
 
 
 def _pair(task: Task, sums: Mapping[str, Sums]) -> tuple[str, str] | None:
@@ -144,64 +165,60 @@ def _ratio(s: Sums) -> RatioSums:
     return RatioSums(_count(s, f.N), cost, cost_sq, ok, ok, s.get(f.COST_OK, 0.0))
 
 
-def _pair_json(interval: Interval | None) -> list[float] | None:
-    return [interval.low, interval.high] if interval else None
+def _bounds(interval: Interval | None) -> Bounds | None:
+    return (interval.low, interval.high) if interval else None
 
 
-def _rate(k: int, n: int, alpha: float) -> dict[str, Any]:
-    return {"value": k / n if n else None, "ci95": _pair_json(stats.wilson(k, n, alpha))}
+def _rate(k: int, n: int, alpha: float) -> Rate:
+    return Rate(value=k / n if n else None, ci95=_bounds(stats.wilson(k, n, alpha)))
 
 
-def _mean_json(m: Moments, alpha: float) -> dict[str, Any]:
-    return {"count": m.n, "mean": m.mean, "ci95": _pair_json(stats.mean_interval(m, alpha))}
+def _mean(m: Moments, alpha: float) -> Mean:
+    return Mean(count=m.n, mean=m.mean, ci95=_bounds(stats.mean_interval(m, alpha)))
 
 
-def _variant_figures(task: Task, variant: Variant, s: Sums, policy: Policy) -> dict[str, Any]:
+def _variant_figures(task: Task, variant: Variant, s: Sums, policy: Policy) -> VariantFigures:
     n, ok = _count(s, f.N), _count(s, f.OK)
     alpha = policy.alpha
     histogram = {
         int(k.removeprefix(f.HISTOGRAM)): int(v) for k, v in s.items() if k.startswith(f.HISTOGRAM)
     }
     cost = _moments(s, f.COST)
-    return {
-        "model": variant.model,
-        "tuned": variant.is_tuned,
-        "requests": n,
-        "successes": ok,
-        "success_rate": _rate(ok, n, alpha),
-        "first_try_valid": _rate(_count(s, f.FIRST_VALID), n, alpha) if task.is_json else None,
-        "repair_rate": _rate(_count(s, f.REPAIRED), n, alpha) if task.is_json else None,
-        "latency_s": {
-            "mean": _moments(s, f.LATENCY).mean,
-            "p50": stats.histogram_quantile(histogram, 0.5),
-            "p95": stats.histogram_quantile(histogram, 0.95),
-            # [low, high, count] per non-empty bucket, for charts.
-            "histogram": [
-                [stats.bucket_low(i), stats.bucket_high(i), count]
+    return VariantFigures(
+        model=variant.model,
+        tuned=variant.is_tuned,
+        requests=n,
+        successes=ok,
+        success_rate=_rate(ok, n, alpha),
+        first_try_valid=_rate(_count(s, f.FIRST_VALID), n, alpha) if task.is_json else None,
+        repair_rate=_rate(_count(s, f.REPAIRED), n, alpha) if task.is_json else None,
+        latency_s=Latency(
+            mean=_moments(s, f.LATENCY).mean,
+            p50=stats.histogram_quantile(histogram, 0.5),
+            p95=stats.histogram_quantile(histogram, 0.95),
+            histogram=tuple(
+                (stats.bucket_low(i), stats.bucket_high(i), count)
                 for i, count in sorted(histogram.items())
                 if count
-            ],
-        },
-        "tokens_per_request": {
-            "prompt": s.get(f.PROMPT_TOKENS, 0.0) / n if n else None,
-            "completion": s.get(f.COMPLETION_TOKENS, 0.0) / n if n else None,
-        },
-        "cost_usd_per_request": {
-            "value": cost.mean,
-            "ci95": _pair_json(stats.mean_interval(cost, alpha)),
-        },
-        "cost_usd_per_valid_answer": s.get(f.COST, 0.0) / ok if ok else None,
-        "valid_answers": ok,
-        "feedback": _mean_json(_feedback(s, f.FEEDBACK), alpha),
-        "feedback_not_sampled": _mean_json(_feedback(s, f.FEEDBACK_NOT_SAMPLED), alpha),
-        "checks_first_try_pass": (
+            ),
+        ),
+        tokens_per_request=Tokens(
+            prompt=s.get(f.PROMPT_TOKENS, 0.0) / n if n else None,
+            completion=s.get(f.COMPLETION_TOKENS, 0.0) / n if n else None,
+        ),
+        cost_usd_per_request=Rate(value=cost.mean, ci95=_bounds(stats.mean_interval(cost, alpha))),
+        cost_usd_per_valid_answer=s.get(f.COST, 0.0) / ok if ok else None,
+        valid_answers=ok,
+        feedback=_mean(_feedback(s, f.FEEDBACK), alpha),
+        feedback_not_sampled=_mean(_feedback(s, f.FEEDBACK_NOT_SAMPLED), alpha),
+        checks_first_try_pass=(
             quality.checks_first_try_pass(s, alpha) if task.checks is not None else None
         ),
-        "check_failures": quality.check_failures(s) if task.checks is not None else None,
-        "judge_score": quality.judge_score(s, policy) if task.judge is not None else None,
-        "first_sample_at": s.get(f.FIRST_TS),
-        "last_sample_at": s.get(f.LAST_TS),
-    }
+        check_failures=quality.check_failures(s) if task.checks is not None else None,
+        judge_score=quality.judge_score(s, policy) if task.judge is not None else None,
+        first_sample_at=s.get(f.FIRST_TS),
+        last_sample_at=s.get(f.LAST_TS),
+    )
 
 
 def _compare(
@@ -241,18 +258,18 @@ def _compare(
     return figures
 
 
-def _comparison_json(c: Comparison, a: Sums, b: Sums) -> dict[str, Any]:
+def _figure_comparison(c: Comparison, a: Sums, b: Sums) -> FigureComparison:
     have = min(_count(a, f.N), _count(b, f.N))
-    return {
-        "difference": c.difference,
-        "ci95": _pair_json(c.interval),
-        "p_value": c.p_value,
-        "anytime_ci95": _pair_json(c.anytime),
-        "decision": c.decision,
-        "verdict": c.verdict,
-        "samples_needed_per_variant": c.samples_needed,
-        "more_samples_needed": max(0, c.samples_needed - have) if c.samples_needed else None,
-    }
+    return FigureComparison(
+        difference=c.difference,
+        ci95=_bounds(c.interval),
+        p_value=c.p_value,
+        anytime_ci95=_bounds(c.anytime),
+        decision=c.decision,
+        verdict=c.verdict,
+        samples_needed_per_variant=c.samples_needed,
+        more_samples_needed=max(0, c.samples_needed - have) if c.samples_needed else None,
+    )
 
 
 def example_tokens(variant: Variant) -> int:
@@ -269,9 +286,9 @@ def _break_even(
     task: Task,
     sums: Mapping[str, Sums],
     names: tuple[str, str],
-    figures: Mapping[str, Any],
+    figures: Mapping[str, VariantFigures],
     dataset_cost_usd: float | None = None,
-) -> dict[str, Any]:
+) -> BreakEven:
     """The tuned arm's saving per request and when it pays back its training: the task's
     `training_cost_usd`, else the estimate of its latest `dataset export` (SPEC §9)."""
     a, b = names
@@ -281,10 +298,11 @@ def _break_even(
     calls = _count(s_few, f.CALLS)
     prompt_per_call = s_few.get(f.PROMPT_TOKENS, 0.0) / calls if calls else None
     est = example_tokens(few)
-    cost_of = {name: figures[name]["cost_usd_per_request"]["value"] for name in names}
+    other_cost = figures[other].cost_usd_per_request.value
+    tuned_cost = figures[tuned].cost_usd_per_request.value if tuned is not None else None
     saving = None
-    if tuned is not None and cost_of[tuned] is not None and cost_of[other] is not None:
-        saving = cost_of[other] - cost_of[tuned]
+    if tuned_cost is not None and other_cost is not None:
+        saving = other_cost - tuned_cost
     training = task.training_cost_usd
     source = "config" if training is not None else None
     if training is None and dataset_cost_usd is not None:
@@ -293,22 +311,22 @@ def _break_even(
     if saving is not None and saving > 0 and training is not None:
         requests = math.ceil(training / saving)
     per_day = _requests_per_day(sums)
-    return {
-        "tuned": tuned,
-        "few_shot": other,
-        "cost_usd_per_valid_answer": {n: figures[n]["cost_usd_per_valid_answer"] for n in names},
-        "few_shot_example_tokens_estimate": est,
-        "few_shot_prompt_tokens_per_call": prompt_per_call,
-        "few_shot_examples_share_of_input": (
+    return BreakEven(
+        tuned=tuned,
+        few_shot=other,
+        cost_usd_per_valid_answer={n: figures[n].cost_usd_per_valid_answer for n in names},
+        few_shot_example_tokens_estimate=est,
+        few_shot_prompt_tokens_per_call=prompt_per_call,
+        few_shot_examples_share_of_input=(
             min(1.0, est / prompt_per_call) if prompt_per_call else None
         ),
-        "saving_usd_per_request": saving,
-        "training_cost_usd": training,
-        "training_cost_source": source,
-        "requests_to_break_even": requests,
-        "requests_per_day": per_day,
-        "days_to_break_even": requests / per_day if requests and per_day else None,
-    }
+        saving_usd_per_request=saving,
+        training_cost_usd=training,
+        training_cost_source=source,
+        requests_to_break_even=requests,
+        requests_per_day=per_day,
+        days_to_break_even=requests / per_day if requests and per_day else None,
+    )
 
 
 def _requests_per_day(sums: Mapping[str, Sums]) -> float | None:
@@ -321,26 +339,26 @@ def _requests_per_day(sums: Mapping[str, Sums]) -> float | None:
     return total * 86400.0 / (max(lasts) - min(firsts))
 
 
-def _policy_json(policy: Policy) -> dict[str, Any]:
-    return {
-        "alpha": policy.alpha,
-        "quality_margin": policy.quality_margin,
-        "relative_margin": policy.relative_margin,
-        "feedback_margin": policy.feedback_margin,
-        "rho2": policy.rho2,
-        "min_samples": policy.min_samples,
-        "anytime_valid": True,
-    }
+def _policy_figures(policy: Policy) -> PolicyFigures:
+    return PolicyFigures(
+        alpha=policy.alpha,
+        quality_margin=policy.quality_margin,
+        relative_margin=policy.relative_margin,
+        feedback_margin=policy.feedback_margin,
+        rho2=policy.rho2,
+        min_samples=policy.min_samples,
+        anytime_valid=True,
+    )
 
 
-def _no_decision(policy: Policy, reason: str) -> dict[str, Any]:
-    return {
-        "status": "undecided",
-        "recommendation": None,
-        "reason": reason,
-        "policy": _policy_json(policy),
-        "figures": {},
-    }
+def _no_decision(policy: Policy, reason: str, figures: Mapping[str, str] | None = None) -> Decision:
+    return Decision(
+        status="undecided",
+        recommendation=None,
+        reason=reason,
+        policy=_policy_figures(policy),
+        figures=figures or {},
+    )
 
 
 def _decision(
@@ -348,16 +366,16 @@ def _decision(
     names: tuple[str, str],
     sums: Mapping[str, Sums],
     policy: Policy,
-) -> dict[str, Any]:
+) -> Decision:
     """Quality (success rate, first-try valid) not worse by more than the margin, then the
     cheaper cost per valid answer wins; all read from the confidence sequences."""
     a, b = names
-    decision = _no_decision(policy, "")
-    decision["figures"] = {name: c.decision for name, c in comparisons.items()}
+    undecided = functools.partial(
+        _no_decision, policy, figures={name: c.decision for name, c in comparisons.items()}
+    )
     have = min(_count(sums.get(a, {}), f.N), _count(sums.get(b, {}), f.N))
     if have < policy.min_samples:
-        decision["reason"] = f"fewer than {policy.min_samples} samples for a variant"
-        return decision
+        return undecided(f"fewer than {policy.min_samples} samples for a variant")
     margin = policy.quality_margin
     quality = [comparisons[q].anytime for q in QUALITY if q in comparisons]
     bounds = [q for q in quality if q is not None]
@@ -372,14 +390,13 @@ def _decision(
                 if cheaper[winner]
                 else (f"{loser}'s quality is worse by more than the margin")
             )
-            decision.update(
+            return dataclasses.replace(
+                undecided(f"{winner}: quality not worse by more than {margin:g}; {why}"),
                 status="recommend",
                 recommendation=winner,
-                reason=f"{winner}: quality not worse by more than {margin:g}; {why}",
             )
-            return decision
     if not_worse[a] and not_worse[b] and cost == "equivalent":
-        decision.update(status="equivalent", reason="quality and cost equivalent within margins")
-        return decision
-    decision["reason"] = "the confidence sequences do not settle quality and cost yet"
-    return decision
+        return dataclasses.replace(
+            undecided("quality and cost equivalent within margins"), status="equivalent"
+        )
+    return undecided("the confidence sequences do not settle quality and cost yet")

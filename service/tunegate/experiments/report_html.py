@@ -11,9 +11,22 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from html import escape
-from typing import Any
 
+from tunegate.experiments.document import (
+    Bounds,
+    BreakEven,
+    ComparisonFigures,
+    Decision,
+    ExperimentsDocument,
+    FigureComparison,
+    Mean,
+    Shadow,
+    VariantFigures,
+)
 from tunegate.experiments.report_text import render_table
+
+Variants = Mapping[str, VariantFigures]
+Bar = tuple[str, float, Bounds | None]
 
 WIDTH = 640
 ROW = 26
@@ -33,76 +46,71 @@ pre { background: #f4f6fa; padding: 1rem; overflow-x: auto; font-size: 12px; }
 """
 
 
-def render_html(document: Mapping[str, Any]) -> str:
+def render_html(document: ExperimentsDocument) -> str:
     """The page: the decision, then quality, cost, latency, differences and shadow pairs
     as charts, and every figure as the text table."""
-    variants: Mapping[str, Any] = document["variants"]
+    variants = document.variants
     names = list(variants)
     colour = {name: COLOURS[i % len(COLOURS)] for i, name in enumerate(names)}
     parts = [
-        f"<h1>Experiment: {escape(str(document['task']))}</h1>",
-        _decision(document["decision"]),
+        f"<h1>Experiment: {escape(document.task)}</h1>",
+        _decision(document.decision),
         _legend(names, colour, variants),
         *_quality(names, colour, variants),
         *_cost(names, colour, variants),
-        _break_even(document.get("break_even")),
+        _break_even(document.break_even),
         "<h2>Latency</h2>",
         _latency(names, colour, variants),
     ]
-    comparison = document.get("comparison")
+    comparison = document.comparison
     if comparison:
         parts += _differences(comparison)
-    shadow = document.get("shadow")
-    if shadow:
-        parts.append(_shadow(shadow, comparison))
+    if document.shadow:
+        parts.append(_shadow(document.shadow, comparison))
     parts.append(f"<h2>All figures</h2><pre>{escape(render_table(document))}</pre>")
     body = "\n".join(part for part in parts if part)
-    title = escape(f"tunegate experiment {document['task']}")
+    title = escape(f"tunegate experiment {document.task}")
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{title}</title><style>{_STYLE}</style></head>\n<body>\n{body}\n</body></html>\n"
     )
 
 
-def _quality(
-    names: Sequence[str], colour: Mapping[str, str], variants: Mapping[str, Any]
-) -> list[str]:
+def _quality(names: Sequence[str], colour: Mapping[str, str], variants: Variants) -> list[str]:
     parts = ["<h2>Quality (95% confidence intervals)</h2>"]
-    for key, title in (
-        ("success_rate", "success rate"),
-        ("first_try_valid", "first-try JSON valid"),
-        ("repair_rate", "repaired or re-asked"),
+    for title, rates in (
+        ("success rate", {n: v.success_rate for n, v in variants.items()}),
+        ("first-try JSON valid", {n: v.first_try_valid for n, v in variants.items()}),
+        ("repaired or re-asked", {n: v.repair_rate for n, v in variants.items()}),
     ):
-        rows = [
-            (name, figure["value"], figure["ci95"])
+        rows: list[Bar] = [
+            (name, figure.value, figure.ci95)
             for name in names
-            if (figure := variants[name].get(key)) and figure["value"] is not None
+            if (figure := rates[name]) and figure.value is not None
         ]
         if rows:
             parts.append(_bars(title, rows, colour, 1.0, percent=True))
-    feedback = [
-        (name, figure["mean"], figure["ci95"])
+    feedback: list[Bar] = [
+        (name, mean.mean, mean.ci95)
         for name in names
-        if (figure := variants[name]["feedback"])["mean"] is not None
+        if (mean := variants[name].feedback).mean is not None
     ]
     if feedback:
         parts.append(_bars("feedback score", feedback, colour, 1.0))
     return parts + _quality_signals(names, colour, variants)
 
 
-def _cost(
-    names: Sequence[str], colour: Mapping[str, str], variants: Mapping[str, Any]
-) -> list[str]:
+def _cost(names: Sequence[str], colour: Mapping[str, str], variants: Variants) -> list[str]:
     parts = ["<h2>Cost (USD)</h2>"]
-    per_request = [
-        (name, figure["value"], figure["ci95"])
+    per_request: list[Bar] = [
+        (name, figure.value, figure.ci95)
         for name in names
-        if (figure := variants[name]["cost_usd_per_request"])["value"] is not None
+        if (figure := variants[name].cost_usd_per_request).value is not None
     ]
-    per_valid = [
+    per_valid: list[Bar] = [
         (name, value, None)
         for name in names
-        if (value := variants[name]["cost_usd_per_valid_answer"]) is not None
+        if (value := variants[name].cost_usd_per_valid_answer) is not None
     ]
     for title, rows in (("per request", per_request), ("per valid answer", per_valid)):
         if rows:
@@ -110,38 +118,38 @@ def _cost(
     return parts
 
 
-def _differences(comparison: Mapping[str, Any]) -> list[str]:
+def _differences(comparison: ComparisonFigures) -> list[str]:
     return [
-        f"<h2>Differences {escape(comparison['a'])} &minus; {escape(comparison['b'])}</h2>"
+        f"<h2>Differences {escape(comparison.a)} &minus; {escape(comparison.b)}</h2>"
         '<p class="note">Bars: 95% confidence interval; whiskers: the anytime-valid 95% '
         "confidence sequence the decision reads. The dashed line is no difference.</p>",
-        _forest(comparison["figures"]),
+        _forest(comparison.figures),
     ]
 
 
-def _decision(decision: Mapping[str, Any]) -> str:
-    winner = decision.get("recommendation")
-    head = f"{escape(decision['status'])}" + (f": use <b>{escape(winner)}</b>" if winner else "")
-    return f'<p class="decision">Decision {head} &mdash; {escape(decision["reason"])}</p>'
+def _decision(decision: Decision) -> str:
+    winner = decision.recommendation
+    head = f"{escape(decision.status)}" + (f": use <b>{escape(winner)}</b>" if winner else "")
+    return f'<p class="decision">Decision {head} &mdash; {escape(decision.reason)}</p>'
 
 
-def _legend(names: Sequence[str], colour: Mapping[str, str], variants: Mapping[str, Any]) -> str:
+def _legend(names: Sequence[str], colour: Mapping[str, str], variants: Variants) -> str:
     items = [
         f'<span style="color:{colour[n]}">&#9632;</span> <b>{escape(n)}</b> '
-        f"({escape(str(variants[n]['model']))}, {variants[n]['requests']} samples)"
+        f"({escape(variants[n].model)}, {variants[n].requests} samples)"
         for n in names
     ]
     return '<p class="note">' + " &nbsp; ".join(items) + "</p>"
 
 
-def _top(rows: Iterable[tuple[str, float, Sequence[float] | None]]) -> float:
+def _top(rows: Iterable[Bar]) -> float:
     highest = max((max([v, *(ci or ())]) for _, v, ci in rows), default=0.0)
     return highest * 1.15 or 1.0
 
 
 def _bars(
     title: str,
-    rows: Sequence[tuple[str, float, Sequence[float] | None]],
+    rows: Sequence[Bar],
     colour: Mapping[str, str],
     top: float,
     *,
@@ -174,22 +182,22 @@ def _bars(
     return _svg(height, shapes)
 
 
-def _forest(figures: Mapping[str, Mapping[str, Any]]) -> str:
+def _forest(figures: Mapping[str, FigureComparison]) -> str:
     """One row per compared figure: its interval and confidence sequence around zero,
     each row on its own scale (the figures have different units)."""
-    rows = [(name, f) for name, f in figures.items() if f.get("difference") is not None]
+    rows = [(name, f, f.difference) for name, f in figures.items() if f.difference is not None]
     if not rows:
         return '<p class="note">Not enough samples for differences yet.</p>'
     left = LABEL + 45  # the figures' names are longer than the variants'
     span = WIDTH - left - 160
     middle = left + span / 2
     shapes = []
-    for i, (name, figure) in enumerate(rows):
+    for i, (name, figure, difference) in enumerate(rows):
         y = 8 + i * ROW
-        bounds = [abs(figure["difference"])]
-        for key in ("ci95", "anytime_ci95"):
-            if figure.get(key):
-                bounds += [abs(v) for v in figure[key] if math.isfinite(v)]
+        bounds = [abs(difference)]
+        for interval in (figure.ci95, figure.anytime_ci95):
+            if interval:
+                bounds += [abs(v) for v in interval if math.isfinite(v)]
         scale = (span / 2) / (max(bounds) * 1.1 or 1.0)
 
         def x(value: float, scale: float = scale) -> float:
@@ -197,27 +205,27 @@ def _forest(figures: Mapping[str, Mapping[str, Any]]) -> str:
 
         centre = y + ROW / 2
         shapes.append(f'<text x="0" y="{centre + 4}">{escape(name.replace("_", " "))}</text>')
-        if figure.get("anytime_ci95"):
-            low, high = (x(v) for v in figure["anytime_ci95"])
+        if figure.anytime_ci95:
+            low, high = (x(v) for v in figure.anytime_ci95)
             shapes.append(f'<path class="whisker" d="M{low:.1f} {centre}H{high:.1f}"/>')
-        if figure.get("ci95"):
-            low, high = (x(v) for v in figure["ci95"])
+        if figure.ci95:
+            low, high = (x(v) for v in figure.ci95)
             shapes.append(
                 f'<rect x="{low:.1f}" y="{centre - 6}" width="{max(1.0, high - low):.1f}" '
                 'height="12" fill="#3b6fb6" opacity="0.6"/>'
             )
-        shapes.append(f'<circle cx="{x(figure["difference"]):.1f}" cy="{centre}" r="3"/>')
-        label = f"{_number(figure['difference'])}  {escape(str(figure.get('decision') or ''))}"
+        shapes.append(f'<circle cx="{x(difference):.1f}" cy="{centre}" r="3"/>')
+        label = f"{_number(difference)}  {escape(figure.decision)}"
         shapes.append(f'<text x="{left + span + 10}" y="{centre + 4}">{label}</text>')
     height = 16 + ROW * len(rows)
     shapes.insert(0, f'<path class="zero" d="M{middle} 0V{height}"/>')
     return _svg(height, shapes)
 
 
-def _latency(names: Sequence[str], colour: Mapping[str, str], variants: Mapping[str, Any]) -> str:
+def _latency(names: Sequence[str], colour: Mapping[str, str], variants: Variants) -> str:
     """Each variant's latency distribution (share of samples per bucket, log scale) with
     its p50 and p95 marked."""
-    histograms = {n: variants[n]["latency_s"].get("histogram") or [] for n in names}
+    histograms = {n: variants[n].latency_s.histogram for n in names}
     edges = [
         edge
         for buckets in histograms.values()
@@ -250,44 +258,44 @@ def _latency(names: Sequence[str], colour: Mapping[str, str], variants: Mapping[
             f'<path d="{"".join(points)}" fill="{colour[name]}" fill-opacity="0.3" '
             f'stroke="{colour[name]}"/>'
         )
-        figures = variants[name]["latency_s"]
-        for q in ("p50", "p95"):
-            if figures.get(q):
-                at = x(figures[q])
+        latency = variants[name].latency_s
+        for q, seconds in (("p50", latency.p50), ("p95", latency.p95)):
+            if seconds:
+                at = x(seconds)
                 shapes.append(
                     f'<path d="M{at:.1f} 8V{plot}" stroke="{colour[name]}" stroke-dasharray="4 3"/>'
                     f'<text x="{at + 3:.1f}" y="{20 if q == "p50" else 34}" '
-                    f'fill="{colour[name]}">{q} {_seconds(figures[q])}</text>'
+                    f'fill="{colour[name]}">{q} {_seconds(seconds)}</text>'
                 )
     for tick in _ticks(lowest, highest):
         shapes.append(f'<text x="{x(tick) - 12:.1f}" y="{plot + 16}">{_seconds(tick)}</text>')
     return _svg(plot + 24, shapes)
 
 
-def _shadow(shadow: Mapping[str, Any], comparison: Mapping[str, Any] | None) -> str:
-    names = f"{comparison['a']} &minus; {comparison['b']}" if comparison else "a &minus; b"
-    agreement = shadow["agreement"]
+def _shadow(shadow: Shadow, comparison: ComparisonFigures | None) -> str:
+    names = f"{comparison.a} &minus; {comparison.b}" if comparison else "a &minus; b"
+    agreement = shadow.agreement
     parts = [
         f"<h2>Shadow pairs ({escape(names)} on the same inputs)</h2>",
-        f'<p class="note">{shadow["calls"]} shadow calls, {shadow["answered"]} answered, '
-        f"{shadow['invalid']} invalid; shadow cost {_number(shadow['shadow_cost_usd'])} USD, "
+        f'<p class="note">{shadow.calls} shadow calls, {shadow.answered} answered, '
+        f"{shadow.invalid} invalid; shadow cost {_number(shadow.shadow_cost_usd)} USD, "
         "counted apart from the callers' cost.</p>",
     ]
-    if agreement["value"] is not None:
-        rows = [("agreement", agreement["value"], agreement["ci95"])]
+    if agreement.value is not None:
+        rows: list[Bar] = [("agreement", agreement.value, agreement.ci95)]
         parts.append(_bars("parsed outputs agree", rows, {"agreement": COLOURS[2]}, 1.0,
                            percent=True))  # fmt: skip
     paired = {
-        "latency s": _paired(shadow["latency_s_difference"]),
-        "cost USD": _paired(shadow["cost_usd_difference"]),
+        "latency s": _paired(shadow.latency_s_difference),
+        "cost USD": _paired(shadow.cost_usd_difference),
     }
     parts.append(_forest({k: v for k, v in paired.items() if v}))
-    preference = shadow.get("preference")
-    if preference and preference["tuned_win_rate"] is not None:
-        rows = [("win rate", preference["tuned_win_rate"], preference["ci95"])]
+    preference = shadow.preference
+    if preference and preference.tuned_win_rate is not None:
+        rows = [("win rate", preference.tuned_win_rate, preference.ci95)]
         title = (
-            f"judge preference for {comparison['a'] if comparison else 'a'} "
-            f"({preference['pairs']} pairs, {preference['ties']} ties count half)"
+            f"judge preference for {comparison.a if comparison else 'a'} "
+            f"({preference.pairs} pairs, {preference.ties} ties count half)"
         )
         parts.append(_bars(title, rows, {"win rate": COLOURS[3 % len(COLOURS)]}, 1.0,
                            percent=True))  # fmt: skip
@@ -295,18 +303,18 @@ def _shadow(shadow: Mapping[str, Any], comparison: Mapping[str, Any] | None) -> 
 
 
 def _quality_signals(
-    names: Sequence[str], colour: Mapping[str, str], variants: Mapping[str, Any]
+    names: Sequence[str], colour: Mapping[str, str], variants: Variants
 ) -> list[str]:
     """Bars for the output checks' first-try pass rate and the judge's mean score."""
-    checks = [
-        (name, figure["rate"], figure["ci95"])
+    checks: list[Bar] = [
+        (name, figure.rate, figure.ci95)
         for name in names
-        if (figure := variants[name].get("checks_first_try_pass")) and figure["rate"] is not None
+        if (figure := variants[name].checks_first_try_pass) and figure.rate is not None
     ]
-    judged = [
-        (name, figure["mean"], figure["ci95"])
+    judged: list[Bar] = [
+        (name, score.mean, score.ci95)
         for name in names
-        if (figure := variants[name].get("judge_score")) and figure["mean"] is not None
+        if (score := variants[name].judge_score) and score.mean is not None
     ]
     parts = []
     if checks:
@@ -316,24 +324,34 @@ def _quality_signals(
     return parts
 
 
-def _paired(figure: Mapping[str, Any]) -> dict[str, Any] | None:
-    if figure["mean"] is None:
+def _paired(figure: Mean) -> FigureComparison | None:
+    """A paired mean difference as a row of the forest plot."""
+    if figure.mean is None:
         return None
-    return {"difference": figure["mean"], "ci95": figure["ci95"], "decision": ""}
+    return FigureComparison(
+        difference=figure.mean,
+        ci95=figure.ci95,
+        p_value=None,
+        anytime_ci95=None,
+        decision="",
+        verdict="undecided",
+        samples_needed_per_variant=None,
+        more_samples_needed=None,
+    )
 
 
-def _break_even(even: Mapping[str, Any] | None) -> str:
-    if not even or even.get("saving_usd_per_request") is None:
+def _break_even(even: BreakEven | None) -> str:
+    if even is None or even.saving_usd_per_request is None:
         return ""
-    saving = even["saving_usd_per_request"]
+    saving = even.saving_usd_per_request
     text = f"The tuned variant saves {_number(saving)} USD per request"
-    if even.get("requests_to_break_even"):
+    if even.requests_to_break_even:
         text += (
-            f"; its training ({_number(even['training_cost_usd'])} USD) pays back after "
-            f"{even['requests_to_break_even']:,} requests"
+            f"; its training ({_number(even.training_cost_usd or 0.0)} USD) pays back after "
+            f"{even.requests_to_break_even:,} requests"
         )
-        if even.get("days_to_break_even") is not None:
-            text += f" (~{even['days_to_break_even']:.1f} days at today's traffic)"
+        if even.days_to_break_even is not None:
+            text += f" (~{even.days_to_break_even:.1f} days at today's traffic)"
     elif saving <= 0:
         text = "The tuned variant is not cheaper per request: it never pays back its tuning"
     return f'<p class="note">{escape(text)}.</p>'

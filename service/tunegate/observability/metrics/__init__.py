@@ -30,11 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from itertools import accumulate
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_PLAIN_0_0_4,
@@ -91,6 +91,7 @@ from tunegate.observability.metrics.files import mark_process_dead as mark_proce
 
 if TYPE_CHECKING:  # the gateway imports the whole request flow; records need none of it
     from tunegate.experiments.adaptive import Split
+    from tunegate.experiments.document import ExperimentsDocument
     from tunegate.records import JudgeOutcome, Outcome, ShadowOutcome
 
 
@@ -201,7 +202,7 @@ class Metrics:
         if self._files is not None and not self._flush_pending:
             self._schedule_flush()
 
-    def publish_experiment(self, task: str, document: Mapping[str, Any], split: Split) -> None:
+    def publish_experiment(self, task: str, document: ExperimentsDocument, split: Split) -> None:
         """Replace `task`'s experiment gauges with those of its current document."""
         from tunegate.experiments.adaptive import (
             SPLIT_STATES,  # the experiments need not load with this
@@ -211,25 +212,25 @@ class Metrics:
             EXPERIMENT_WEIGHT: {(task, v): w for v, w in split.weights.items()},
             EXPERIMENT_STATE: {(task, s): float(s == split.state) for s in SPLIT_STATES},
             EXPERIMENT_SAMPLES: {
-                (task, v): float(f["requests"]) for v, f in document["variants"].items()
+                (task, v): float(f.requests) for v, f in document.variants.items()
             },
             EXPERIMENT_DIFFERENCE: {},
             EXPERIMENT_DECISION: {},
         }
-        comparison = document.get("comparison")
+        comparison = document.comparison
         if comparison:
-            a, b = comparison["a"], comparison["b"]
-            for figure, c in comparison["figures"].items():
-                bounds = {"estimate": c["difference"]}
-                for kind, key in (("ci", "ci95"), ("cs", "anytime_ci95")):
-                    if c.get(key):
-                        bounds[f"{kind}_low"], bounds[f"{kind}_high"] = c[key]
+            a, b = comparison.a, comparison.b
+            for figure, c in comparison.figures.items():
+                bounds = {"estimate": c.difference}
+                for kind, interval in (("ci", c.ci95), ("cs", c.anytime_ci95)):
+                    if interval:
+                        bounds[f"{kind}_low"], bounds[f"{kind}_high"] = interval
                 for bound, number in bounds.items():
                     if number is not None and math.isfinite(number):
                         gauges[EXPERIMENT_DIFFERENCE][(task, figure, bound)] = number
-                named = {"a_better": a, "b_better": b}.get(c.get("verdict", ""), c.get("verdict"))
-                gauges[EXPERIMENT_DECISION][(task, figure, str(named or "undecided"))] = 1.0
-        overall = document["decision"].get("recommendation") or "undecided"
+                named = {"a_better": a, "b_better": b}.get(c.verdict, c.verdict)
+                gauges[EXPERIMENT_DECISION][(task, figure, named)] = 1.0
+        overall = document.decision.recommendation or "undecided"
         gauges[EXPERIMENT_DECISION][(task, "overall", overall)] = 1.0
         self._experiments[task] = gauges
 
