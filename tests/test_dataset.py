@@ -165,7 +165,14 @@ def test_over_http_and_with_another_prompt_format(
     assert done.returncode == 0, done.stderr
     system = lines(out)[0]["messages"][0]
     assert system["content"] == "You classify support tickets. Answer only with JSON."
-    assert json.loads(done.stdout)["prompt_format"] == "variants.few_shot.system"
+    report = json.loads(done.stdout)
+    assert report["prompt_format"] == "variants.few_shot.system"
+    # The estimate went to the gateway, for its report's break-even.
+    document = httpx.get(f"{gw.url}/v1/experiments/triage").json()
+    assert document["break_even"]["training_cost_usd"] == report["estimated_cost_usd"]
+    bad = httpx.post(f"{gw.url}/admin/capture/triage/dataset", json={"estimated_cost_usd": -1})
+    assert bad.status_code == 400
+    assert bad.json()["error"]["param"] == "estimated_cost_usd"
 
 
 def test_since_is_an_inclusive_utc_date(

@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from tunegate.api.access import AccessLog
 from tunegate.api.admin import Reloader, reload_config, watch_sighup
-from tunegate.api.capture import get_capture
+from tunegate.api.capture import get_capture, post_dataset
 from tunegate.api.chat import chat_completions
 from tunegate.api.drain import drain_on_sigterm
 from tunegate.api.errors import install_error_handlers
@@ -58,6 +58,7 @@ ROUTES = [
     Route("/v1/models/{task}", retrieve_model, methods=["GET"]),
     Route("/admin/reload", reload_config, methods=["POST"]),
     Route("/admin/capture/{task}", get_capture, methods=["GET"]),
+    Route("/admin/capture/{task}/dataset", post_dataset, methods=["POST"]),
     Route("/v1/feedback", post_feedback, methods=["POST"]),
     Route("/v1/experiments/{task}", get_experiments, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),

@@ -101,7 +101,9 @@ def _export(args: argparse.Namespace) -> int:
     _write(args.out, ds.jsonl(built.training))
     if validation_path is not None:
         _write(validation_path, ds.jsonl(built.validation))
-    if not args.url and settings.redis_url is not None:
+    if args.url:
+        _note_over_http(args.url, task.name, result.as_json())
+    elif settings.redis_url is not None:
         _note(task, settings.redis_url, result.as_json())
     files = {"file": str(args.out), "validation_file": str(validation_path or "") or None}
     if args.json:
@@ -180,6 +182,26 @@ def _note(task: Task, redis_url: str, summary: dict[str, Any]) -> None:
             await store.close()
 
     asyncio.run(note())
+
+
+def _note_over_http(url: str, task: str, summary: dict[str, Any]) -> None:
+    """`POST /admin/capture/TASK/dataset`: the same, through a running gateway."""
+    import httpx
+
+    key = os.environ.get("TUNEGATE_API_KEY")
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    try:
+        response = httpx.post(
+            f"{url.rstrip('/')}/admin/capture/{task}/dataset",
+            json=summary,
+            headers=headers,
+            timeout=30,
+        )
+        stored = response.status_code == 200
+    except httpx.HTTPError:
+        stored = False
+    if not stored:
+        print("warning: the estimate was not stored for the report", file=sys.stderr)
 
 
 def _read_over_http(url: str, task: str) -> list[dict[str, Any]]:
