@@ -98,6 +98,7 @@ class Receiver:
         self._spans: list[Received] = []
         self._arrived = threading.Condition()
         self.requests = 0
+        self.headers: list[dict[str, str]] = []  # of each export request (HTTP)
         if grpc:
             self._start_grpc()
         else:
@@ -125,6 +126,7 @@ class Receiver:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # the name http.server calls
+                receiver.headers.append({k.lower(): v for k, v in self.headers.items()})
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 spans = decode(body) if self.path == "/v1/traces" else []
                 receiver.add(spans)

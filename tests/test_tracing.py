@@ -32,6 +32,7 @@ from tunegate.records import rejected
 
 CALLER_KEY = "key-ops-" + secrets.token_hex(8)
 UPSTREAM_KEY = "sk-upstream-secret"
+COLLECTOR_KEY = "collector-" + secrets.token_hex(8)
 HEADERS = {"authorization": f"Bearer {CALLER_KEY}"}
 SHADOW = {"shadow": {"variant": "few_shot", "rate": 1.0}}
 JUDGE = "gpt-4o-mini"
@@ -81,7 +82,10 @@ def gw(
     keys = [{"name": "ops", "sha256": hash_key(CALLER_KEY), "tenant": "ops", "tasks": ["*"]}]
     config = gateway_config(sim.url, tasks, auth={"keys": keys})
     tracing = TracingSettings(
-        endpoint=f"{receiver.url}/v1/traces", service_name="tunegate-test", schedule_delay_ms=50
+        endpoint=f"{receiver.url}/v1/traces",
+        service_name="tunegate-test",
+        schedule_delay_ms=50,
+        headers={"x-api-key": COLLECTOR_KEY},
     )
     directory = tmp_path_factory.mktemp("tracing")
     with running_gateway(directory, config, redis_url=server.url, tracing=tracing) as gateway:
@@ -319,7 +323,7 @@ def test_no_prompt_answer_or_secret_in_any_attribute_unless_the_task_logs_payloa
     assert json.loads(said[0]["parts"][0]["content"]) == json.loads(answer)
     for span in receiver.spans():
         for value in map(str, span.attributes.values()):
-            for secret in (hidden, CALLER_KEY, UPSTREAM_KEY):
+            for secret in (hidden, CALLER_KEY, UPSTREAM_KEY, COLLECTOR_KEY):
                 assert secret not in value, (span.name, value)
             if span.trace_id != logged_request.trace_id:
                 assert "billing" not in value, (span.name, value)  # the answer
@@ -386,6 +390,39 @@ def test_an_outcome_meets_its_own_server_span_by_request_id() -> None:
         "r2",
         "shadowed",
     )
+
+
+def test_the_collector_gets_its_headers(gw: Gateway, receiver: Receiver) -> None:
+    trace_of(receiver, chat(gw, "triage", ticket()))
+    # (The subprocess probes export here too, configured by variables alone, without a key.)
+    assert COLLECTOR_KEY in {h.get("x-api-key") for h in receiver.headers}
+    assert {h.get("content-type") for h in receiver.headers} == {"application/x-protobuf"}
+
+
+@pytest.mark.parametrize(
+    ("sampler", "ratio", "exported"),
+    [
+        ("always_on", 1.0, ["root", "child of unsampled"]),
+        ("always_off", 1.0, []),
+        ("traceidratio", 0.0, []),
+        ("parentbased_always_on", 1.0, ["root"]),
+        ("parentbased_always_off", 1.0, []),
+        ("parentbased_traceidratio", 0.0, []),
+    ],
+)
+def test_the_sampler(sampler: str, ratio: float, exported: list[str]) -> None:
+    exporter = InMemorySpanExporter()
+    settings = TracingSettings(endpoint="http://127.0.0.1:9", sampler=sampler, ratio=ratio)
+    tracing = Tracing(settings)
+    tracing.open(SimpleSpanProcessor(exporter))
+    tracing.tracer.start_span("root").end()
+    unsampled = trace.SpanContext(
+        int(secrets.token_hex(16), 16), int(secrets.token_hex(8), 16), is_remote=True
+    )
+    parent = trace.set_span_in_context(trace.NonRecordingSpan(unsampled))
+    tracing.tracer.start_span("child of unsampled", context=parent).end()
+    tracing.close()
+    assert [span.name for span in exporter.get_finished_spans()] == exported
 
 
 def test_grpc_export_when_the_protocol_says_grpc(tmp_path: Path) -> None:
