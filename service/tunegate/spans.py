@@ -34,12 +34,13 @@ class AttemptSpan(Protocol):
         """The attempt answered: `model` is the one the upstream reports."""
 
     def failed(self, error_type: str) -> None:
-        """The attempt failed; `error_type` is a bounded label (an `UpstreamError.kind`)."""
+        """The attempt failed; `error_type` is a bounded label (an `UpstreamError.kind`).
+        After `answered` (the deadline passed on the way out) it changes nothing."""
 
 
 class LookupSpan(Protocol):
     def found(self, result: LookupResult) -> None:
-        """The cache lookup ended with `result`."""
+        """The cache lookup ended with `result`; a second call changes nothing."""
 
 
 class Spans(Protocol):

@@ -210,6 +210,8 @@ class _Attempt:
         self._span.end()
 
     def failed(self, error_type: str) -> None:
+        if not self._span.is_recording():  # ended already (answered as time ran out)
+            return
         self._span.set_attribute("error.type", error_type)
         self._span.set_status(Status(StatusCode.ERROR))
         self._span.end()
@@ -222,6 +224,8 @@ class _Lookup:
         self._span = span
 
     def found(self, result: LookupResult) -> None:
+        if not self._span.is_recording():  # told already
+            return
         self._span.set_attribute("tunegate.cache.lookup", result)
         self._span.end()
 
