@@ -345,7 +345,11 @@ def ask(
 def test_two_instances_share_one_rate_window(
     sim: Simulator, server: RedisServer, raw: redis.Redis, tmp_path: Path, http: httpx.Client
 ) -> None:
-    config = limited_config(sim, keyed("busy", rpm=60), keyed("other", rpm=60))
+    # The subject is the shared window, not a slow store (the fault suite's): a reply
+    # delayed past the default 50 ms by a busy machine must not fail the limits open.
+    config = limited_config(
+        sim, keyed("busy", rpm=60), keyed("other", rpm=60), store={"socket_timeout_ms": 2000}
+    )
     with (
         running_gateway(tmp_path, config, redis_url=server.url) as first,
         running_gateway(tmp_path, config, redis_url=server.url) as second,
