@@ -41,8 +41,10 @@ from typing import Literal
 from tunegate.config.compiled import ApiKey
 from tunegate.errors import LimitExceeded, Unavailable
 from tunegate.records import Outcome
+from tunegate.state.rarely import RareLog
 from tunegate.state.store import ScriptHandle, Store, StoreFailure
 
+UNREACHABLE = "store unreachable"
 log = logging.getLogger("tunegate.limits")
 
 LIMIT_PREFIX = "tunegate:limit:"
@@ -163,10 +165,10 @@ class Limits:
         self._clock = clock
         self._window_ms = window_ms
         self._window_clock = window_clock
-        self._log_interval_s = log_interval_s
         self._retry_budget_s = retry_budget_s
         self._monotonic = monotonic
-        self._last_logged: float | None = None
+        # One kind for every line about an unreachable store: one line per interval.
+        self._log_rarely = RareLog(log, log_interval_s, clock=monotonic)
         # Charges on their way to the store, per key digest: a request by the same key
         # waits for them, so this instance never checks a spend it has not written yet.
         self._charging: dict[str, set[asyncio.Task[None]]] = {}
@@ -256,7 +258,11 @@ class Limits:
             self._charge_script, keys=(budget_key(key, now),), args=(repr(cost_usd), ttl_s)
         )
         if reply is None:
-            self._log_rarely("limits: a spend could not be recorded (store unreachable)")
+            self._log_rarely(
+                logging.WARNING,
+                UNREACHABLE,
+                "limits: a spend could not be recorded (store unreachable)",
+            )
 
     async def aclose(self) -> None:
         """Wait for the charges still on their way to the store."""
@@ -275,12 +281,14 @@ class Limits:
 
     def _store_failed(self, fail_open: bool) -> None:
         if fail_open:
-            self._log_rarely("limits: store unreachable; letting requests through (open)")
+            self._log_rarely(
+                logging.WARNING,
+                UNREACHABLE,
+                "limits: store unreachable; letting requests through (open)",
+            )
         else:
-            self._log_rarely("limits: store unreachable; refusing limited keys (closed)")
-
-    def _log_rarely(self, message: str) -> None:
-        now = time.monotonic()
-        if self._last_logged is None or now - self._last_logged >= self._log_interval_s:
-            self._last_logged = now
-            log.warning(message)
+            self._log_rarely(
+                logging.WARNING,
+                UNREACHABLE,
+                "limits: store unreachable; refusing limited keys (closed)",
+            )

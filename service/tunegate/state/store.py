@@ -39,6 +39,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeout
 
+from tunegate.state.rarely import RareLog
 from tunegate.state.store_url import StoreUrl, parse_store_url
 
 logger = logging.getLogger("tunegate.store")
@@ -100,9 +101,11 @@ class Store:
         self._failures = 0  # consecutive
         self._probe_at = 0.0
         self._probe_interval_s = probe_interval_s
-        self._error_log_interval_s = error_log_interval_s
         self._clock = clock
-        self._last_logged: dict[str, float] = {}
+        # A store that is down fails every request: one line per request would drown the log.
+        self._log_rarely = RareLog(
+            logger, error_log_interval_s, clock=clock, event_field="store_event"
+        )
 
     @property
     def state(self) -> StoreState:
@@ -234,15 +237,6 @@ class Store:
             self._log_rarely(logging.INFO, "ok->slow", "store slow: a reply took too long")
         self._log_rarely(logging.WARNING, kind, "store error %s; failing open", kind)
         return failure
-
-    def _log_rarely(self, level: int, kind: str, message: str, *args: object) -> None:
-        """Log at most once per `error_log_interval_s` for each kind: a store that is down
-        fails every request, and one line per request would drown the log."""
-        now = self._clock()
-        last = self._last_logged.get(kind)
-        if last is None or now - last >= self._error_log_interval_s:
-            self._last_logged[kind] = now
-            logger.log(level, message, *args, extra={"store_event": kind})
 
 
 async def _uncancelled(command: Awaitable[T]) -> T:
