@@ -20,7 +20,7 @@ import pytest
 import redis
 import yaml
 
-from testkit.redis_server import RedisServer
+from testkit.redis_server import RedisServer, redis_server
 from tests.harness import (
     BASE,
     TUNED,
@@ -288,17 +288,51 @@ def test_feedback_takes_the_completion_id_and_the_task_native_id(
 
 
 def test_a_store_that_fails_is_an_error_not_zero_figures(
-    sim: Simulator, server: RedisServer, tmp_path: Path
+    sim: Simulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     config = config_with_keys(sim, {"fresh": task_config()})
-    with running_gateway(tmp_path, config, redis_url=server.url) as gw:
+    with redis_server() as own, running_gateway(tmp_path, config, redis_url=own.url) as gw:
         empty = figures(gw, "fresh")  # no samples yet: zeros
         assert empty["variants"]["tuned"]["requests"] == 0
-    down = f"redis://127.0.0.1:{free_port()}"  # nothing listens there
-    with running_gateway(tmp_path, config, redis_url=down) as gw:
+        assert empty["decision"]["status"] == "undecided"
+        own.kill()
         failed = experiments(gw, "fresh")
         assert failed.status_code == 503
-        assert failed.json()["error"]["code"] == "not_ready"
+        error = failed.json()["error"]
+        assert list(error) == ["message", "type", "param", "code"]  # OpenAI's shape
+        assert error["code"] == "not_ready"
+        assert "store is unavailable" in error["message"]
+        monkeypatch.setenv("TUNEGATE_API_KEY", "key-admin")
+        assert cli.main(["report", "fresh", "--url", gw.url]) == 1
+        assert "answered 503" in capsys.readouterr().err
+    down = f"redis://127.0.0.1:{free_port()}"  # nothing ever listened there
+    with running_gateway(tmp_path, config, redis_url=down) as gw:
+        assert experiments(gw, "fresh").status_code == 503
+
+
+def test_report_from_a_stopped_store_exits_1_and_from_an_empty_one_shows_zeros(
+    sim: Simulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "report.yaml"
+    config = config_with_keys(sim, {"fresh": task_config()})
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    with redis_server() as own:
+        monkeypatch.setenv("REDIS_URL", own.url)
+        assert cli.main(["report", "fresh", "--config", str(path), "--json"]) == 0
+        document = json.loads(capsys.readouterr().out)
+        assert document["variants"]["tuned"]["requests"] == 0
+        assert document["comparison"]["figures"]["success_rate"]["difference"] is None
+        own.kill()
+        assert cli.main(["report", "fresh", "--config", str(path), "--json"]) == 1
+        printed = capsys.readouterr()
+        assert printed.out == ""
+        assert printed.err == "tunegate report: cannot read the store at REDIS_URL\n"
 
 
 @pytest.mark.anyio

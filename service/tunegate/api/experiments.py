@@ -71,6 +71,6 @@ async def get_experiments(request: Request) -> Response:
     if task is None:
         raise NotFound(f"The task {name!r} does not exist.")
     document = await services.experiments.document(task)
-    if document is None:
+    if isinstance(document, StoreFailure):
         raise Unavailable("The store is unavailable; retry shortly.", code="not_ready")
     return json_response(document_json(document))

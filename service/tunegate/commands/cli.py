@@ -184,7 +184,7 @@ async def _report_from_store(task_name: str, config_path: Path | None) -> Experi
     from tunegate.config.compiled import load_config
     from tunegate.config.settings import settings_from_env
     from tunegate.experiments.recorder import Experiments
-    from tunegate.state.store import Store
+    from tunegate.state.store import Store, StoreFailure
 
     settings = settings_from_env(config_path=config_path)
     if settings.redis_url is None:
@@ -197,7 +197,7 @@ async def _report_from_store(task_name: str, config_path: Path | None) -> Experi
         document = await Experiments(store).document(task)
     finally:
         await store.close()
-    if document is None:  # the URL is not shown: it can hold the store's password
+    if isinstance(document, StoreFailure):  # not the URL: it can hold the store's password
         raise RuntimeError("cannot read the store at REDIS_URL")
     return document
 

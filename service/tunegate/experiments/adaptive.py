@@ -32,6 +32,7 @@ from tunegate.config.compiled import GatewayConfig, Task, cumulative_weights
 from tunegate.experiments.document import ExperimentsDocument
 from tunegate.experiments.recorder import Experiments
 from tunegate.flow.router import Cumulative
+from tunegate.state.store import StoreFailure
 
 log = logging.getLogger("tunegate.adaptive")
 
@@ -179,7 +180,7 @@ class Watcher:
             if len(task.variants) < 2:
                 continue
             document = await self._experiments.document(task)
-            if document is None:  # the store failed: the last split stands
+            if isinstance(document, StoreFailure):  # the last split stands
                 continue
             self._update(task, document)
             self._publish(task.name, document, self._splits[task.name])

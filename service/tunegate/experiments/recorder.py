@@ -396,47 +396,52 @@ class Experiments:
     async def drain(self) -> None:
         await self.settle(timeout_s=5.0)
 
-    async def document(self, task: Task) -> ExperimentsDocument | None:
+    async def document(self, task: Task) -> ExperimentsDocument | StoreFailure:
         """`task`'s experiments document as the store has it now (this process's gathered
-        samples written first); None when the store failed: no figures, not zeros."""
+        samples written first), or the store's failure: no figures, not zeros."""
         await self.settle()
         sums = await self.read(task.name, task.variants)
-        if sums is None:
-            return None
+        if isinstance(sums, StoreFailure):
+            return sums
         pairs = await self.read_pairs(task.name, task.variants)
-        if pairs is None:
-            return None
-        dataset = await self._store.get(dataset_key(task.name))
+        if isinstance(pairs, StoreFailure):
+            return pairs
+        dataset = await self._store.get_checked(dataset_key(task.name))
+        if isinstance(dataset, StoreFailure):
+            return dataset
         return build_document(task, sums, pairs=pairs, dataset_cost_usd=dataset_cost(dataset))
 
-    async def read(self, task: str, variants: Iterable[str]) -> dict[str, dict[str, float]] | None:
-        """The hash of each variant of `task`, field -> number (empty when absent); None
-        when the store failed."""
+    async def read(
+        self, task: str, variants: Iterable[str]
+    ) -> dict[str, dict[str, float]] | StoreFailure:
+        """The hash of each variant of `task`, field -> number (empty when absent), or the
+        store's failure."""
         names = list(variants)
-        reply = await self._store.run(self._read_script, [aggregate_key(task, v) for v in names])
-        if not isinstance(reply, list):
-            return None
-        sums: dict[str, dict[str, float]] = {name: {} for name in names}
-        for name, flat in zip(names, reply, strict=False):
-            if isinstance(flat, list):
-                sums[name] = _parse_hash(flat)
-        return sums
+        hashes = await self._read_hashes([aggregate_key(task, v) for v in names])
+        if isinstance(hashes, StoreFailure):
+            return hashes
+        return dict(zip(names, hashes, strict=True))
 
     async def read_pairs(
         self, task: str, variants: Iterable[str]
-    ) -> dict[tuple[str, str], dict[str, float]] | None:
+    ) -> dict[tuple[str, str], dict[str, float]] | StoreFailure:
         """The shadow pair hashes of `task`, by (primary, shadow), for every ordered pair
-        of `variants` (empty when absent); None when the store failed."""
+        of `variants` (empty when absent), or the store's failure."""
         names = list(variants)
         pairs = [(a, b) for a in names for b in names if a != b]
-        reply = await self._store.run(self._read_script, [pair_key(task, a, b) for a, b in pairs])
-        if not isinstance(reply, list):
-            return None
-        sums: dict[tuple[str, str], dict[str, float]] = {pair: {} for pair in pairs}
-        for pair, flat in zip(pairs, reply, strict=False):
-            if isinstance(flat, list):
-                sums[pair] = _parse_hash(flat)
-        return sums
+        hashes = await self._read_hashes([pair_key(task, a, b) for a, b in pairs])
+        if isinstance(hashes, StoreFailure):
+            return hashes
+        return dict(zip(pairs, hashes, strict=True))
+
+    async def _read_hashes(self, keys: list[str]) -> list[dict[str, float]] | StoreFailure:
+        """Each hash at `keys` in one script call, field -> number (empty when absent)."""
+        reply = await self._store.run_checked(self._read_script, keys)
+        if isinstance(reply, StoreFailure):
+            return reply
+        if not isinstance(reply, list) or len(reply) != len(keys):
+            return StoreFailure("error")  # not what the script answers
+        return [_parse_hash(flat) if isinstance(flat, list) else {} for flat in reply]
 
     async def request(self, request_id: str) -> RequestRecord | StoreFailure | None:
         """The stored record of an answered request (None: no such request), or the
