@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from tunegate.config.compiled import Judge, Task, Variant
 from tunegate.errors import UpstreamError
+from tunegate.flow.background import Background
 from tunegate.flow.upstream import Completion, Message
 from tunegate.pricing import PriceTable
 from tunegate.quality import jsonguard
@@ -107,12 +108,11 @@ class Judges:
         self._start_delay_s = start_delay_s
         self._prices = prices
         self._recorders = tuple(recorders)
-        self._max_in_flight = max_in_flight
         self._random = (rng or random.Random()).random
         self._spans = spans
         self._point_schema = jsonguard.compile_schema(POINT_SCHEMA)
         self._pair_schema = jsonguard.compile_schema(PAIR_SCHEMA)
-        self._running: set[asyncio.Task[None]] = set()
+        self._background = Background(max_in_flight)
 
     def point(self, judged: Judged) -> None:
         """Judge a served sample, for the share `judge.rate` of them."""
@@ -138,23 +138,12 @@ class Judges:
 
     async def aclose(self, timeout_s: float = 5.0) -> None:
         """Let running judgements finish (at most `timeout_s`), then cancel the rest."""
-        running = set(self._running)
-        if not running:
-            return
-        _, late = await asyncio.wait(running, timeout=timeout_s)
-        for task in late:
-            task.cancel()
-        if late:
-            await asyncio.wait(late)
+        await self._background.aclose(timeout_s)
 
     def _start(self, work: Coroutine[Any, Any, JudgeOutcome], skipped: JudgeOutcome) -> None:
-        if len(self._running) >= self._max_in_flight:
-            work.close()
+        if not self._background.start(self._run(work)):
+            work.close()  # `_run` never started: it never awaits `work`
             self._record(skipped)
-            return
-        task = asyncio.get_running_loop().create_task(self._run(work))
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
 
     async def _run(self, work: Coroutine[Any, Any, JudgeOutcome]) -> None:
         # Scheduled while the caller's answer is still on its way out: building the judge's

@@ -17,7 +17,6 @@ process; past that a shadow is skipped (counted), not queued.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ from typing import Any
 
 from tunegate.config.compiled import Task, Variant
 from tunegate.errors import UpstreamError
+from tunegate.flow.background import Background
 from tunegate.flow.judge import Judged, Judges
 from tunegate.flow.upstream import Message, Upstreams
 from tunegate.pricing import PriceTable
@@ -75,11 +75,10 @@ class Shadows:
         self._upstreams = upstreams
         self._prices = prices
         self._recorders = tuple(recorders)
-        self._max_in_flight = max_in_flight
         self._clock = clock
         self._judges = judges
         self._spans = spans
-        self._running: set[asyncio.Task[None]] = set()
+        self._background = Background(max_in_flight)
 
     def wanted(self, task: Task, served: str, draw: float) -> Variant | None:
         """The shadow variant to ask after `served` answered, when `draw` (uniform in
@@ -91,23 +90,12 @@ class Shadows:
 
     def send(self, variant: Variant, primary: Primary) -> None:
         """Start the shadow call in the background, or count it skipped when full."""
-        if len(self._running) >= self._max_in_flight:
+        if not self._background.start(self._run(variant, primary)):
             self._record(self._outcome(variant, primary, "skipped", None, 0.0, 0.0))
-            return
-        task = asyncio.get_running_loop().create_task(self._run(variant, primary))
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
 
     async def aclose(self, timeout_s: float = 5.0) -> None:
         """Let running shadow calls finish (at most `timeout_s`), then cancel the rest."""
-        running = set(self._running)
-        if not running:
-            return
-        _, late = await asyncio.wait(running, timeout=timeout_s)
-        for task in late:
-            task.cancel()
-        if late:
-            await asyncio.wait(late)
+        await self._background.aclose(timeout_s)
 
     async def _run(self, variant: Variant, primary: Primary) -> None:
         name = f"shadow {variant.name}"
