@@ -275,14 +275,9 @@ class Experiments:
         answered = outcome.served is not None and outcome.status in ("ok", "fallback")
         if fields is None and not answered:
             return
-        batch = self._batch
-        if batch.size >= MAX_PENDING:
-            log.warning(
-                "experiments: the store is not keeping up; dropping a sample",
-                extra={"request_id": outcome.request_id, "task": outcome.task},
-            )
+        if not self._room("a sample", outcome.request_id, outcome.task):
             return
-        batch.size += 1
+        batch = self._batch
         if answered:
             batch.records[request_key(outcome.request_id)] = orjson.dumps(
                 {
@@ -298,40 +293,35 @@ class Experiments:
         if fields is not None:
             assert outcome.chosen is not None
             batch.add(aggregate_key(outcome.task, outcome.chosen), fields)
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._flush_s, self._flush)
 
     def record_shadow(self, outcome: ShadowOutcome) -> None:
         """The shadow recorder: adds the paired figures to the batch; never waits."""
         fields = shadow_fields(outcome)
-        if fields is None:
+        if fields is None or not self._room("a shadow pair", outcome.request_id, outcome.task):
             return
-        if self._batch.size >= MAX_PENDING:
-            log.warning(
-                "experiments: the store is not keeping up; dropping a shadow pair",
-                extra={"request_id": outcome.request_id, "task": outcome.task},
-            )
-            return
-        self._batch.size += 1
         self._batch.add(pair_key(outcome.task, outcome.primary, outcome.shadow), fields)
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._flush_s, self._flush)
 
     def record_judgement(self, outcome: JudgeOutcome) -> None:
         """The judge recorder: adds a score or a preference to the batch; never waits."""
         found = judgement_fields(outcome)
-        if found is None:
+        if found is None or not self._room("a judgement", outcome.request_id, outcome.task):
             return
+        self._batch.add(*found)
+
+    def _room(self, what: str, request_id: str, task: str) -> bool:
+        """Count one more entry in the batch and have it written within `flush_s`; False
+        (and a log line naming the request) when the batch is full."""
         if self._batch.size >= MAX_PENDING:
             log.warning(
-                "experiments: the store is not keeping up; dropping a judgement",
-                extra={"request_id": outcome.request_id, "task": outcome.task},
+                "experiments: the store is not keeping up; dropping %s",
+                what,
+                extra={"request_id": request_id, "task": task},
             )
-            return
+            return False
         self._batch.size += 1
-        self._batch.add(*found)
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._flush_s, self._flush)
+        return True
 
     def _flush(self) -> None:
         """Start writing the gathered batch."""
