@@ -7,6 +7,7 @@ into `UpstreamError`s; the config module turns YAML and pydantic errors into
     TunegateError
     ├── ConfigError                    an invalid config file; never reaches a caller
     ├── TuningError                    a files or fine-tuning call failed (`tunegate tune`)
+    ├── UsageError                     a command's arguments do not fit (exit 2)
     ├── UpstreamError                  one failed upstream attempt (retry and fallback decide)
     │   ├── UpstreamRateLimited        429 rate_limit_exceeded        retryable, retry_after
     │   ├── UpstreamQuotaExhausted     429 insufficient_quota         final
@@ -45,6 +46,10 @@ class ConfigError(TunegateError):
 
 class TuningError(TunegateError):
     """A files or fine-tuning API call failed; the message says why, never a key."""
+
+
+class UsageError(TunegateError):
+    """A command's arguments do not fit together or with the config: exit 2 with this."""
 
 
 class UpstreamError(TunegateError):

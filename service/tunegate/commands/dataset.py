@@ -18,13 +18,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunegate.errors import UsageError
+
 if TYPE_CHECKING:
     from tunegate.config.compiled import Task
     from tunegate.experiments.dataset import Check, Selection
-
-
-class UsageError(Exception):
-    """Exit 2 with this message."""
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

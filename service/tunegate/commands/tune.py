@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from tunegate.errors import TuningError
+from tunegate.errors import TuningError, UsageError
 
 if TYPE_CHECKING:  # imported where used: `tunegate --help` need not load the SDK
     from tunegate.config.compiled import GatewayConfig, Task
@@ -32,10 +32,6 @@ if TYPE_CHECKING:  # imported where used: `tunegate --help` need not load the SD
 FINAL = ("succeeded", "failed", "cancelled")
 TASK_METADATA = "tunegate_task"
 _STEP = re.compile(r"Step (\d+)/(\d+)")
-
-
-class UsageError(Exception):
-    """Exit 2 with this message."""
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
