@@ -1,11 +1,12 @@
 -- wrk script: POST chat completions built from a body template.
 --
---   wrk ... -s bench/chat.lua URL -- TEMPLATE MODE NONCE [BEARER]
+--   wrk ... -s bench/chat.lua URL -- TEMPLATE MODE NONCE [BEARER [HEADERS]]
 --
 -- TEMPLATE is a JSON body with @@PROMPT@@ where the user's text goes. MODE "unique"
 -- sends a prompt no earlier request had (the nonce, the thread and a counter), so no
 -- cache can answer it; "repeat" sends one prompt over and over. BEARER, when given, is
--- sent as `Authorization: Bearer BEARER`. At the end one line `WRK_JSON {...}` carries
+-- sent as `Authorization: Bearer BEARER`; HEADERS, lines of `name: value`, are sent too
+-- (Portkey's gateway reads its upstream from headers). At the end one line `WRK_JSON {...}` carries
 -- the figures (latencies in microseconds) for the harness to read.
 
 local threads = {}
@@ -30,6 +31,11 @@ function init(args)
   wrk.headers["content-type"] = "application/json"
   if args[4] ~= nil and args[4] ~= "" then
     wrk.headers["authorization"] = "Bearer " .. args[4]
+  end
+  if args[5] ~= nil then
+    for name, value in args[5]:gmatch("([^:\n]+):%s*([^\n]*)") do
+      wrk.headers[name] = value
+    end
   end
   if mode == "repeat" then
     wrk.body = prompt("I was charged twice this month, ticket " .. nonce .. ".")

@@ -7,17 +7,24 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Target = Literal["direct", "sdk", "tunegate-1", "tunegate-2", "litellm"]
+Target = Literal["direct", "sdk", "tunegate-1", "tunegate-2", "litellm", "portkey"]
 CacheMode = Literal["miss", "hit"]
-TARGETS: tuple[Target, ...] = ("direct", "sdk", "tunegate-1", "tunegate-2", "litellm")
+PromptKind = Literal["short", "long"]
+TARGETS: tuple[Target, ...] = ("direct", "sdk", "tunegate-1", "tunegate-2", "litellm", "portkey")
 TARGET_NAMES: Mapping[str, str] = {
     "direct": "direct call to the upstream",
     "sdk": "bare openai-SDK pass-through, 1 worker",
     "tunegate-1": "tunegate, 1 worker",
     "tunegate-2": "tunegate, 2 workers",
     "litellm": "LiteLLM proxy, 1 worker",
+    "portkey": "Portkey's gateway (Node), 1 process",
 }
 CACHE_NAMES: Mapping[str, str] = {"miss": "unique prompts", "hit": "one repeated prompt"}
+PROMPT_NAMES: Mapping[str, str] = {
+    "short": "",
+    "long": ", 32 KB few-shot prompt, 2 KB answer",
+}
+MIB = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,10 +33,12 @@ class Scenario:
     cache: CacheMode  # miss: a unique prompt per request; hit: one repeated prompt
     concurrency: int
     stream: bool
+    prompt: PromptKind = "short"  # long: a 32 KB few-shot prompt, answered in 2 KB
 
     @property
     def label(self) -> str:
-        return f"{self.target} {self.cache} c={self.concurrency} {self.kind}"
+        long = " 32KB" if self.prompt == "long" else ""
+        return f"{self.target} {self.cache}{long} c={self.concurrency} {self.kind}"
 
     @property
     def kind(self) -> str:
@@ -61,14 +70,45 @@ class Ratio:
     met: bool | None
 
 
+@dataclass(frozen=True, slots=True)
+class StreamTiming:
+    """Streamed misses one at a time (c=1) from a client that times each answer: the
+    median time to the first byte of the response, to the first `data:` event and to the
+    last byte, over `requests` requests."""
+
+    target: Target
+    requests: int
+    first_byte_ms: float
+    first_event_ms: float
+    last_byte_ms: float
+    errors: int
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryGrowth:
+    """The resident memory (RSS) of one server process: as started, before and after
+    `requests` unique-prompt requests (all misses)."""
+
+    target: Target
+    requests: int
+    rss_start_mib: float
+    rss_before_mib: float
+    rss_after_mib: float
+
+    @property
+    def growth_mib(self) -> float:
+        return self.rss_after_mib - self.rss_before_mib
+
+
 def find(
     measurements: Iterable[Measurement],
     target: Target,
     cache: CacheMode,
     concurrency: int,
     stream: bool,
+    prompt: PromptKind = "short",
 ) -> Measurement | None:
-    wanted = Scenario(target, cache, concurrency, stream)
+    wanted = Scenario(target, cache, concurrency, stream, prompt)
     return next((m for m in measurements if m.scenario == wanted), None)
 
 
@@ -86,11 +126,16 @@ def _at_least(value: float | None, bound: float) -> bool | None:
     return None if value is None else value >= bound
 
 
-def ratios(measurements: Sequence[Measurement]) -> list[Ratio]:
-    """The issue's ratios for every concurrency and stream mode measured, with the
-    target where the issue sets one. The gateway figures are its 1-worker ones (LiteLLM
-    runs one worker too); the direct call is the baseline of both cache modes."""
-    found: list[Ratio] = []
+def ratios(
+    measurements: Sequence[Measurement],
+    streams: Sequence[StreamTiming] = (),
+    memory: Sequence[MemoryGrowth] = (),
+) -> list[Ratio]:
+    """The issues' ratios for every concurrency and stream mode measured, with the
+    target where an issue sets one. The gateway figures are its 1-worker ones (LiteLLM
+    and Portkey run one process too); the direct call is the baseline of both cache
+    modes. Portkey's gateway, the fastest peer, comes first."""
+    found = portkey_ratios(measurements, streams, memory)
     levels = sorted({m.scenario.concurrency for m in measurements})
     for stream in (False, True):
         for c in levels:
@@ -144,6 +189,105 @@ def ratios(measurements: Sequence[Measurement]) -> list[Ratio]:
     return found
 
 
+def portkey_ratios(
+    measurements: Sequence[Measurement],
+    streams: Sequence[StreamTiming],
+    memory: Sequence[MemoryGrowth],
+) -> list[Ratio]:
+    """Performance II's targets: against Portkey's gateway, the long prompt against the
+    short, hits against the direct call, memory over many requests."""
+    found: list[Ratio] = []
+    levels = sorted({m.scenario.concurrency for m in measurements})
+    for stream in (False, True):
+        for c in levels:
+            where = f"c={c} {'streamed' if stream else 'plain'}"
+            direct = find(measurements, "direct", "miss", c, stream)
+            portkey = find(measurements, "portkey", "miss", c, stream)
+            miss = find(measurements, "tunegate-1", "miss", c, stream)
+            if miss and direct and portkey:
+                value = _divide(miss.p50_ms - direct.p50_ms, portkey.p50_ms - direct.p50_ms)
+                target, met = (
+                    ("≤ 1", _at_most(value, 1.0)) if (c, stream) == (1, False) else ("", None)
+                )
+                found.append(Ratio("miss overhead / Portkey's", where, value, target, met))
+            if miss and portkey:
+                value = _divide(miss.rps, portkey.rps)
+                target, met = (
+                    ("≥ 1.3", _at_least(value, 1.3)) if c >= 32 and not stream else ("", None)
+                )
+                found.append(Ratio("miss req/s / Portkey's", where, value, target, met))
+            two = find(measurements, "tunegate-2", "miss", c, stream)
+            if two and portkey:
+                value = _divide(two.rps, portkey.rps)
+                found.append(Ratio("miss req/s, 2 workers / Portkey's", where, value, "", None))
+            hit = find(measurements, "tunegate-1", "hit", c, stream)
+            if hit and direct and c == 1 and not stream:
+                value = hit.p50_ms - direct.p50_ms
+                found.append(
+                    Ratio("hit p50 - direct p50 (ms)", where, value, "≤ 0.2", _at_most(value, 0.2))
+                )
+    for c in levels:
+        where = f"c={c} plain"
+        direct_short = find(measurements, "direct", "miss", c, False)
+        direct_long = find(measurements, "direct", "miss", c, False, "long")
+        short = find(measurements, "tunegate-1", "miss", c, False)
+        long = find(measurements, "tunegate-1", "miss", c, False, "long")
+        if short and long and direct_short and direct_long:
+            value = _divide(long.p50_ms - direct_long.p50_ms, short.p50_ms - direct_short.p50_ms)
+            target, met = ("≤ 2", _at_most(value, 2.0)) if c == 1 else ("", None)
+            found.append(
+                Ratio("32 KB prompt's overhead / short prompt's", where, value, target, met)
+            )
+        portkey_long = find(measurements, "portkey", "miss", c, False, "long")
+        if long and portkey_long and direct_long:
+            value = _divide(
+                long.p50_ms - direct_long.p50_ms, portkey_long.p50_ms - direct_long.p50_ms
+            )
+            found.append(Ratio("32 KB prompt: miss overhead / Portkey's", where, value, "", None))
+            found.append(
+                Ratio(
+                    "32 KB prompt: miss req/s / Portkey's",
+                    where,
+                    _divide(long.rps, portkey_long.rps),
+                    "",
+                    None,
+                )
+            )
+    timing = {s.target: s for s in streams}
+    direct_stream, portkey_stream = timing.get("direct"), timing.get("portkey")
+    ours = timing.get("tunegate-1")
+    if ours and direct_stream and portkey_stream:
+        for name, field in (
+            ("first byte", "first_byte_ms"),
+            ("first event", "first_event_ms"),
+            ("last byte", "last_byte_ms"),
+        ):
+            base = getattr(direct_stream, field)
+            value = _divide(getattr(ours, field) - base, getattr(portkey_stream, field) - base)
+            target, met = ("≤ 1", _at_most(value, 1.0)) if field == "first_byte_ms" else ("", None)
+            found.append(
+                Ratio(
+                    f"streamed time to {name}: overhead / Portkey's",
+                    "c=1 streamed",
+                    value,
+                    target,
+                    met,
+                )
+            )
+    for grown in memory:
+        if grown.target == "tunegate-1":
+            found.append(
+                Ratio(
+                    f"RSS growth over {grown.requests:,} requests (MiB)",
+                    "c=32 plain",
+                    grown.growth_mib,
+                    "≤ 10",
+                    _at_most(grown.growth_mib, 10.0),
+                )
+            )
+    return found
+
+
 # -- Markdown ------------------------------------------------------------------------------
 
 
@@ -174,13 +318,15 @@ def results_table(measurements: Sequence[Measurement]) -> str:
     head.append("errors")
     rows = []
     for target in TARGETS:
-        for cache in ("miss", "hit"):
-            for stream in (False, True):
-                cells = [find(measurements, target, cache, c, stream) for c in levels]
-                present = [m for m in cells if m is not None]
-                if not present:
-                    continue
-                row = [TARGET_NAMES[target], CACHE_NAMES[cache], present[0].scenario.kind]
+        for cache, stream, prompt in _kinds():
+            cells = [find(measurements, target, cache, c, stream, prompt) for c in levels]
+            present = [m for m in cells if m is not None]
+            if present:
+                row = [
+                    TARGET_NAMES[target],
+                    CACHE_NAMES[cache] + PROMPT_NAMES[prompt],
+                    present[0].scenario.kind,
+                ]
                 for m in cells:
                     row += (
                         ["-"] * 3
@@ -190,6 +336,47 @@ def results_table(measurements: Sequence[Measurement]) -> str:
                 errors = sum(m.status_errors + m.socket_errors for m in present)
                 row.append(f"{errors:,}")
                 rows.append(row)
+    return _table(head, rows)
+
+
+def _kinds() -> list[tuple[CacheMode, bool, PromptKind]]:
+    kinds: list[tuple[CacheMode, bool, PromptKind]] = []
+    for cache in ("miss", "hit"):
+        for stream in (False, True):
+            kinds.append((cache, stream, "short"))
+    kinds.append(("miss", False, "long"))
+    return kinds
+
+
+def stream_table(streams: Sequence[StreamTiming]) -> str:
+    head = ["target", "requests", "first byte p50", "first event p50", "last byte p50", "errors"]
+    rows = [
+        [
+            TARGET_NAMES[s.target],
+            f"{s.requests:,}",
+            millis(s.first_byte_ms),
+            millis(s.first_event_ms),
+            millis(s.last_byte_ms),
+            f"{s.errors:,}",
+        ]
+        for s in streams
+    ]
+    return _table(head, rows)
+
+
+def memory_table(memory: Sequence[MemoryGrowth]) -> str:
+    head = ["target", "RSS as started", "RSS before", "requests", "RSS after", "growth"]
+    rows = [
+        [
+            TARGET_NAMES[m.target],
+            f"{m.rss_start_mib:.1f} MiB",
+            f"{m.rss_before_mib:.1f} MiB",
+            f"{m.requests:,}",
+            f"{m.rss_after_mib:.1f} MiB",
+            f"{m.growth_mib:+.1f} MiB",
+        ]
+        for m in memory
+    ]
     return _table(head, rows)
 
 
@@ -242,6 +429,17 @@ def markdown(document: Mapping[str, Any], measurements: Sequence[Measurement]) -
         f"per scenario after {settings['warmup_s']:g} s of warm-up. Ratios use the gateway's "
         "1-worker figures; the direct call is the baseline of both prompt kinds.",
         results_table(measurements),
+    ]
+    streams = [StreamTiming(**t) for t in document.get("streams", [])]
+    if streams:
+        parts += [
+            "## Streamed misses, one at a time (c=1), timed by a client of its own",
+            stream_table(streams),
+        ]
+    memory = [MemoryGrowth(**m) for m in document.get("memory", [])]
+    if memory:
+        parts += ["## Memory (resident set of the serving process)", memory_table(memory)]
+    parts += [
         "## Ratios",
         ratios_table(found),
         "## Every scenario (CPU in % of one core)",
@@ -259,6 +457,10 @@ def markdown(document: Mapping[str, Any], measurements: Sequence[Measurement]) -
             _shares_table("library call made by tunegate (inclusive)", profile["library_calls"]),
             _shares_table("function (self)", profile["self_time"]),
         ]
+    if document.get("load_average"):
+        parts.append(
+            f"Load average (1, 5, 15 min) at the start and end: {document['load_average']}"
+        )
     if document["notes"]:
         parts.append("Notes:\n" + "\n".join(f"- {n}" for n in document["notes"]))
     return "\n\n".join(parts) + "\n"

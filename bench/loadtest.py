@@ -1,13 +1,18 @@
-"""The gateway against a direct call and LiteLLM's proxy, on loopback: `bench/run`.
+"""The gateway against a direct call, Portkey's gateway and LiteLLM's proxy, on loopback:
+`bench/run`.
 
 One fast upstream (the project's simulator when a direct call to it reaches at least 3x
 the gateway's best throughput, else `mock_upstream.py`), then each target in turn:
 direct calls, a bare openai-SDK pass-through (`passthrough.py`: the floor the SDK sets),
 `tunegate serve` with 1 and 2 workers (embedded store, one JSON task with
-one variant, so routing, the JSON guard, the Redis cache and metrics all run) and
-LiteLLM's proxy (one model on the same upstream, no retries). wrk drives each with unique
-prompts (no cache can answer) and one repeated prompt, at each concurrency, plain and
-streamed. Before each run a sample request checks the answer (and for the gateway that
+one variant, so routing, the JSON guard, the Redis cache and metrics all run), Portkey's
+open-source gateway (npm `@portkey-ai/gateway`, pinned in `PORTKEY_VERSION`, on node, the
+upstream named in its headers) and LiteLLM's proxy (one model on the same upstream, no
+retries). wrk drives each with unique prompts (no cache can answer) and one repeated
+prompt, at each concurrency, plain and streamed, and with a 32 KB few-shot prompt (2 KB
+answers); `streamtiming.py` times streamed answers to their first and last byte, one at a
+time; the gateway's resident memory is read as started and over `--soak-requests`
+unique-prompt requests. Before each run a sample request checks the answer (and for the gateway that
 it was a miss or a hit); after it the gateway's metrics say how many lookups hit.
 
 Writes `bench/results/<UTC time>.json` and `.md`: per scenario req/s, p50, p99, errors
@@ -41,7 +46,20 @@ from typing import Any
 import yaml
 
 from bench import folded
-from bench.figures import TARGETS, CacheMode, Measurement, Scenario, Target, find, markdown, ratios
+from bench.figures import (
+    MIB,
+    TARGETS,
+    CacheMode,
+    Measurement,
+    MemoryGrowth,
+    PromptKind,
+    Scenario,
+    StreamTiming,
+    Target,
+    find,
+    markdown,
+    ratios,
+)
 from bench.processes import (
     Server,
     cpu_percent,
@@ -51,6 +69,7 @@ from bench.processes import (
     wait_for_quiet,
     wait_until_idle,
 )
+from bench.streamtiming import time_streams
 from bench.targets import (
     UPSTREAM_KEY,
     body_template,
@@ -58,6 +77,7 @@ from bench.targets import (
     check_sample,
     gateway_config,
     litellm_config,
+    portkey_headers,
 )
 from bench.wrk import Load, Mode, run_wrk, wrk_binary
 
@@ -66,6 +86,11 @@ PROBE_S = 3.0
 WARMUP_S = 3.0
 HEADROOM = 3.0
 NOISY_PERCENT = 15.0  # of one core, taken by processes outside the benchmark
+PORTKEY_VERSION = "1.15.2"  # bench/run installs it into bench/node_modules
+PORTKEY_DIR = ROOT / "bench" / "node_modules" / "@portkey-ai" / "gateway"
+# The order targets run in: the fastest peer right after the direct call and beside the
+# 1-worker gateway, so the ratios the targets are set on come from minutes close together.
+RUN_ORDER: tuple[Target, ...] = ("direct", "portkey", "tunegate-1", "sdk", "tunegate-2", "litellm")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -82,6 +107,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--targets", default=",".join(TARGETS), help=f"comma-separated, of {','.join(TARGETS)}"
     )
     parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out")
+    parser.add_argument(
+        "--no-long", action="store_true", help="leave out the 32 KB few-shot prompt's rows"
+    )
+    parser.add_argument(
+        "--soak-requests",
+        type=int,
+        default=100_000,
+        help="unique-prompt requests the 1-worker gateway's memory is read over (0: none)",
+    )
     parser.add_argument("--cache", default="miss,hit", help="miss (unique prompts), hit")
     parser.add_argument("--concurrency", default="1,32", help="comma-separated connections")
     parser.add_argument("--stream", default="plain,streamed", help="plain, streamed")
@@ -108,7 +142,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown = set(targets) - set(TARGETS)
     if unknown or not targets:
         parser.error(f"--targets: unknown {sorted(unknown)}; use {','.join(TARGETS)}")
-    args.targets = [t for t in TARGETS if t in targets]
+    args.targets = [t for t in RUN_ORDER if t in targets]
     args.cache = [c for c in ("miss", "hit") if c in args.cache.split(",")]
     args.stream = [s == "streamed" for s in ("plain", "streamed") if s in args.stream.split(",")]
     args.concurrency = sorted({int(c) for c in args.concurrency.split(",") if c})
@@ -133,6 +167,9 @@ class Run:
     probe: dict[str, Any] = field(default_factory=dict)
     measurements: list[Measurement] = field(default_factory=list)
     profiles: list[dict[str, Any]] = field(default_factory=list)
+    streams: list[StreamTiming] = field(default_factory=list)
+    memory: list[MemoryGrowth] = field(default_factory=list)
+    load_average: list[tuple[float, float, float]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     waited_s: float = 0.0  # for other processes to go quiet, in all
 
@@ -218,6 +255,24 @@ class Run:
         )
         return server, master_key
 
+    def start_portkey(self) -> Server:
+        entry = PORTKEY_DIR / "build" / "start-server.js"
+        if portkey_version() != PORTKEY_VERSION:
+            raise RuntimeError(
+                f"Portkey's gateway {PORTKEY_VERSION} is not in bench/node_modules; "
+                "bench/run installs it"
+            )
+        port = free_port()
+        shim = ROOT / "bench" / "portkey_node20.cjs"
+        argv = [node_binary(), "--require", str(shim), str(entry), f"--port={port}", "--headless"]
+        return start_server(
+            "portkey", argv, port=port, ready_path="/", log_dir=self.work_dir, environ=_env()
+        )
+
+    def headers_for(self, target: Target) -> dict[str, str]:
+        assert self.upstream is not None
+        return portkey_headers(self.upstream.url) if target == "portkey" else {}
+
     @contextlib.contextmanager
     def target(self, target: Target) -> Iterator[tuple[Server | None, str]]:
         """The server of `target` (None for direct calls) and its bearer key, running."""
@@ -231,6 +286,8 @@ class Run:
             server, bearer = self.start_litellm()
         elif target == "sdk":
             server = self.start_passthrough()
+        elif target == "portkey":
+            server = self.start_portkey()
         try:
             yield server, bearer
         finally:
@@ -249,12 +306,13 @@ class Run:
         mode: Mode = "repeat" if scenario.cache == "hit" else "unique"
         return run_wrk(
             self.url_of(server),
-            body_template(scenario.target, scenario.stream),
+            body_template(scenario.target, scenario.stream, scenario.prompt),
             mode,
             nonce,
             concurrency=scenario.concurrency,
             duration_s=seconds,
             bearer=bearer,
+            headers=self.headers_for(scenario.target),
         )
 
     def measure(self, scenario: Scenario, server: Server | None, bearer: str) -> Measurement:
@@ -262,8 +320,9 @@ class Run:
         if left > 0:
             self.waited_s += wait_for_quiet(min(left, 30.0))
         nonce = f"{self.run_id}-{len(self.measurements)}"
-        template = body_template(scenario.target, scenario.stream)
-        sample = check_sample(scenario, self.url_of(server), template, nonce, bearer)
+        template = body_template(scenario.target, scenario.stream, scenario.prompt)
+        headers = self.headers_for(scenario.target)
+        sample = check_sample(scenario, self.url_of(server), template, nonce, bearer, headers)
         if self.args.warmup > 0:
             warm_nonce = nonce if scenario.cache == "hit" else nonce + "-warm"
             self.load(scenario, server, warm_nonce, self.args.warmup, bearer)
@@ -395,25 +454,91 @@ class Run:
     # -- everything
 
     def scenarios_for(self, target: Target) -> list[Scenario]:
-        caches: list[CacheMode] = ["miss"] if target in ("direct", "sdk") else list(self.args.cache)
-        return [
+        caches: list[CacheMode] = (
+            ["miss"] if target in ("direct", "sdk", "portkey") else list(self.args.cache)
+        )
+        found = [
             Scenario(target, cache, c, stream)
             for cache in caches
             for stream in self.args.stream
             for c in self.args.concurrency
         ]
+        if not self.args.no_long and "miss" in self.args.cache:
+            long: PromptKind = "long"
+            found += [Scenario(target, "miss", c, False, long) for c in self.args.concurrency]
+        return found
+
+    def time_streams(self, target: Target, server: Server | None, bearer: str) -> None:
+        """Streamed misses one at a time, timed to their first and last byte."""
+        template = body_template(target, True)
+        headers = self.headers_for(target)
+        if bearer:
+            headers["authorization"] = f"Bearer {bearer}"
+        nonce = f"{self.run_id}-{target}-streams"
+        found = time_streams(
+            self.url_of(server), template, nonce, duration_s=self.args.duration, headers=headers
+        )
+        timing = StreamTiming(
+            target,
+            found.requests,
+            round(found.first_byte_ms, 4),
+            round(found.first_event_ms, 4),
+            round(found.last_byte_ms, 4),
+            found.errors,
+        )
+        self.streams.append(timing)
+        self.say(
+            f"{target} streamed c=1: first byte {timing.first_byte_ms:.3f} ms, first event "
+            f"{timing.first_event_ms:.3f} ms, last byte {timing.last_byte_ms:.3f} ms "
+            f"({timing.requests} requests, {timing.errors} errors)"
+        )
+
+    def soak(self, server: Server, bearer: str, started_mib: float) -> None:
+        """`--soak-requests` unique-prompt requests at the highest concurrency, the
+        gateway's resident memory read before and after."""
+        c = max(self.args.concurrency)
+        scenario = Scenario("tunegate-1", "miss", c, False)
+        measured = find(self.measurements, "tunegate-1", "miss", c, False)
+        rate_guess = measured.rps if measured and measured.rps > 0 else 500.0
+        seconds = min(600.0, 1.1 * self.args.soak_requests / rate_guess)
+        before = rss_mib(server.process.pid)
+        load = self.load(scenario, server, f"{self.run_id}-soak", seconds, bearer)
+        time.sleep(1.0)
+        after = rss_mib(server.process.pid)
+        grown = MemoryGrowth("tunegate-1", load.requests, started_mib, before, after)
+        self.memory.append(grown)
+        self.say(
+            f"soak: {load.requests:,} requests in {load.seconds:.0f} s, RSS {before:.1f} -> "
+            f"{after:.1f} MiB (as started {started_mib:.1f} MiB)"
+        )
 
     def execute(self) -> None:
+        self.load_average.append(os.getloadavg())
         self.choose_upstream()
         for target in self.args.targets:
             self.say(f"== {target}")
             with self.target(target) as (server, bearer):
+                started_mib = rss_mib(server.process.pid) if server else 0.0
                 self.warm(target, server, bearer)
+                before_mib = rss_mib(server.process.pid) if server else 0.0
+                done = len(self.measurements)
                 for scenario in self.scenarios_for(target):
                     self.measure(scenario, server, bearer)
+                if True in self.args.stream:
+                    self.time_streams(target, server, bearer)
+                # tunegate-2's own process is the supervisor; its workers are children.
+                if server is not None and target not in ("tunegate-1", "tunegate-2"):
+                    requests = sum(m.requests for m in self.measurements[done:])
+                    after_mib = rss_mib(server.process.pid)
+                    self.memory.append(
+                        MemoryGrowth(target, requests, started_mib, before_mib, after_mib)
+                    )
+                if target == "tunegate-1" and server and self.args.soak_requests > 0:
+                    self.soak(server, bearer, started_mib)
                 if target == "tunegate-1" and not self.args.no_profile and server:
                     for concurrency in self.args.concurrency:
                         self.profile_miss_path(server, bearer, concurrency)
+        self.load_average.append(os.getloadavg())
         self.check_headroom()
         self.check_noise()
 
@@ -444,7 +569,7 @@ class Run:
             )
 
     def document(self) -> dict[str, Any]:
-        found = ratios(self.measurements)
+        found = ratios(self.measurements, self.streams, self.memory)
         return {
             "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": machine(),
@@ -454,8 +579,14 @@ class Run:
                 "upstream": self.upstream_kind,
                 "upstream_probe": self.probe,
                 "task": "one JSON task, one variant (weight 100), cache on, embedded store",
+                "portkey": PORTKEY_VERSION,
             },
+            "load_average": " -> ".join(
+                ", ".join(f"{v:.2f}" for v in one) for one in self.load_average
+            ),
             "measurements": [asdict(m) for m in self.measurements],
+            "streams": [asdict(s) for s in self.streams],
+            "memory": [asdict(m) for m in self.memory],
             "ratios": [asdict(r) for r in found],
             "profiles": self.profiles,
             "notes": self.notes,
@@ -486,11 +617,45 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "wrk": (wrk.stdout or wrk.stderr).split(" [")[0].strip(),
         "litellm": litellm_version(),
+        "portkey": portkey_version(),
+        "node": node_version(),
         "description": (
             f"{cores} cores ({model}), {memory_gib} GiB; wrk, the upstream, the gateway "
-            "and its store (or LiteLLM) all share these cores"
+            "and its store (or LiteLLM, or Portkey's gateway) all share these cores"
         ),
     }
+
+
+def rss_mib(pid: int) -> float:
+    """The resident memory of process `pid` in MiB (0 when it is gone)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024 / MIB
+    return 0.0
+
+
+def portkey_version() -> str | None:
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        version = json.loads((PORTKEY_DIR / "package.json").read_text())["version"]
+        return str(version)
+    return None
+
+
+def node_binary() -> str:
+    found = shutil.which("node")
+    if found is None:
+        raise RuntimeError("node is not installed; Portkey's gateway needs it")
+    return found
+
+
+def node_version() -> str | None:
+    with contextlib.suppress(OSError, RuntimeError):
+        done = subprocess.run(
+            [node_binary(), "--version"], capture_output=True, text=True, check=False
+        )
+        return done.stdout.strip() or None
+    return None
 
 
 def litellm_binary() -> Path:

@@ -3,8 +3,9 @@
 Every request gets a fixed JSON completion echoing the requested model, answered in tens
 of microseconds: the same body as the shared `tools/mock_upstream.py`, plus a streamed
 answer (server-sent events, ending with `data: [DONE]`) when the body asks for
-`"stream": true`, which a proxy that streams from its upstream needs. `MOCK_DELAY_MS`
-adds a fixed delay before each answer.
+`"stream": true`, which a proxy that streams from its upstream needs. A request body over
+16 KB (the benchmark's 32 KB few-shot prompt) gets a 2 KB answer (streamed in 16 pieces).
+`MOCK_DELAY_MS` adds a fixed delay before each answer.
 
 Run: `python -m bench.mock_upstream PORT`
 """
@@ -23,11 +24,19 @@ import uvloop
 
 DELAY_S = float(os.environ.get("MOCK_DELAY_MS", "0")) / 1000
 CONTENT = '{"category": "billing", "priority": "high"}'
+LONG_REQUEST_BYTES = 16 * 1024
+_SUMMARY = (
+    "The customer was charged twice for the same monthly plan; the second charge appeared "
+    "two days after the first and the invoice history shows both as paid. "
+)
+LONG_CONTENT = orjson.dumps(
+    {"category": "billing", "priority": "high", "summary": (_SUMMARY * 14)[:1990]}
+).decode()
 USAGE = {"prompt_tokens": 42, "completion_tokens": 12, "total_tokens": 54}
 DEFAULT_MODEL = "gpt-3.5-turbo"
 
 
-def completion_body(model: str) -> bytes:
+def completion_body(model: str, content: str = CONTENT) -> bytes:
     """A plain `chat.completion`."""
     return orjson.dumps(
         {
@@ -39,7 +48,7 @@ def completion_body(model: str) -> bytes:
                 {
                     "index": 0,
                     "finish_reason": "stop",
-                    "message": {"role": "assistant", "content": CONTENT},
+                    "message": {"role": "assistant", "content": content},
                 }
             ],
             "usage": USAGE,
@@ -47,18 +56,19 @@ def completion_body(model: str) -> bytes:
     )
 
 
-def stream_body(model: str, with_usage: bool) -> bytes:
-    """The same answer as `chat.completion.chunk` events: role, content, finish, then
-    usage when asked for, then `[DONE]`."""
+def stream_body(model: str, with_usage: bool, content: str = CONTENT) -> bytes:
+    """The same answer as `chat.completion.chunk` events: role, content (in pieces of at
+    most 128 characters), finish, then usage when asked for, then `[DONE]`."""
     head = {
         "id": "chatcmpl-bench",
         "object": "chat.completion.chunk",
         "created": int(time.time()),
         "model": model,
     }
+    pieces = [content[i : i + 128] for i in range(0, len(content), 128)]
     deltas: list[tuple[dict[str, str], str | None]] = [
         ({"role": "assistant", "content": ""}, None),
-        ({"content": CONTENT}, None),
+        *[({"content": piece}, None) for piece in pieces],
         ({}, "stop"),
     ]
     events = [
@@ -80,11 +90,12 @@ def answer_for(raw: bytes) -> tuple[bytes, bytes]:
         request = {}
     model = request.get("model")
     model = model if isinstance(model, str) else DEFAULT_MODEL
+    content = LONG_CONTENT if len(raw) > LONG_REQUEST_BYTES else CONTENT
     if request.get("stream") is True:
         options = request.get("stream_options")
         with_usage = isinstance(options, dict) and options.get("include_usage") is True
-        return b"text/event-stream", stream_body(model, with_usage)
-    return b"application/json", completion_body(model)
+        return b"text/event-stream", stream_body(model, with_usage, content)
+    return b"application/json", completion_body(model, content)
 
 
 class Connection(asyncio.Protocol):

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from bench.figures import Scenario, Target
+from bench.figures import PromptKind, Scenario, Target
 from bench.wrk import PROMPT, repeated_prompt
 
 TASK = "bench-triage"
@@ -24,19 +24,48 @@ SCHEMA = {
     "properties": {
         "category": {"enum": ["billing", "bug", "account", "other"]},
         "priority": {"enum": ["low", "medium", "high"]},
+        "summary": {"type": "string"},  # the long answers' 2 KB (mock_upstream.py)
     },
 }
 UPSTREAM_KEY = "sk-bench-upstream"  # what the gateway and LiteLLM send upstream; unchecked
+LONG_PROMPT_BYTES = 32 * 1024
+
+
+def few_shot(size: int = LONG_PROMPT_BYTES) -> str:
+    """A few-shot prompt of `size` bytes: worked tickets and their answers, then the
+    ticket to classify (where `PROMPT` goes, appended by `body_template`)."""
+    categories = ("billing", "bug", "account", "other")
+    priorities = ("low", "medium", "high")
+    examples: list[str] = []
+    i = 0
+    while sum(len(e) for e in examples) < size - 200:
+        examples.append(
+            f"Ticket {i}: customer {i * 7919 % 10007} reports that order {i * 104729 % 99991} "
+            f"shows a problem with their {categories[i % 4]} settings since the last update; "
+            f"they ask for help before the end of the week.\n"
+            f'Answer: {{"category": "{categories[i % 4]}", "priority": "{priorities[i % 3]}"}}\n'
+        )
+        i += 1
+    text = "".join(examples)
+    return text[: size - 64] + "\nTicket to classify: "
+
+
+def portkey_headers(upstream_url: str) -> dict[str, str]:
+    """What Portkey's gateway needs to reach the upstream as an OpenAI-compatible one."""
+    return {"x-portkey-provider": "openai", "x-portkey-custom-host": f"{upstream_url}/v1"}
+
 
 # -- what each target is sent ------------------------------------------------------------
 
 
-def body_template(target: Target, stream: bool) -> str:
-    """The request body for `target` with PROMPT where the user's text goes. The gateway
-    owns the system prompt and parameters (it refuses them from callers); LiteLLM gets the
-    system message from the caller (its config sets the parameters); a direct call sends
-    what the gateway sends upstream."""
-    user = {"role": "user", "content": PROMPT}
+def body_template(target: Target, stream: bool, prompt: PromptKind = "short") -> str:
+    """The request body for `target` with PROMPT where the user's text goes (after a
+    32 KB few-shot prompt for `long`). The gateway owns the system prompt and parameters
+    (it refuses them from callers); LiteLLM gets the system message from the caller (its
+    config sets the parameters); a direct call, and Portkey's gateway (a pass-through),
+    get what the gateway sends upstream."""
+    text = few_shot() + PROMPT if prompt == "long" else PROMPT
+    user = {"role": "user", "content": text}
     system = {"role": "system", "content": SYSTEM}
     body: dict[str, Any]
     if target.startswith("tunegate"):
@@ -97,7 +126,14 @@ def litellm_config(upstream_url: str, master_key: str) -> dict[str, Any]:
 # -- checks ------------------------------------------------------------------------------
 
 
-def check_sample(scenario: Scenario, url: str, template: str, nonce: str, bearer: str) -> str:
+def check_sample(
+    scenario: Scenario,
+    url: str,
+    template: str,
+    nonce: str,
+    bearer: str,
+    extra_headers: Mapping[str, str] | None = None,
+) -> str:
     """Send what the run will send and check the answers: 200, a complete body with the
     task's JSON, and for the gateway `x-tunegate-cache` miss for unique prompts and hit
     for the repeated one (which this also puts in the cache). Raises `RuntimeError`."""
@@ -106,6 +142,7 @@ def check_sample(scenario: Scenario, url: str, template: str, nonce: str, bearer
     else:
         prompts = [f"Sample ticket {nonce}-{i}." for i in range(2)]
     headers = {"authorization": f"Bearer {bearer}"} if bearer else {}
+    headers.update(extra_headers or {})
     seen = []
     with httpx.Client(timeout=15.0, headers=headers) as client:
         for i, prompt in enumerate(prompts):
@@ -137,7 +174,9 @@ def _answer_problem(response: httpx.Response, stream: bool) -> str | None:
         parsed = json.loads(content)
     except ValueError:
         return f"is not JSON: {content[:100]!r}"
-    return None if isinstance(parsed, dict) and "category" in parsed else f"is {content!r}"
+    if not (isinstance(parsed, dict) and "category" in parsed):
+        return f"is {content!r}"
+    return None
 
 
 _LOOKUP = re.compile(r"^tunegate_cache_lookups_total\{([^}]*)\}\s+([0-9.e+]+)$", re.MULTILINE)

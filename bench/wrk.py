@@ -8,6 +8,7 @@ import resource
 import shutil
 import subprocess
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -56,6 +57,7 @@ def run_wrk(
     concurrency: int,
     duration_s: float,
     bearer: str = "",
+    headers: Mapping[str, str] | None = None,
 ) -> Load:
     """Load `url` with POSTs of `template` for `duration_s` at `concurrency` connections.
     Raises `RuntimeError` when wrk fails or prints no figures."""
@@ -77,6 +79,7 @@ def run_wrk(
         mode,
         nonce,
         bearer,
+        "\n".join(f"{name}: {value}" for name, value in (headers or {}).items()),
     ]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     # wrk stops by itself after -d; the timer is a bound in case it hangs on a dead server.

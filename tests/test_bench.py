@@ -76,3 +76,39 @@ def test_capacity_model_sizes_pods_and_shards_and_names_the_first_limit() -> Non
     # one Redis is full at 2,500 req/s, the HPA's 30 pods at 9,000 req/s
     assert large.first_limit.startswith("one Redis") and "2,500 req/s" in large.first_limit
     assert "maxReplicas (30 pods) at 9,000 req/s" in large.first_limit
+
+
+def test_portkey_ratios_judge_performance_two_targets() -> None:
+    from bench.figures import MemoryGrowth, StreamTiming
+
+    runs = [
+        measured("direct", "miss", 1, 5000, 0.1),
+        measured("portkey", "miss", 1, 1000, 0.9),
+        measured("tunegate-1", "miss", 1, 1100, 0.7),
+        measured("tunegate-1", "hit", 1, 4000, 0.25),
+        measured("direct", "miss", 32, 9000, 1.0),
+        measured("portkey", "miss", 32, 1000, 30.0),
+        measured("tunegate-1", "miss", 32, 1400, 22.0),
+    ]
+    long = Scenario("tunegate-1", "miss", 1, False, "long")
+    direct_long = Scenario("direct", "miss", 1, False, "long")
+    runs += [
+        Measurement(s, 10, 1.0, p50, p50, 0, 0, {}, None, "")
+        for s, p50 in ((long, 1.5), (direct_long, 0.2))
+    ]
+    streams = [
+        StreamTiming("direct", 100, 0.05, 0.06, 0.07, 0),
+        StreamTiming("portkey", 100, 1.05, 26.0, 26.1, 0),
+        StreamTiming("tunegate-1", 100, 0.85, 0.9, 0.95, 0),
+    ]
+    memory = [MemoryGrowth("tunegate-1", 100_000, 90.0, 95.0, 101.0)]
+    found = {(r.name, r.scenario): r for r in ratios(runs, streams, memory)}
+    overhead = found["miss overhead / Portkey's", "c=1 plain"]
+    assert overhead.value == pytest.approx(0.6 / 0.8) and overhead.met is True
+    assert found["miss req/s / Portkey's", "c=32 plain"].met is True  # 1.4x
+    assert found["hit p50 - direct p50 (ms)", "c=1 plain"].met is True  # 0.15 ms
+    long_ratio = found["32 KB prompt's overhead / short prompt's", "c=1 plain"]
+    assert long_ratio.value == pytest.approx(1.3 / 0.6) and long_ratio.met is False
+    first = found["streamed time to first byte: overhead / Portkey's", "c=1 streamed"]
+    assert first.value == pytest.approx(0.8 / 1.0) and first.met is True
+    assert found["RSS growth over 100,000 requests (MiB)", "c=32 plain"].met is True
