@@ -33,7 +33,7 @@ from tunegate.errors import (
     UpstreamTimeout,
 )
 from tunegate.flow import router
-from tunegate.flow.judge import Judged, Judges
+from tunegate.flow.judge import JudgeCalls, Judged, Judges
 from tunegate.flow.retry import Backoff, next_wait
 from tunegate.flow.router import Cumulative
 from tunegate.flow.shadow import Primary, Shadows
@@ -123,18 +123,9 @@ class _Trail:
 Recorder = Callable[[Outcome], None]
 
 
-class UpstreamCalls(Protocol):
-    """What the flow asks of the upstreams (`upstream.Upstreams`; a fake in unit tests)."""
-
-    def timeout_for(self, variant: Variant) -> float: ...
-
-    async def complete(
-        self,
-        variant: Variant,
-        messages: Sequence[Message],
-        params: Mapping[str, Any],
-        timeout_s: float,
-    ) -> Completion: ...
+class UpstreamCalls(JudgeCalls, Protocol):
+    """What the flow asks of the upstreams (`upstream.Upstreams`; a fake in unit tests):
+    a judge's calls, and streams."""
 
     def stream(
         self,
