@@ -26,6 +26,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+from testkit.outcomes import served
 from tunegate.observability.metrics import FLUSH_DELAY_S, Metrics
 from tunegate.records import Outcome, UpstreamCall, rejected
 
@@ -41,24 +42,9 @@ RATES = (100, 500)
 
 
 def _served(**fields: object) -> Outcome:
-    values: dict[str, object] = {
-        "request_id": "0123456789abcdef0123456789abcdef",
-        "task": TASK,
-        "tenant": "acme",
-        "chosen": "tuned",
-        "served": "tuned",
-        "served_model": TUNED,
-        "sample": True,
-        "status": "ok",
-        "cache": "miss",
-        "cache_lookup": "miss",
-        "seconds": 0.0125,
-        "calls": (UpstreamCall("tuned", TUNED, 0.0120, 120, 12, 0.000432),),
-        "json_results": (("tuned", "valid"),),
-        "store_seconds": 0.0003,
-    }
-    values.update(fields)
-    return Outcome(**values)  # type: ignore[arg-type]  # a builder over every field
+    return served(
+        request_id="0123456789abcdef0123456789abcdef", task=TASK, store_seconds=0.0003, **fields
+    )
 
 
 OUTCOMES = {

@@ -12,6 +12,7 @@ import httpx
 import pytest
 import yaml
 
+from testkit.outcomes import sample
 from testkit.redis_server import RedisServer
 from tests.documents import compared, figure
 from tests.harness import (
@@ -28,7 +29,6 @@ from tunegate.errors import ConfigError
 from tunegate.experiments.adaptive import Split, Watcher, probability_a_better, split_for
 from tunegate.experiments.document import Bounds, ExperimentsDocument, Verdict
 from tunegate.experiments.recorder import Experiments
-from tunegate.records import Outcome
 from tunegate.state.store import Store
 
 
@@ -101,22 +101,6 @@ def test_an_adaptive_split_needs_two_weighted_variants(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(ConfigError, match=r"routing\.adaptive: an adaptive split needs exactly"):
         load_config(path)
-
-
-def sample(task: str, variant: str) -> Outcome:
-    return Outcome(
-        request_id=uuid.uuid4().hex,
-        task=task,
-        tenant=None,
-        chosen=variant,
-        served=variant,
-        served_model=TUNED,
-        sample=True,
-        status="ok",
-        cache="bypass",
-        cache_lookup="bypass",
-        seconds=0.1,
-    )
 
 
 @pytest.mark.anyio

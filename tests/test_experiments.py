@@ -20,6 +20,7 @@ import pytest
 import redis
 import yaml
 
+from testkit.outcomes import sample
 from testkit.redis_server import RedisServer, redis_server
 from tests.harness import (
     BASE,
@@ -40,7 +41,6 @@ from tunegate.experiments.recorder import (
     REQUEST_TTL_S,
     Experiments,
 )
-from tunegate.records import Outcome
 from tunegate.state.store import Store
 
 # Models the scenario's "*" entry answers, always with valid JSON.
@@ -341,22 +341,7 @@ async def test_a_sample_dropped_for_a_slow_store_is_logged_with_its_request(
 ) -> None:
     store = Store(server.url)
     experiments = Experiments(store, flush_s=60.0)  # nothing is written before the end
-    outcomes = [
-        Outcome(
-            request_id=uuid.uuid4().hex,
-            task="dropped",
-            tenant=None,
-            chosen="tuned",
-            served="tuned",
-            served_model=TUNED,
-            sample=True,
-            status="ok",
-            cache="bypass",
-            cache_lookup="bypass",
-            seconds=0.1,
-        )
-        for _ in range(MAX_PENDING + 1)
-    ]
+    outcomes = [sample("dropped") for _ in range(MAX_PENDING + 1)]
     try:
         for outcome in outcomes:
             experiments.record(outcome)

@@ -15,6 +15,7 @@ import pytest
 from prometheus_client import Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
+from testkit.outcomes import served
 from tests.documents import compared, figure
 from tunegate.errors import ConfigError
 from tunegate.experiments.adaptive import Split
@@ -64,23 +65,7 @@ SPEC_METRICS = {
 
 def outcome(**fields: object) -> Outcome:
     """A served, first-try-valid JSON request on the tuned variant; `fields` override."""
-    values: dict[str, object] = {
-        "request_id": "r1",
-        "task": TASK,
-        "tenant": "acme",
-        "chosen": "tuned",
-        "served": "tuned",
-        "served_model": TUNED,
-        "sample": True,
-        "status": "ok",
-        "cache": "miss",
-        "cache_lookup": "miss",
-        "seconds": 0.0125,
-        "calls": (UpstreamCall("tuned", TUNED, 0.0120, 120, 12, 0.000432),),
-        "json_results": (("tuned", "valid"),),
-    }
-    values.update(fields)
-    return Outcome(**values)  # type: ignore[arg-type]  # a test builder over every field
+    return served(**{"request_id": "r1", "task": TASK, **fields})
 
 
 def scrape(metrics: Metrics) -> dict[Sample, float]:

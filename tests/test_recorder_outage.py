@@ -8,27 +8,10 @@ import uuid
 
 import pytest
 
+from testkit.outcomes import sample
 from testkit.redis_server import RedisServer
-from tests.harness import TUNED
 from tunegate.experiments.recorder import Experiments
-from tunegate.records import Outcome
 from tunegate.state.store import Store, StoreFailure
-
-
-def sample(task: str) -> Outcome:
-    return Outcome(
-        request_id=uuid.uuid4().hex,
-        task=task,
-        tenant=None,
-        chosen="tuned",
-        served="tuned",
-        served_model=TUNED,
-        sample=True,
-        status="ok",
-        cache="bypass",
-        cache_lookup="bypass",
-        seconds=0.1,
-    )
 
 
 @pytest.mark.anyio
