@@ -114,11 +114,9 @@ def _process(
 ) -> Iterator[str]:
     """Run `argv` on a free port (given as `--port`), wait until `ready_path` answers,
     yield its URL, and stop it afterwards."""
-    from socket import socket
+    from tunegate.state.embedded import free_port
 
-    with socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = (workdir / f"{name}.log").open("wb")
     process = subprocess.Popen(
