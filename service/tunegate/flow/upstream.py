@@ -1,12 +1,13 @@
 """Calls to OpenAI-compatible model endpoints; the only module that imports `openai`.
 
-One `AsyncOpenAI` client per configured upstream, with the SDK's retries off (the gateway
-runs the one retry loop) and its aiohttp transport, which keeps its throughput under
-concurrency where the default httpx pool does not. Plain calls go
-through the client's `post` with the body as built here, and answers are read raw and
-parsed with orjson: the gateway needs four fields, not the SDK's models. Every SDK exception is
-translated here into the `UpstreamError` tree; upstream messages are never passed on,
-since some echo part of the key.
+Chat completions, plain and streamed, go over aiohttp directly (`wire.py`, one pooled
+session per configured upstream): the body as built here, the answer read raw and parsed
+with orjson, since the gateway needs four fields, not the SDK's models, and the SDK's own
+per-call work cost as much CPU as the rest of a cache miss. There are no retries below
+the gateway's one retry loop. Every failure is translated here into the `UpstreamError`
+tree exactly as the SDK's exceptions were (`_status_error`); upstream messages are never
+passed on, since some echo part of the key. The SDK serves everything else: fine-tuning
+(`TuningClient`) and the callers' clients of the demo and benchmarks.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
-import httpx2
 import openai
 import orjson
 
@@ -25,16 +25,15 @@ from tunegate.errors import (
     TuningError,
     UpstreamAuthError,
     UpstreamBadRequest,
-    UpstreamConnectionError,
     UpstreamError,
     UpstreamInputRefused,
     UpstreamModelNotFound,
     UpstreamQuotaExhausted,
     UpstreamRateLimited,
     UpstreamServerError,
-    UpstreamTimeout,
 )
 from tunegate.flow.retry import parse_retry_after
+from tunegate.flow.wire import ChatEndpoint, UpstreamStatus, read_at_most, sse_data
 
 Message = Mapping[str, Any]
 T = TypeVar("T")
@@ -71,13 +70,13 @@ class Upstreams:
 
     def __init__(self, upstreams: Mapping[str, Upstream], environ: Mapping[str, str]) -> None:
         self._clients = {
-            name: _client_for(upstream, environ) for name, upstream in upstreams.items()
+            name: _endpoint_for(upstream, environ) for name, upstream in upstreams.items()
         }
         self._upstreams = dict(upstreams)
 
     async def aclose(self) -> None:
         for client in self._clients.values():
-            await client.close()
+            await client.aclose()
 
     def timeout_for(self, variant: Variant) -> float:
         return self._upstreams[variant.upstream].timeout_s
@@ -103,20 +102,13 @@ class Upstreams:
         client = self._clients[variant.upstream]
         request = _request_params(variant, params)
         limit = self._response_limit(variant, request)
+        body = {"model": variant.model, "messages": messages, **request}
         try:
-            # The client's own `post`: the SDK's auth, base URL and error mapping, without
-            # `chat.completions.create`'s recursive re-typing of every message (measured:
-            # about a third of the SDK's per-call cost here).
-            raw = await client.post(
-                "/chat/completions",
-                body={"model": variant.model, "messages": messages, **request},
-                cast_to=httpx2.Response,
-                options={"timeout": timeout_s, "headers": {_RAW_RESPONSE: "stream"}},
-            )
-            content = await _read_at_most(raw, limit, variant.model)
+            raw = await client.post(body, timeout_s, variant.model)
+            content = await read_at_most(raw, limit, variant.model)
             body = orjson.loads(content)
-        except openai.OpenAIError as exc:
-            _translate(exc, variant)
+        except UpstreamStatus as exc:
+            raise _status_error(exc, variant.model) from None
         except orjson.JSONDecodeError:
             raise UpstreamServerError(
                 f"{variant.model}: answered a body that is not JSON"
@@ -143,20 +135,16 @@ class Upstreams:
             "stream_options": {"include_usage": True},
         }
         try:
-            # Read raw, not through the SDK's stream: its decoder holds a whole event in
-            # memory, however large; here an event past the limit is cut while read.
-            raw = await client.post(
-                "/chat/completions",
-                body=body,
-                cast_to=httpx2.Response,
-                options={"timeout": timeout_s, "headers": {_RAW_RESPONSE: "stream"}},
-            )
-        except openai.OpenAIError as exc:
-            _translate(exc, variant)
+            # Read raw, not through an SSE decoder that holds a whole event in memory,
+            # however large: here an event past the limit is cut while read.
+            raw = await client.post(body, timeout_s, variant.model)
+        except UpstreamStatus as exc:
+            raise _status_error(exc, variant.model) from None
         end = Delta(finish_reason="stop")
         received = 0
+        events = sse_data(raw, limit + _EVENT_ENVELOPE, variant.model)
         try:
-            async for event in _sse_data(raw, limit + _EVENT_ENVELOPE, variant.model):
+            async for event in events:
                 delta = _delta_of(event, variant.model)
                 end = _merged_end(end, delta)
                 if delta.content:
@@ -167,14 +155,8 @@ class Upstreams:
                             "its max_tokens allow"
                         )
                     yield Delta(content=delta.content, system_fingerprint=end.system_fingerprint)
-        except httpx2.TimeoutException:
-            raise UpstreamTimeout(f"{variant.model}: timed out") from None
-        except httpx2.HTTPError:
-            raise UpstreamConnectionError(
-                f"{variant.model}: connection failed mid-stream"
-            ) from None
         finally:
-            await raw.aclose()
+            await events.aclose()  # type: ignore[attr-defined]  # an async generator
         yield end
 
 
@@ -188,80 +170,14 @@ def caller_client(base_url: str, api_key: str) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0)
 
 
-def _client_for(upstream: Upstream, environ: Mapping[str, str]) -> openai.AsyncOpenAI:
-    limits = httpx2.Limits(
-        max_connections=upstream.max_connections,
-        max_keepalive_connections=upstream.max_connections,
-    )
+def _endpoint_for(upstream: Upstream, environ: Mapping[str, str]) -> ChatEndpoint:
     key = environ.get(upstream.api_key_env, "") if upstream.api_key_env else ""
     base_url = environ.get(upstream.base_url_env, "") if upstream.base_url_env else ""
-    return openai.AsyncOpenAI(
-        api_key=key or "unused",
-        base_url=base_url or upstream.base_url,
-        max_retries=0,
-        timeout=upstream.timeout_s,
-        http_client=openai.DefaultAioHttpClient(limits=limits, timeout=upstream.timeout_s),
-    )
-
-
-# The SDK's own switch (what `with_streaming_response` sets) for handing back the response
-# with its body unread, so it can be read here in pieces and cut at the limit.
-_RAW_RESPONSE = "X-Stainless-Raw-Response"
-
-
-async def _read_at_most(response: httpx2.Response, limit: int, model: str) -> bytes:
-    """The body of a streamed response, or `UpstreamServerError` as soon as it passes
-    `limit` bytes: an oversized answer costs at most `limit` bytes of memory, never its
-    size (nothing of it is parsed either; a JSON repair of megabytes would hold the event
-    loop for seconds). The connection is closed, not drained, after a cut."""
-    pieces: list[bytes] = []
-    size = 0
-    try:
-        declared = response.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise _oversized(model, int(declared), limit)
-        async for piece in response.aiter_bytes():
-            size += len(piece)
-            if size > limit:
-                raise _oversized(model, size, limit)
-            pieces.append(piece)
-    except httpx2.TimeoutException:
-        raise UpstreamTimeout(f"{model}: timed out") from None
-    except httpx2.HTTPError:
-        raise UpstreamConnectionError(f"{model}: connection failed while answering") from None
-    finally:
-        await response.aclose()
-    return b"".join(pieces)
+    return ChatEndpoint(base_url or upstream.base_url, key or "unused", upstream.max_connections)
 
 
 # Room for one stream event's JSON around its text.
 _EVENT_ENVELOPE = 16 * 1024
-
-
-async def _sse_data(response: httpx2.Response, limit: int, model: str) -> AsyncIterator[bytes]:
-    """The `data` of each server-sent event of `response` until `[DONE]`; an event (or a
-    line) longer than `limit` bytes is an `UpstreamServerError` as soon as it passes it."""
-    pending = b""
-    data: list[bytes] = []
-    size = 0
-    async for piece in response.aiter_bytes():
-        pending += piece
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
-            line = line.rstrip(b"\r")
-            if not line:  # the end of an event
-                if data:
-                    event, data, size = b"\n".join(data), [], 0
-                    if event.strip() == b"[DONE]":
-                        return
-                    yield event
-            elif line.startswith(b"data:"):
-                data.append(line[5:].removeprefix(b" "))
-                size += len(line)
-            elif line.startswith(b"event:") and line[6:].strip() == b"error":
-                raise UpstreamServerError(f"{model}: upstream error (error event)")
-        if size + len(pending) > limit:
-            raise _oversized(model, size + len(pending), limit)
 
 
 def _delta_of(event: bytes, model: str) -> Delta:
@@ -296,12 +212,6 @@ def _merged_end(end: Delta, delta: Delta) -> Delta:
     )
 
 
-def _oversized(model: str, size: int, limit: int) -> UpstreamServerError:
-    return UpstreamServerError(
-        f"{model}: answered {size:,} bytes or more, over the {limit:,} its max_tokens allow"
-    )
-
-
 def _request_params(variant: Variant, params: Mapping[str, Any]) -> dict[str, Any]:
     """The variant's parameters with the caller's applied; a caller's `max_tokens` is
     clamped to the variant's and sent under the name the variant uses."""
@@ -333,7 +243,7 @@ def _completion_from(body: Any, variant: Variant) -> Completion:
         raise UpstreamServerError(f"{variant.model}: answered without a choice") from None
 
 
-def _blames_input(exc: openai.APIStatusError, code: str | None) -> bool:
+def _blames_input(exc: UpstreamStatus, code: str | None) -> bool:
     """A 400 about the caller's messages: too long for the model, or a message refused."""
     param = exc.param if isinstance(exc.param, str) else ""
     return code == "context_length_exceeded" or param.startswith("messages")
@@ -343,28 +253,16 @@ def _text_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _translate(exc: openai.OpenAIError, variant: Variant) -> NoReturn:
-    """Raise the `UpstreamError` for an SDK exception; never its message, which may
-    quote the request or part of the key."""
-    model = variant.model
-    if isinstance(exc, openai.APITimeoutError):
-        raise UpstreamTimeout(f"{model}: timed out") from exc
-    if isinstance(exc, openai.APIConnectionError):
-        raise UpstreamConnectionError(f"{model}: connection failed") from exc
-    if isinstance(exc, openai.APIStatusError):
-        raise _status_error(exc, model) from exc
-    # Mid-stream error events and unparseable answers.
-    raise UpstreamServerError(f"{model}: upstream error ({type(exc).__name__})") from exc
-
-
-def _status_error(exc: openai.APIStatusError, model: str) -> UpstreamError:
-    status = exc.status_code
+def _status_error(exc: UpstreamStatus, model: str) -> UpstreamError:
+    """The `UpstreamError` of a non-2xx answer, as the SDK's `APIStatusError` of it was
+    translated: 429 quota or rate limit (with its wait), 401/403 auth, a 400 blaming the
+    messages, 5xx and 408, 404 model, any other 4xx a bad request."""
+    status, headers = exc.status, exc.headers
     code = exc.code if isinstance(exc.code, str) else None
     label = f"{model}: answered {status}" + (f" {code}" if code else "")
     if status == 429:
         if code == "insufficient_quota" or exc.type == "insufficient_quota":
             return UpstreamQuotaExhausted(label)
-        headers = exc.response.headers
         retry_after = parse_retry_after(headers.get("retry-after"), time.time())
         retry_after_ms = headers.get("retry-after-ms")
         if retry_after_ms and retry_after_ms.replace(".", "", 1).isdigit():
