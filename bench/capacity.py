@@ -1,4 +1,4 @@
-"""Capacity figures for docs/capacity.md, measured on this machine (loopback only):
+"""Capacity figures for deploy/capacity.md, measured on this machine (loopback only):
 
     python -m bench.capacity [--duration 8] [--concurrency 16] [--sample 40]
 

@@ -1,4 +1,4 @@
-"""The capacity model's arithmetic (docs/capacity.md): from measured figures per path, how
+"""The capacity model's arithmetic (deploy/capacity.md): from measured figures per path, how
 many gateway pods and Redis shards serve a target rate, and what runs out first. Pure:
 `bench/capacity.py` measures, this only divides."""
 

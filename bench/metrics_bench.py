@@ -26,7 +26,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from testkit.outcomes import served
+from tests.testkit.outcomes import served
 from tunegate.observability.metrics import FLUSH_DELAY_S, Metrics
 from tunegate.records import Outcome, UpstreamCall, rejected
 

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from testkit.redis_server import RedisServer, redis_server
 from tests.harness import Simulator
+from tests.testkit.redis_server import RedisServer, redis_server
 
 
 @pytest.fixture

@@ -17,11 +17,11 @@ import httpx
 import uvicorn
 import yaml
 
-from testkit.configs import BASE as BASE
-from testkit.configs import TRIAGE_SCHEMA as TRIAGE_SCHEMA
-from testkit.configs import TUNED as TUNED
-from testkit.configs import gateway_config as gateway_config
-from testkit.configs import task_config as task_config
+from tests.testkit.configs import BASE as BASE
+from tests.testkit.configs import TRIAGE_SCHEMA as TRIAGE_SCHEMA
+from tests.testkit.configs import TUNED as TUNED
+from tests.testkit.configs import gateway_config as gateway_config
+from tests.testkit.configs import task_config as task_config
 from tunegate.app import create_app
 from tunegate.config.settings import Settings, TracingSettings
 from tunegate.state.embedded import free_port as free_port

@@ -12,8 +12,6 @@ import httpx
 import pytest
 import yaml
 
-from testkit.outcomes import sample
-from testkit.redis_server import RedisServer
 from tests.documents import compared, figure
 from tests.harness import (
     BASE,
@@ -24,6 +22,8 @@ from tests.harness import (
     simulator_with,
     task_config,
 )
+from tests.testkit.outcomes import sample
+from tests.testkit.redis_server import RedisServer
 from tunegate.config.compiled import GatewayConfig, Task, load_config
 from tunegate.errors import ConfigError
 from tunegate.experiments.adaptive import Split, Watcher, probability_a_better, split_for

@@ -22,7 +22,6 @@ import yaml
 from openai._legacy_response import LegacyAPIResponse
 from openai.types.chat import ChatCompletion
 
-from testkit.redis_server import RedisServer, redis_server
 from tests.harness import (
     BASE,
     TUNED,
@@ -39,6 +38,7 @@ from tests.openai_shapes import (
     checked_client,
     checked_sdk,
 )
+from tests.testkit.redis_server import RedisServer, redis_server
 from tunegate.auth import hash_key
 from tunegate.config.compiled import load_config
 from tunegate.state.cache import KEY_PREFIX, LOCK_PREFIX, Cache, Entry, Write, cache_key_for

@@ -16,8 +16,8 @@ import httpx
 import pytest
 import yaml
 
-from testkit.redis_server import RedisServer
 from tests.harness import Gateway, Simulator, gateway_config, running_gateway, task_config
+from tests.testkit.redis_server import RedisServer
 from tunegate.experiments.dataset import Dataset, Tokenizer, build, check
 
 TUNED_SYSTEM = "Classify the support ticket as JSON."

@@ -20,8 +20,6 @@ import pytest
 import redis
 import yaml
 
-from testkit.outcomes import sample
-from testkit.redis_server import RedisServer, redis_server
 from tests.harness import (
     BASE,
     TUNED,
@@ -33,6 +31,8 @@ from tests.harness import (
     simulator_with,
     task_config,
 )
+from tests.testkit.outcomes import sample
+from tests.testkit.redis_server import RedisServer, redis_server
 from tunegate.auth import hash_key
 from tunegate.commands import cli
 from tunegate.experiments.recorder import (

@@ -20,9 +20,9 @@ import pytest
 import redis
 import yaml
 
-from testkit.redis_server import RedisServer
 from tests.fleet import Fleet, gateway_fleet, haproxy_or_skip
 from tests.harness import BASE, TUNED, Simulator, gateway_config, simulator_with, task_config
+from tests.testkit.redis_server import RedisServer
 from tunegate.auth import hash_key
 from tunegate.config.compiled import load_config
 from tunegate.state.limits import budget_key

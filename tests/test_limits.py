@@ -19,7 +19,6 @@ import redis
 from hypothesis import given
 from hypothesis import strategies as st
 
-from testkit.redis_server import RedisServer, redis_server
 from tests.harness import (
     BASE,
     TUNED,
@@ -30,6 +29,7 @@ from tests.harness import (
     task_config,
 )
 from tests.openai_shapes import checked_client
+from tests.testkit.redis_server import RedisServer, redis_server
 from tunegate.auth import hash_key
 from tunegate.config.compiled import ApiKey
 from tunegate.errors import LimitExceeded, Unavailable

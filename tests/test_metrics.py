@@ -15,8 +15,8 @@ import pytest
 from prometheus_client import Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
-from testkit.outcomes import served
 from tests.documents import compared, figure
+from tests.testkit.outcomes import served
 from tunegate.errors import ConfigError
 from tunegate.experiments.adaptive import Split
 from tunegate.experiments.document import ExperimentsDocument

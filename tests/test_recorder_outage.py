@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from testkit.outcomes import sample
-from testkit.redis_server import RedisServer
+from tests.testkit.outcomes import sample
+from tests.testkit.redis_server import RedisServer
 from tunegate.experiments.recorder import Experiments
 from tunegate.state.store import Store, StoreFailure
 

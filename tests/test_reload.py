@@ -18,7 +18,6 @@ import httpx
 import pytest
 import yaml
 
-from testkit.redis_server import RedisServer, redis_server
 from tests.harness import (
     TUNED,
     Gateway,
@@ -30,6 +29,7 @@ from tests.harness import (
     wait_for_http,
 )
 from tests.openai_shapes import checked_client
+from tests.testkit.redis_server import RedisServer, redis_server
 from tunegate.auth import hash_key
 
 

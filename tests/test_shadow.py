@@ -14,7 +14,6 @@ import httpx
 import pytest
 import yaml
 
-from testkit.redis_server import RedisServer
 from tests.harness import (
     BASE,
     TUNED,
@@ -27,6 +26,7 @@ from tests.harness import (
     wait_until,
 )
 from tests.openai_shapes import checked_client
+from tests.testkit.redis_server import RedisServer
 from tunegate.commands import cli
 from tunegate.config.compiled import load_config
 from tunegate.experiments.document import document_json

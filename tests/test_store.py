@@ -14,7 +14,7 @@ import pytest
 from anyio.abc import SocketStream
 from redis.asyncio import Redis
 
-from testkit.redis_server import RedisServer, redis_server
+from tests.testkit.redis_server import RedisServer, redis_server
 from tunegate.state.embedded import EmbeddedServer, EmbeddedServerError, answers_ping, free_port
 from tunegate.state.store import ScriptHandle, Store
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from testkit.redis_server import RedisServer, redis_server
 from tests.harness import Gateway, Simulator, gateway_config, running_gateway, task_config
 from tests.slow_proxy import LossyProxy, lossy_proxy
+from tests.testkit.redis_server import RedisServer, redis_server
 from tunegate.config.compiled import ApiKey
 from tunegate.errors import LimitExceeded
 from tunegate.state.limits import Limits

@@ -20,10 +20,10 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from testkit.redis_server import RedisServer
 from tests.harness import BASE, TUNED, Gateway, Simulator, gateway_config, running_gateway
 from tests.harness import task_config as base_task
 from tests.otlp_receiver import Received, Receiver, otlp_receiver
+from tests.testkit.redis_server import RedisServer
 from tunegate.auth import hash_key
 from tunegate.config.settings import TracingSettings, settings_from_env, tracing_from_env
 from tunegate.errors import ConfigError

@@ -28,7 +28,7 @@ from bench.fault_suite.load import (
     ticket,
 )
 from bench.fault_suite.stack import WRONG_KEY, tuned
-from testkit.configs import TUNED
+from tests.testkit.configs import TUNED
 
 CONCURRENCY = 30
 

@@ -17,8 +17,8 @@ import httpx
 import yaml
 
 from bench.processes import Server, free_port, start_server
-from testkit.configs import BASE, TUNED, task_config
-from testkit.redis_server import RedisServer
+from tests.testkit.configs import BASE, TUNED, task_config
+from tests.testkit.redis_server import RedisServer
 from tunegate.auth import hash_key
 from tunegate.state.embedded import EmbeddedServer
 

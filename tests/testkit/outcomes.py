@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from testkit.configs import TUNED
+from tests.testkit.configs import TUNED
 from tunegate.records import Outcome, UpstreamCall
 
 
