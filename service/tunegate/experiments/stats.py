@@ -43,9 +43,17 @@ import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from scipy import stats as _scipy  # type: ignore[import-untyped]  # scipy ships no stubs
+
+@functools.cache
+def _distributions() -> Any:
+    """scipy's distributions, imported on first use: a serving process that computes no
+    interval (no adaptive split due) never loads scipy and numpy (~60 MiB resident)."""
+    from scipy import stats  # type: ignore[import-untyped]  # scipy ships no stubs
+
+    return stats
+
 
 Verdict = Literal["a_better", "b_better", "equivalent", "undecided"]
 
@@ -145,7 +153,7 @@ class Comparison:
 @functools.lru_cache(maxsize=64)
 def z_quantile(alpha: float) -> float:
     """The two-sided normal critical value z_{1 - alpha/2}."""
-    return float(_scipy.norm.ppf(1.0 - alpha / 2.0))
+    return float(_distributions().norm.ppf(1.0 - alpha / 2.0))
 
 
 def _normal_two_sided(z: float) -> float:
@@ -194,7 +202,7 @@ def mean_interval(m: Moments, alpha: float = 0.05) -> Interval | None:
     """Student's t interval for a mean; None below two observations."""
     if m.n < 2 or m.mean is None:
         return None
-    half = float(_scipy.t.ppf(1 - alpha / 2, m.n - 1)) * math.sqrt(m.variance / m.n)
+    half = float(_distributions().t.ppf(1 - alpha / 2, m.n - 1)) * math.sqrt(m.variance / m.n)
     return Interval(m.mean - half, m.mean + half)
 
 
@@ -209,8 +217,8 @@ def welch(a: Moments, b: Moments, alpha: float = 0.05) -> tuple[Interval, float]
     if se == 0:
         return Interval(d, d), (1.0 if d == 0 else 0.0)
     df = (va + vb) ** 2 / (va * va / (a.n - 1) + vb * vb / (b.n - 1))
-    t_crit = float(_scipy.t.ppf(1 - alpha / 2, df))
-    p = float(2 * _scipy.t.sf(abs(d) / se, df))
+    t_crit = float(_distributions().t.ppf(1 - alpha / 2, df))
+    p = float(2 * _distributions().t.sf(abs(d) / se, df))
     return Interval(d - t_crit * se, d + t_crit * se), p
 
 

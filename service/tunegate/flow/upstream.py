@@ -15,9 +15,8 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import openai
 import orjson
 
 from tunegate.config.compiled import Upstream, Variant
@@ -34,6 +33,9 @@ from tunegate.errors import (
 )
 from tunegate.flow.retry import parse_retry_after
 from tunegate.flow.wire import ChatEndpoint, UpstreamStatus, read_at_most, sse_data
+
+if TYPE_CHECKING:
+    import openai
 
 Message = Mapping[str, Any]
 T = TypeVar("T")
@@ -162,11 +164,20 @@ class Upstreams:
 
 # For programs that call a gateway as its users do (the demo, benchmarks): the official
 # SDK, reached through this module like every other use of it.
-CallerError = openai.APIError
+# The SDK is imported on first use: the serving process, whose chat calls go through
+# `wire.py`, never loads it.
+def __getattr__(name: str) -> Any:
+    if name == "CallerError":  # the SDK's `APIError`, which its calls raise
+        import openai
+
+        return openai.APIError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def caller_client(base_url: str, api_key: str) -> openai.AsyncOpenAI:
     """An SDK client as a backend service would configure it, SDK retries off."""
+    import openai
+
     return openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0)
 
 
@@ -313,6 +324,8 @@ class TuningClient:
     def __init__(self, upstream: Upstream, environ: Mapping[str, str]) -> None:
         key = environ.get(upstream.api_key_env, "") if upstream.api_key_env else ""
         base_url = environ.get(upstream.base_url_env, "") if upstream.base_url_env else ""
+        import openai
+
         self._name = upstream.name
         self._client = openai.OpenAI(
             api_key=key or "unused",
@@ -341,6 +354,8 @@ class TuningClient:
         epochs: int | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> TuningJob:
+        import openai
+
         jobs = self._client.fine_tuning.jobs
         return self._call(
             "create the job",
@@ -373,6 +388,8 @@ class TuningClient:
         return self._call(f"cancel job {job_id}", lambda: _job_of(jobs.cancel(job_id)))
 
     def _call(self, action: str, work: Callable[[], T]) -> T:
+        import openai
+
         try:
             return work()
         except openai.APIStatusError as exc:
