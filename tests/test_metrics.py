@@ -20,8 +20,13 @@ from tests.testkit.outcomes import served
 from tunegate.errors import ConfigError
 from tunegate.experiments.adaptive import Split
 from tunegate.experiments.document import ExperimentsDocument
-from tunegate.observability.metrics import FLUSH_DELAY_S, NO_VARIANT, Metrics, mark_process_dead
-from tunegate.observability.metrics.files import add_cells
+from tunegate.observability.metrics import (
+    FLUSH_DELAY_S,
+    NO_VARIANT,
+    Metrics,
+    add_cells,
+    mark_process_dead,
+)
 from tunegate.quality.checks import CheckResult, CheckVerdict
 from tunegate.records import JudgeOutcome, Outcome, ShadowOutcome, UpstreamCall, rejected
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from itertools import accumulate
@@ -39,8 +40,12 @@ from typing import TYPE_CHECKING
 from prometheus_client import (
     CONTENT_TYPE_PLAIN_0_0_4,
     CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
     generate_latest,
     multiprocess,
+    values,
 )
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -48,7 +53,9 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.utils import floatToGoString
 
+from tunegate.errors import ConfigError
 from tunegate.observability.metrics.buffer import Counts, Observations
 from tunegate.observability.metrics.families import (
     CACHE_LOOKUPS,
@@ -86,8 +93,6 @@ from tunegate.observability.metrics.families import FAMILIES as FAMILIES
 from tunegate.observability.metrics.families import FLUSH_DELAY_S as FLUSH_DELAY_S
 from tunegate.observability.metrics.families import IN_FLIGHT as IN_FLIGHT
 from tunegate.observability.metrics.families import NO_VARIANT as NO_VARIANT
-from tunegate.observability.metrics.files import Files, check_multiprocess
-from tunegate.observability.metrics.files import mark_process_dead as mark_process_dead
 
 if TYPE_CHECKING:  # the gateway imports the whole request flow; records need none of it
     from tunegate.experiments.adaptive import Split
@@ -105,7 +110,9 @@ class Metrics:
     def __init__(self, multiprocess_dir: str | None = None) -> None:
         # Totals since start; in multiprocess mode, what changed since the last flush.
         self._counts = {f: Counts() for f in FAMILIES if not f.is_histogram}
-        self._observations = {f: Observations(f.buckets) for f in FAMILIES if f.is_histogram}
+        self._observations = {
+            f: Observations(f.buckets, le_values(f.buckets)) for f in FAMILIES if f.is_histogram
+        }
         self._requests = self._counts[REQUESTS]
         self._duration = self._observations[REQUEST_DURATION]
         self._upstream = self._observations[UPSTREAM_DURATION]
@@ -361,3 +368,95 @@ class _InFlight(AbstractContextManager[None]):
         metrics._in_flight -= 1
         if metrics._files is not None and not metrics._flush_pending:
             metrics._schedule_flush()
+
+
+# prometheus-client's multiprocess mode (`tunegate serve --workers N`): each worker's
+# buffered counts go into its memory-mapped files through the library's own metric
+# objects, so the library's collector can read and sum them.
+class Files:
+    """This worker's memory-mapped files (prometheus-client's multiprocess mode), written
+    through the library's own metric objects so its collector can read and sum them."""
+
+    def __init__(self) -> None:
+        self._counters = {
+            f: Counter(f.name, f.doc, f.labels, registry=None)
+            for f in FAMILIES
+            if not f.is_histogram
+        }
+        self._histograms = {
+            f: Histogram(f.name, f.doc, f.labels, registry=None, buckets=f.buckets)
+            for f in FAMILIES
+            if f.is_histogram
+        }
+        self._in_flight = Gauge(
+            IN_FLIGHT.name, IN_FLIGHT.doc, registry=None, multiprocess_mode="livesum"
+        )
+
+    def write(
+        self,
+        counts: dict[Family, Counts],
+        observations: dict[Family, Observations],
+        in_flight: int,
+    ) -> None:
+        """Add `counts` and `observations` to the files and empty them; set the gauge."""
+        for family, table in counts.items():
+            counter = self._counters[family]
+            for labels, value in list(table.items()):
+                counter.labels(*labels).inc(value)
+            table.clear()
+        for family, cells_by_labels in observations.items():
+            histogram = self._histograms[family]
+            for labels, cells in list(cells_by_labels.items()):
+                add_cells(histogram.labels(*labels), cells)
+            cells_by_labels.clear()
+        self._in_flight.set(in_flight)
+
+
+def mark_process_dead(multiprocess_dir: str, pid: int) -> None:
+    """Forget a dead worker's live gauges (its in-flight count); call it from the
+    supervisor when worker `pid` exits. Its counters and histograms stay, as they must."""
+    multiprocess.mark_process_dead(pid, multiprocess_dir)  # type: ignore[no-untyped-call]
+
+
+def check_multiprocess(directory: str) -> None:
+    # prometheus_client itself reads this variable (at import, and for its file paths);
+    # this only checks that it agrees with the settings.
+    configured = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not getattr(values.ValueClass, "_multiprocess", False) or configured is None:
+        raise ConfigError(
+            f"metrics: a multiprocess directory ({directory}) was given, but "
+            "PROMETHEUS_MULTIPROC_DIR was not set when prometheus_client was imported; "
+            "set it in the environment before starting the workers."
+        )
+    if os.path.realpath(configured) != os.path.realpath(directory):
+        raise ConfigError(
+            f"metrics: the multiprocess directory {directory} differs from "
+            f"PROMETHEUS_MULTIPROC_DIR={configured}; use one directory."
+        )
+    if not os.path.isdir(directory):
+        raise ConfigError(f"metrics: PROMETHEUS_MULTIPROC_DIR={directory} is not a directory.")
+
+
+def add_cells(child: Histogram, cells: list[float]) -> None:
+    """Add buffered cells (a count per bucket, then the sum) to a histogram's child.
+
+    prometheus-client has no public "add these bucket counts", and observing each value
+    again would cost what the buffering saves, so this writes the library's own cells,
+    `_buckets` and `_sum`: the one place that reaches into it. A library that changes
+    them fails here, loudly (tests/test_metrics.py runs it against the pinned version)."""
+    buckets = getattr(child, "_buckets", None)
+    total = getattr(child, "_sum", None)
+    if not isinstance(buckets, list) or len(buckets) != len(cells) - 1 or total is None:
+        raise RuntimeError(
+            "prometheus_client's Histogram no longer keeps `_buckets` and `_sum` as this "
+            "gateway expects; pin the version in pyproject.toml or update metrics/__init__.py"
+        )
+    for cell, count in zip(buckets, cells[:-1], strict=True):
+        if count:
+            cell.inc(count)
+    total.inc(cells[-1])
+
+
+def le_values(bounds: tuple[float, ...]) -> list[str]:
+    """The `le` label values of `bounds` and +Inf, spelled as prometheus-client does."""
+    return [floatToGoString(b) for b in (*bounds, float("inf"))]  # type: ignore[no-untyped-call]

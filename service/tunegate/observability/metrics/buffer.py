@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
-from prometheus_client.utils import floatToGoString
-
 from tunegate.observability.metrics.families import Labels
 
 
@@ -23,11 +21,11 @@ class Observations(dict[Labels, list[float]]):
 
     __slots__ = ("bounds", "le")
 
-    def __init__(self, bounds: tuple[float, ...]) -> None:
+    def __init__(self, bounds: tuple[float, ...], le: list[str]) -> None:
         super().__init__()
         self.bounds = bounds
-        # The `le` label values, spelled as prometheus-client spells its own.
-        self.le: list[str] = [floatToGoString(b) for b in (*bounds, float("inf"))]  # type: ignore[no-untyped-call]
+        # The `le` label values of the buckets and +Inf, spelled as prometheus-client does.
+        self.le = le
 
     def observe(self, labels: Labels, value: float) -> None:
         cells = self.get(labels)
