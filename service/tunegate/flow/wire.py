@@ -67,8 +67,12 @@ class ChatEndpoint:
 
     def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0)
+        # No cookie jar: nothing an upstream sets is sent back on another caller's call
+        # (and filtering cookies for every request was measurable).
         self._session = aiohttp.ClientSession(
-            connector=connector, headers=self._headers, auto_decompress=True
+            connector=connector,
+            headers=self._headers,
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         return self._session
 
