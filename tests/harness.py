@@ -5,6 +5,7 @@ and helpers to write configs that point at them."""
 from __future__ import annotations
 
 import contextlib
+import re
 import subprocess
 import sys
 import threading
@@ -154,3 +155,13 @@ def running_gateway(
         yield gateway
     finally:
         gateway.stop()
+
+
+def metric(gw: Gateway, name: str, **labels: str) -> float:
+    """The value of one series of `name` on the gateway's /metrics (0 when absent),
+    matched on exactly `labels`, whatever order the exposition writes them in."""
+    for line in httpx.get(f"{gw.url}/metrics", timeout=10).text.splitlines():
+        found = re.fullmatch(rf"{re.escape(name)}\{{(.*)\}} (\S+)", line)
+        if found and dict(re.findall(r'(\w+)="([^"]*)"', found.group(1))) == labels:
+            return float(found.group(2))
+    return 0.0

@@ -21,6 +21,7 @@ from tests.harness import (
     Gateway,
     Simulator,
     gateway_config,
+    metric,
     running_gateway,
     simulator_with,
     task_config,
@@ -86,15 +87,6 @@ def ask(gw: Gateway, task: str) -> httpx.Response:
     response = HTTP.post(f"{gw.url}/v1/chat/completions", json=body)
     assert response.status_code == 200, response.text
     return response
-
-
-def metric(gw: Gateway, name: str, **labels: str) -> float:
-    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    prefix = f"{name}{{{wanted}}} "
-    for line in HTTP.get(f"{gw.url}/metrics").text.splitlines():
-        if line.startswith(prefix):
-            return float(line.removeprefix(prefix))
-    return 0.0
 
 
 def document(gw: Gateway, task: str) -> dict[str, Any]:

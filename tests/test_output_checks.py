@@ -4,7 +4,6 @@ cache hits, buffered streams, JSON tasks with checks, and the check metric."""
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +17,7 @@ from tests.harness import (
     Gateway,
     Simulator,
     gateway_config,
+    metric,
     running_gateway,
     task_config,
 )
@@ -207,24 +207,20 @@ def test_json_tasks_check_the_validated_json_text(gw: Gateway) -> None:
     assert calm.headers["x-tunegate-checks"] == "failed"
 
 
-def metric(gw: Gateway, task: str, check: str, result: str) -> float:
-    text = HTTP.get(f"{gw.url}/metrics").text
-    wanted = {"task": task, "variant": "tuned", "check": check, "result": result}
-    for line in text.splitlines():
-        found = re.fullmatch(r"tunegate_check_results_total\{(.*)\} (\S+)", line)
-        if found and dict(re.findall(r'(\w+)="([^"]*)"', found.group(1))) == wanted:
-            return float(found.group(2))
-    return 0.0
+def check_metric(gw: Gateway, task: str, check: str, result: str) -> float:
+    return metric(
+        gw, "tunegate_check_results_total", task=task, variant="tuned", check=check, result=result
+    )
 
 
 def test_every_evaluated_answer_counts_per_check(gw: Gateway, sim: Simulator) -> None:
-    before = {r: metric(gw, "reply", "language", r) for r in ("pass", "fail")}
-    contains_before = metric(gw, "reply", "contains", "pass")
+    before = {r: check_metric(gw, "reply", "language", r) for r in ("pass", "fail")}
+    contains_before = check_metric(gw, "reply", "contains", "pass")
     sim.script(TUNED, "english")
     assert ask(gw).status_code == 200
-    assert metric(gw, "reply", "language", "fail") == before["fail"] + 1
-    assert metric(gw, "reply", "language", "pass") == before["pass"] + 1
-    assert metric(gw, "reply", "contains", "pass") == contains_before + 1
+    assert check_metric(gw, "reply", "language", "fail") == before["fail"] + 1
+    assert check_metric(gw, "reply", "language", "pass") == before["pass"] + 1
+    assert check_metric(gw, "reply", "contains", "pass") == contains_before + 1
 
 
 def test_first_answers_are_counted_per_variant_in_the_experiments(
