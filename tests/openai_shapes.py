@@ -117,8 +117,21 @@ def _what_to_check(
     return schema, sse
 
 
-class _CheckedStream(httpx.SyncByteStream):
-    def __init__(self, inner: httpx.SyncByteStream, schema: str | None, sse: bool) -> None:
+Request = httpx.Request | httpx2.Request
+Response = httpx.Response | httpx2.Response
+
+
+def _to_check(request: Request, response: Response) -> tuple[str | None, bool] | None:
+    content_type = response.headers.get("content-type", "")
+    return _what_to_check(request.method, request.url.path, response.status_code, content_type)
+
+
+class _Checked:
+    """A response body read through `_checked`; mixed into each library's stream class."""
+
+    def __init__(
+        self, inner: httpx.SyncByteStream | httpx2.SyncByteStream, schema: str | None, sse: bool
+    ) -> None:
         self._inner = inner
         self._checked = _checked(inner, schema, sse)
 
@@ -127,6 +140,41 @@ class _CheckedStream(httpx.SyncByteStream):
 
     def close(self) -> None:
         self._inner.close()
+
+
+class _AsyncChecked:
+    """The async twin: the body is read whole, then checked, then handed on."""
+
+    def __init__(
+        self, inner: httpx.AsyncByteStream | httpx2.AsyncByteStream, schema: str | None, sse: bool
+    ) -> None:
+        self._inner = inner
+        self._schema = schema
+        self._sse = sse
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        chunks = [chunk async for chunk in self._inner]
+        for chunk in _checked(chunks, self._schema, self._sse):
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _CheckedStream(_Checked, httpx.SyncByteStream):
+    pass
+
+
+class _SdkCheckedStream(_Checked, httpx2.SyncByteStream):
+    pass
+
+
+class _AsyncCheckedStream(_AsyncChecked, httpx.AsyncByteStream):
+    pass
+
+
+class _SdkAsyncCheckedStream(_AsyncChecked, httpx2.AsyncByteStream):
+    pass
 
 
 class CheckingTransport(httpx.HTTPTransport):
@@ -134,24 +182,11 @@ class CheckingTransport(httpx.HTTPTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         response = super().handle_request(request)
-        content_type = response.headers.get("content-type", "")
-        what = _what_to_check(request.method, request.url.path, response.status_code, content_type)
+        what = _to_check(request, response)
         if what is not None:
             assert isinstance(response.stream, httpx.SyncByteStream)
             response.stream = _CheckedStream(response.stream, *what)
         return response
-
-
-class _SdkCheckedStream(httpx2.SyncByteStream):
-    def __init__(self, inner: httpx2.SyncByteStream, schema: str | None, sse: bool) -> None:
-        self._inner = inner
-        self._checked = _checked(inner, schema, sse)
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self._checked
-
-    def close(self) -> None:
-        self._inner.close()
 
 
 class _SdkCheckingTransport(httpx2.HTTPTransport):
@@ -159,27 +194,11 @@ class _SdkCheckingTransport(httpx2.HTTPTransport):
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         response = super().handle_request(request)
-        content_type = response.headers.get("content-type", "")
-        what = _what_to_check(request.method, request.url.path, response.status_code, content_type)
+        what = _to_check(request, response)
         if what is not None:
             assert isinstance(response.stream, httpx2.SyncByteStream)
             response.stream = _SdkCheckedStream(response.stream, *what)
         return response
-
-
-class _AsyncCheckedStream(httpx.AsyncByteStream):
-    def __init__(self, inner: httpx.AsyncByteStream, schema: str | None, sse: bool) -> None:
-        self._inner = inner
-        self._schema = schema
-        self._sse = sse
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        chunks = [chunk async for chunk in self._inner]
-        for chunk in _checked(chunks, self._schema, self._sse):
-            yield chunk
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
 
 
 class AsyncCheckingTransport(httpx.AsyncHTTPTransport):
@@ -187,34 +206,17 @@ class AsyncCheckingTransport(httpx.AsyncHTTPTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         response = await super().handle_async_request(request)
-        content_type = response.headers.get("content-type", "")
-        what = _what_to_check(request.method, request.url.path, response.status_code, content_type)
+        what = _to_check(request, response)
         if what is not None:
             assert isinstance(response.stream, httpx.AsyncByteStream)
             response.stream = _AsyncCheckedStream(response.stream, *what)
         return response
 
 
-class _SdkAsyncCheckedStream(httpx2.AsyncByteStream):
-    def __init__(self, inner: httpx2.AsyncByteStream, schema: str | None, sse: bool) -> None:
-        self._inner = inner
-        self._schema = schema
-        self._sse = sse
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        chunks = [chunk async for chunk in self._inner]
-        for chunk in _checked(chunks, self._schema, self._sse):
-            yield chunk
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
 class _SdkAsyncCheckingTransport(httpx2.AsyncHTTPTransport):
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         response = await super().handle_async_request(request)
-        content_type = response.headers.get("content-type", "")
-        what = _what_to_check(request.method, request.url.path, response.status_code, content_type)
+        what = _to_check(request, response)
         if what is not None:
             assert isinstance(response.stream, httpx2.AsyncByteStream)
             response.stream = _SdkAsyncCheckedStream(response.stream, *what)
