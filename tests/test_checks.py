@@ -11,11 +11,13 @@ from hypothesis import strategies as st
 
 from tunegate.quality.checks import (
     MIN_LETTERS,
+    SAMPLE_CHARS,
     CheckConfigError,
     Detector,
     compile_checks,
     corrective_message,
     count_sentences,
+    language_sample,
     languages_of,
 )
 
@@ -98,6 +100,27 @@ def test_texts_under_twenty_letters_pass_the_language_check() -> None:
     language = checks([{"language": "de"}])
     assert language.run("Thank you, bye!").passed
     assert sum(c.isalpha() for c in "Thank you, bye!") < MIN_LETTERS
+
+
+def test_long_answers_are_told_by_their_language_at_a_bounded_sample() -> None:
+    language = checks([{"language": "de"}])
+    long_german, long_english = " ".join([GERMAN] * 12), " ".join([ENGLISH] * 12)
+    assert len(long_german) > 5 * SAMPLE_CHARS
+    assert language.run(long_german).passed
+    assert language.run(long_english).first_failure == "language: expected de, detected en"
+
+
+WORDS = GERMAN.split()
+
+
+@given(st.lists(st.sampled_from(WORDS), min_size=60, max_size=200).map(" ".join))
+def test_the_sample_is_whole_words_of_the_opening_and_close(text: str) -> None:
+    assert language_sample(GERMAN) == GERMAN  # short texts are read whole
+    sample = language_sample(text)
+    assert len(text) > SAMPLE_CHARS >= len(sample)
+    assert set(sample.split()) <= set(WORDS)  # no word cut in half
+    first, last = sample.split()[0], sample.split()[-1]
+    assert text.startswith(first + " ") and text.endswith(" " + last)
 
 
 def test_every_check_is_evaluated_and_the_message_names_each_failure() -> None:

@@ -13,7 +13,9 @@ Language detection: one `Detector` per config, built at load for the languages t
 names plus `CONTRAST_LANGUAGES` (so an answer in English is detected as English, not as
 the nearest of the configured ones). Its models are loaded at build (about 30 MB a
 language: 130 MB for de, en, fr, es); one over all of lingua's 75 would cost about a
-millisecond per answer and over a GiB.
+millisecond per answer and over a GiB. Detection reads a bounded sample (`language_sample`:
+the whole text up to `SAMPLE_CHARS`, else its opening and its close), since lingua's cost
+grows with the text and its accuracy on these languages does not past a few sentences.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ KINDS = ("language", "max_sentences", "max_chars", "contains", "not_contains", "
 CONTRAST_LANGUAGES = ("en", "de", "fr", "es")
 # Texts with fewer letters than this pass the language check: too short to tell.
 MIN_LETTERS = 20
+# The most characters language detection reads: a longer text is told by its first and
+# last SAMPLE_CHARS / 2 (cut at spaces), so an answer that opens or closes in another
+# language is still seen, at a cost that does not grow with the answer.
+SAMPLE_CHARS = 300
 # A sentence ends at one or more of these followed by whitespace or the end of the text.
 _SENTENCE_END = re.compile(r"[.!?…]+(?:\s+|$)")
 
@@ -58,9 +64,34 @@ class Detector:
         )
 
     def detect(self, text: str) -> str | None:
-        """The ISO 639-1 code of `text`'s language (lowercase), or None if undecided."""
-        found = self._lingua.detect_language_of(text)
+        """The ISO 639-1 code of `text`'s language (lowercase), or None if undecided;
+        read from `language_sample(text)`."""
+        found = self._lingua.detect_language_of(language_sample(text))
         return found.iso_code_639_1.name.lower() if found is not None else None
+
+
+def language_sample(text: str, limit: int = SAMPLE_CHARS) -> str:
+    """`text` if it has at most `limit` characters, else its opening and its close, each
+    at most `(limit - 1) // 2` characters cut back to whole words, joined by a space."""
+    if len(text) <= limit:
+        return text
+    half = (limit - 1) // 2
+    head, tail = text[:half], text[-half:]
+    if text[half] != " " and " " in head:  # the head ends inside a word: drop it
+        head = head[: head.rindex(" ")]
+    if text[-half - 1] != " " and " " in tail:  # the tail starts inside a word
+        tail = tail[tail.index(" ") + 1 :]
+    return f"{head.rstrip()} {tail.lstrip()}"
+
+
+def has_letters(text: str, at_least: int) -> bool:
+    """Whether `text` has `at_least` letters (stops counting once it has)."""
+    for ch in text:
+        if ch.isalpha():
+            at_least -= 1
+            if at_least <= 0:
+                return True
+    return at_least <= 0
 
 
 def detectable(code: Any) -> bool:
@@ -88,7 +119,7 @@ class LanguageCheck:
     kind: str = "language"
 
     def failure(self, text: str) -> str | None:
-        if sum(1 for ch in text if ch.isalpha()) < MIN_LETTERS:
+        if not has_letters(text, MIN_LETTERS):
             return None
         found = self.detector.detect(text)
         if found == self.code:
