@@ -15,10 +15,20 @@ success. While `down`, calls fail at once without touching Redis (limits then fo
 
 Connections come from one bounded `ConnectionPool` with no client-side retries: a command
 that finds every connection busy fails at once and counts as an error like any other (no
-request queues behind the store); hiredis parses the replies. A command whose task is
-cancelled mid-flight (a client hung up) leaves no unread reply behind: redis-py 8 closes
-the connection on any `BaseException` raised while sending or reading (its fix for
-redis-py #2624), so the next command gets a fresh socket.
+request queues behind the store); hiredis parses the replies.
+
+On one server or a Sentinel's primary, the commands issued in one turn of the event loop
+go out together, as one pipeline on one connection (`coalesce.Coalescer`): at
+concurrency 32 a round trip's fixed cost (the pooled connection, the socket write, the
+read, the wake-up) is shared by every request of the turn. Each command keeps its own
+reply or failure; the batch's send and reads are bounded by `socket_timeout_ms` together
+(the pool's connections get no per-operation timeout, which in redis-py costs a task per
+write), its connection by `connect_timeout_ms` plus that. A caller cancelled mid-flight
+(a client hung up) stops waiting for its own reply only: the batch reads every reply, so
+the connection stays in step. A Cluster's commands go through redis-py's cluster client
+one by one (it routes each by slot), where redis-py 8 closes the connection on any
+`BaseException` raised while sending or reading (its fix for redis-py #2624), so a
+cancelled command leaves no unread reply behind either.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal, TypeVar
 
 from redis.asyncio import ConnectionPool, Redis
@@ -36,9 +47,10 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeout
 
+from tunegate.state.coalesce import Coalescer
 from tunegate.state.rarely import RareLog
 from tunegate.state.store_url import StoreUrl, parse_store_url
 
@@ -49,6 +61,7 @@ STORE_STATES: tuple[StoreState, ...] = ("ok", "slow", "down")
 # Consecutive failed calls that make the store `down`.
 DOWN_AFTER = 3
 ScriptArg = str | bytes | int | float
+Command = tuple[ScriptArg, ...]
 T = TypeVar("T")
 
 
@@ -90,12 +103,22 @@ class Store:
         probe_interval_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        target = parse_store_url(url)
+        self._socket_timeout_s = socket_timeout_ms / 1000
+        self._connect_timeout_s = connect_timeout_ms / 1000
+        # One server or a Sentinel's primary: batches on connections without
+        # per-operation timeouts (module docstring). A cluster: redis-py's own timeouts.
+        batched = target.kind != "cluster"
+        self._redis: Redis | RedisCluster
         self._redis, self._sentinels = _client(
-            parse_store_url(url),
-            socket_timeout_s=socket_timeout_ms / 1000,
-            connect_timeout_s=connect_timeout_ms / 1000,
+            target,
+            socket_timeout_s=None if batched else self._socket_timeout_s,
+            connect_timeout_s=self._connect_timeout_s,
             max_connections=max_connections,
         )
+        self._pipe: Coalescer[Command] | None = None
+        if isinstance(self._redis, Redis):
+            self._pipe = Coalescer(partial(self._send_batch, self._redis.connection_pool))
         self._scripts: dict[str, str] = {}  # sha1 -> source
         self._state: StoreState = "ok"
         self._failures = 0  # consecutive
@@ -114,7 +137,10 @@ class Store:
         return self._state
 
     async def close(self) -> None:
-        """Close every pooled connection; the store must not be used afterwards."""
+        """Close every pooled connection, once the batches under way are answered; the
+        store must not be used afterwards."""
+        if self._pipe is not None:
+            await self._pipe.aclose()
         await self._redis.aclose()
         for sentinel in self._sentinels:
             await sentinel.aclose()
@@ -126,7 +152,7 @@ class Store:
 
     async def get_checked(self, key: str) -> bytes | StoreFailure | None:
         """The value at `key`, `None` when it is absent, or this call's failure."""
-        value = await self._call(lambda: self._redis.get(key))
+        value = await self._call(lambda: self._command("GET", key))
         return value if isinstance(value, bytes | StoreFailure) else None
 
     async def set(self, key: str, value: bytes, ttl_s: int) -> bool:
@@ -134,7 +160,7 @@ class Store:
         Raises `ValueError` for a `ttl_s` below 1: nothing is stored without expiry."""
         if ttl_s < 1:
             raise ValueError(f"ttl_s must be at least 1, not {ttl_s}")
-        done = await self._call(lambda: self._redis.set(key, value, ex=ttl_s))
+        done = await self._call(lambda: self._command("SET", key, value, "EX", ttl_s))
         return not isinstance(done, StoreFailure)
 
     async def set_many(self, items: Mapping[str, bytes], ttl_s: int) -> bool:
@@ -146,6 +172,9 @@ class Store:
             raise ValueError(f"ttl_s must be at least 1, not {ttl_s}")
 
         async def write() -> object:
+            if self._pipe is not None:  # in this turn's batch, one round trip with it
+                sets = [self._pipe.submit(("SET", k, v, "EX", ttl_s)) for k, v in items.items()]
+                return await _all_of(sets)
             pipe = self._redis.pipeline(transaction=False)
             for key, value in items.items():
                 pipe.set(key, value, ex=ttl_s)
@@ -155,7 +184,8 @@ class Store:
 
     async def ping(self) -> bool:
         """True when the server answered PING; tried even while `down` (a probe)."""
-        return not isinstance(await self._call(self._redis.ping, probe=True), StoreFailure)
+        pinged = await self._call(lambda: self._command("PING"), probe=True)
+        return not isinstance(pinged, StoreFailure)
 
     def register(self, lua: str) -> ScriptHandle:
         """Register a Lua script (no I/O); run it with `run`. The server loads it on first
@@ -182,15 +212,41 @@ class Store:
             # EVALSHA through `execute_command`: redis-py's script objects cost a fifth
             # more per call here (measured), for the same command.
             try:
-                return await self._redis.execute_command(  # typed by RedisCluster, not Redis
-                    "EVALSHA", handle.sha1, len(keys), *keys, *args
-                )
+                return await self._command("EVALSHA", handle.sha1, len(keys), *keys, *args)
             except NoScriptError:  # a new or restarted server: EVAL caches it again
-                return await self._redis.execute_command(
-                    "EVAL", self._scripts[handle.sha1], len(keys), *keys, *args
-                )
+                source = self._scripts[handle.sha1]
+                return await self._command("EVAL", source, len(keys), *keys, *args)
 
         return await self._call(script)
+
+    def _command(self, *command: ScriptArg) -> Awaitable[object]:
+        """One command: in this turn's batch, or through the cluster client. Its reply is
+        the server's, unconverted (`OK` and `PONG` as bytes)."""
+        if self._pipe is not None:
+            return self._pipe.submit(command)
+        return self._redis.execute_command(*command)  # typed by RedisCluster, not Redis
+
+    async def _send_batch(self, pool: ConnectionPool, commands: list[Command]) -> list[object]:
+        """Send `commands` as one pipeline on one pooled connection; one reply per
+        command, a `ResponseError` instance for a command the server refused. Raises
+        when the connection fails or the replies do not arrive in time (redis-py then
+        closes it: a cancellation or error while reading disconnects)."""
+        async with asyncio.timeout(self._connect_timeout_s + self._socket_timeout_s):
+            connection = await pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        try:
+            async with asyncio.timeout(self._socket_timeout_s):
+                await connection.send_packed_command(
+                    connection.pack_commands(commands), check_health=False
+                )
+                replies: list[object] = []
+                for _ in commands:
+                    try:
+                        replies.append(await connection.read_response())
+                    except ResponseError as refused:  # this command's own failure
+                        replies.append(refused)
+                return replies
+        finally:
+            await pool.release(connection)
 
     async def _call(
         self, command: Callable[[], Awaitable[T]], *, probe: bool = False
@@ -252,9 +308,27 @@ async def _uncancelled(command: Awaitable[T]) -> T:
             raise asyncio.CancelledError  # the cancellation wins, as it should
 
 
+async def _all_of(futures: Sequence[Awaitable[object]]) -> list[object]:
+    """Every reply, or the first failure once every future is done (none left unread)."""
+    replies: list[object] = []
+    failure: Exception | None = None
+    for future in futures:
+        try:
+            replies.append(await future)
+        except Exception as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure
+    return replies
+
+
 def _client(
-    target: StoreUrl, *, socket_timeout_s: float, connect_timeout_s: float, max_connections: int
-) -> tuple[Redis | RedisCluster, list[Redis]]:
+    target: StoreUrl,
+    *,
+    socket_timeout_s: float | None,
+    connect_timeout_s: float,
+    max_connections: int,
+) -> tuple[Redis, list[Redis]] | tuple[RedisCluster, list[Redis]]:
     """redis-py's own client for `target` (SPEC §10), and the sentinels' clients to close.
 
     No client-side retries anywhere: a failed command fails at once (module docstring).
