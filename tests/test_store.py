@@ -165,6 +165,57 @@ async def test_a_get_cancelled_mid_flight_leaves_no_reply_behind(
         await store.close()
 
 
+async def test_the_commands_of_one_turn_share_one_connection(server: RedisServer) -> None:
+    """Concurrent callers' commands go out as one pipeline: with a single connection
+    allowed, 32 of them all succeed (one connection each would fail 31 at once)."""
+    store = Store(server.url, max_connections=1)
+    counter = store.register(INCR_WITH_EXPIRY)
+    try:
+        assert await store.set("shared", b"v", ttl_s=60)
+        gets = [store.get("shared") for _ in range(16)]
+        runs = [store.run(counter, keys=["n"], args=[1, 60_000]) for _ in range(16)]
+        replies = await asyncio.gather(*gets, *runs)
+        assert replies[:16] == [b"v"] * 16
+        assert sorted(replies[16:]) == list(range(1, 17))  # type: ignore[type-var]  # ints
+        assert await store.set_many({"m1": b"1", "m2": b"2"}, ttl_s=60)
+        assert [await store.get("m1"), await store.get("m2")] == [b"1", b"2"]
+        assert state_of(store) == "ok"
+    finally:
+        await store.close()
+
+
+async def test_a_refused_script_fails_alone_in_its_batch(store: Store) -> None:
+    failing = store.register("return redis.error_reply('no')")
+    echo = store.register("return ARGV[1]")
+    assert await store.set("k", b"v", ttl_s=60)
+    replies = await asyncio.gather(store.run(failing), store.get("k"), store.run(echo, args=["x"]))
+    assert list(replies) == [None, b"v", b"x"]
+
+
+async def test_a_caller_cancelled_in_a_batch_leaves_the_others_their_replies(
+    server: RedisServer,
+) -> None:
+    store = Store(server.url, socket_timeout_ms=2_000, max_connections=1)
+    try:
+        assert await store.set("a", b"A", ttl_s=60)
+        assert await store.set("b", b"B", ttl_s=60)
+        server.freeze()
+        try:
+            leaving = asyncio.create_task(store.get("a"))
+            staying = asyncio.create_task(store.get("b"))
+            await asyncio.sleep(0.05)  # both sent, in one batch, unanswered
+            leaving.cancel()
+        finally:
+            server.thaw()
+        assert await staying == b"B"
+        with pytest.raises(asyncio.CancelledError):
+            await leaving
+        assert await store.get("a") == b"A"  # the connection is in step
+        assert state_of(store) == "ok"
+    finally:
+        await store.close()
+
+
 async def test_a_server_talking_garbage_fails_open() -> None:
     async def answer_garbage(stream: SocketStream) -> None:
         async with stream:
