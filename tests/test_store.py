@@ -13,10 +13,11 @@ import anyio
 import pytest
 from anyio.abc import SocketStream
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
 
 from tests.testkit.redis_server import RedisServer, redis_server
 from tunegate.state.embedded import EmbeddedServer, EmbeddedServerError, answers_ping, free_port
-from tunegate.state.store import ScriptHandle, Store
+from tunegate.state.store import Command, ScriptHandle, Store, packed
 
 pytestmark = pytest.mark.anyio
 
@@ -163,6 +164,21 @@ async def test_a_get_cancelled_mid_flight_leaves_no_reply_behind(
         assert state_of(store) == "ok"
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize(
+    "commands",
+    [
+        [("PING",)],
+        [("GET", "tunegate:cache:{ab}"), ("SET", "k", b"\x00\r\n\xff", "EX", 30)],
+        [
+            ("EVALSHA", "f" * 40, 2, "a", "b", "caf\u00e9", -7, 0.25, 1e-7),
+            ("SET", "v", b"x" * 9000),
+        ],
+    ],
+)
+def test_commands_are_packed_as_redis_py_packs_them(commands: list[Command]) -> None:
+    assert packed(commands) == b"".join(Connection().pack_commands(commands))
 
 
 async def test_the_commands_of_one_turn_share_one_connection(server: RedisServer) -> None:
