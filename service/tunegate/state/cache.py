@@ -167,7 +167,8 @@ class Cache:
     it spent waiting on the store, for the overhead metric.
 
     A miss costs two round trips to Redis, a hit one: the lookup claims the lock, and the
-    leader's save releases it. Both keys of a script share the hash tag `{digest}`, so on
+    leader's save releases it (each shared with the commands other requests issue in the
+    same event-loop turn: the store pipelines them). Both keys of a script share the hash tag `{digest}`, so on
     a Redis Cluster they live in one slot."""
 
     def __init__(
