@@ -168,8 +168,8 @@ class Cache:
 
     A miss costs two round trips to Redis, a hit one: the lookup claims the lock, and the
     leader's save releases it (each shared with the commands other requests issue in the
-    same event-loop turn: the store pipelines them). Both keys of a script share the hash tag `{digest}`, so on
-    a Redis Cluster they live in one slot."""
+    same event-loop turn: the store pipelines them). Both keys of a script share the hash
+    tag `{digest}`, so on a Redis Cluster they live in one slot."""
 
     def __init__(
         self,

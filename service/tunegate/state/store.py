@@ -106,13 +106,10 @@ class Store:
         target = parse_store_url(url)
         self._socket_timeout_s = socket_timeout_ms / 1000
         self._connect_timeout_s = connect_timeout_ms / 1000
-        # One server or a Sentinel's primary: batches on connections without
-        # per-operation timeouts (module docstring). A cluster: redis-py's own timeouts.
-        batched = target.kind != "cluster"
         self._redis: Redis | RedisCluster
         self._redis, self._sentinels = _client(
             target,
-            socket_timeout_s=None if batched else self._socket_timeout_s,
+            socket_timeout_s=self._socket_timeout_s,
             connect_timeout_s=self._connect_timeout_s,
             max_connections=max_connections,
         )
@@ -342,19 +339,17 @@ async def _all_of(futures: Sequence[Awaitable[object]]) -> list[object]:
 
 
 def _client(
-    target: StoreUrl,
-    *,
-    socket_timeout_s: float | None,
-    connect_timeout_s: float,
-    max_connections: int,
+    target: StoreUrl, *, socket_timeout_s: float, connect_timeout_s: float, max_connections: int
 ) -> tuple[Redis, list[Redis]] | tuple[RedisCluster, list[Redis]]:
     """redis-py's own client for `target` (SPEC §10), and the sentinels' clients to close.
 
     No client-side retries anywhere: a failed command fails at once (module docstring).
-    Sentinel: every new connection asks the sentinels for the current primary, so after a
-    failover the next connection reaches the promoted one. Cluster: commands go to the
-    node owning their keys' slot; one retry follows a MOVED/ASK redirection or a
-    topology change."""
+    One server and a Sentinel's primary: connections without a per-operation timeout (the
+    store bounds each batch); the sentinels' own keep theirs, so a frozen one is passed
+    over for the next. Sentinel: every new connection asks the sentinels for the current
+    primary, so after a failover the next connection reaches the promoted one. Cluster:
+    commands go to the node owning their keys' slot; one retry follows a MOVED/ASK
+    redirection or a topology change."""
     timeouts = {"socket_timeout": socket_timeout_s, "socket_connect_timeout": connect_timeout_s}
     if target.kind == "single":
         pool = ConnectionPool.from_url(
@@ -362,7 +357,8 @@ def _client(
             max_connections=max_connections,
             retry_on_timeout=False,
             retry=Retry(NoBackoff(), retries=0),
-            **timeouts,
+            socket_timeout=None,
+            socket_connect_timeout=connect_timeout_s,
         )
         return Redis.from_pool(pool), []
     credentials = {"username": target.username, "password": target.password}
@@ -381,7 +377,7 @@ def _client(
             db=target.db,
             max_connections=max_connections,
             retry=Retry(NoBackoff(), retries=0),
-            socket_timeout=socket_timeout_s,
+            socket_timeout=None,
             socket_connect_timeout=connect_timeout_s,
         )
         return primary, list(sentinel.sentinels)
