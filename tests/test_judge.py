@@ -1,7 +1,8 @@
 """The judge end to end (simulator with a judge model, gateway, embedded store): scores
 land on the variant that made the answer, pairs are shown in random order and counted
 for the right variant, a judge that fails, hangs or answers garbage changes no caller's
-answer, and judgements are bounded per process (skipped, never queued)."""
+answer, and judgements are bounded per process (skipped, never queued) and wait for a lull
+between requests (but not forever) before each of their CPU steps."""
 
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ from tests.harness import (
     task_config,
     wait_until,
 )
-from tunegate.config.compiled import Variant, load_config
+from tunegate.config.compiled import Task, Variant, load_config
 from tunegate.errors import ConfigError
+from tunegate.flow.background import Lull
 from tunegate.flow.judge import Judged, Judges
 from tunegate.flow.upstream import Completion
 from tunegate.pricing import PriceTable
@@ -178,10 +180,11 @@ def test_pairs_are_shown_in_random_order_and_counted_for_the_right_variant(
 
 
 class Stalled:
-    """A judge upstream whose calls wait until released."""
+    """A judge upstream whose calls wait until released; `asked` is set by the first."""
 
     def __init__(self) -> None:
         self.release = asyncio.Event()
+        self.asked = asyncio.Event()
         self.calls = 0
 
     def timeout_for(self, variant: Variant) -> float:
@@ -195,6 +198,7 @@ class Stalled:
         timeout_s: float,
     ) -> Completion:
         self.calls += 1
+        self.asked.set()
         await self.release.wait()
         return Completion('{"score": 7, "reason": "ok"}', "stop", 10, 5)
 
@@ -207,7 +211,7 @@ async def test_at_most_sixteen_judgements_run_and_the_rest_are_skipped(
     path.write_text(yaml.safe_dump(gateway_config("http://127.0.0.1:1", {"t": reply_task()})))
     task = load_config(path).tasks["t"]
     upstream, outcomes = Stalled(), list[JudgeOutcome]()
-    judges = Judges(upstream, PriceTable({}), [outcomes.append], start_delay_s=0)
+    judges = Judges(upstream, PriceTable({}), [outcomes.append])
     for i in range(20):
         judges.point(Judged(f"r{i}", task, "tuned", (), "Guten Tag. Ihr Acme-Team"))
     for _ in range(3):  # each judgement's task starts, then reaches its upstream call
@@ -218,6 +222,77 @@ async def test_at_most_sixteen_judgements_run_and_the_rest_are_skipped(
     await judges.aclose()
     assert sorted(o.status for o in outcomes) == ["ok"] * 16 + ["skipped"] * 4
     assert {o.score for o in outcomes if o.status == "ok"} == {7.0}
+
+
+def judge_task(tmp_path: Path) -> Task:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(gateway_config("http://127.0.0.1:1", {"t": reply_task()})))
+    return load_config(path).tasks["t"]
+
+
+async def turns(n: int = 5) -> None:
+    """Let every ready task run `n` steps."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+@pytest.mark.anyio
+async def test_a_judgement_waits_for_a_lull_to_ask_and_again_to_record(tmp_path: Path) -> None:
+    task, busy = judge_task(tmp_path), [1]  # the judged request is still being served
+    lull = Lull(lambda: busy[0])
+    upstream, outcomes = Stalled(), list[JudgeOutcome]()
+    judges = Judges(upstream, PriceTable({}), [outcomes.append], lull=lull, patience_s=60)
+    judges.point(Judged("r1", task, "tuned", (), "Guten Tag. Ihr Acme-Team"))
+    await turns()
+    assert upstream.calls == 0  # nothing is built or sent while a request is served
+    busy[0] = 0
+    lull.begin()
+    await asyncio.wait_for(upstream.asked.wait(), timeout=5)
+    busy[0] = 1  # the next request came in before the judge answered
+    upstream.release.set()
+    await turns()
+    assert outcomes == []  # the answer waits to be checked and recorded
+    busy[0] = 0
+    lull.begin()
+    await judges.aclose()
+    assert [(o.status, o.score) for o in outcomes] == [("ok", 7.0)]
+
+
+@pytest.mark.anyio
+async def test_under_steady_load_a_judgement_still_runs_after_its_patience(
+    tmp_path: Path,
+) -> None:
+    task = judge_task(tmp_path)
+    lull = Lull(lambda: 3)  # requests always in flight: no lull ever comes
+    upstream, outcomes = Stalled(), list[JudgeOutcome]()
+    upstream.release.set()
+    judges = Judges(upstream, PriceTable({}), [outcomes.append], lull=lull, patience_s=0.01)
+    judges.point(Judged("r1", task, "tuned", (), "Guten Tag. Ihr Acme-Team"))
+    await turns()
+    assert upstream.calls == 0
+    await asyncio.wait_for(upstream.asked.wait(), timeout=5)
+    await judges.aclose()
+    assert [o.status for o in outcomes] == ["ok"]
+
+
+@pytest.mark.anyio
+async def test_judgements_waiting_for_a_lull_hold_their_places_and_the_rest_are_skipped(
+    tmp_path: Path,
+) -> None:
+    task, busy = judge_task(tmp_path), [1]
+    lull = Lull(lambda: busy[0])
+    upstream, outcomes = Stalled(), list[JudgeOutcome]()
+    upstream.release.set()
+    judges = Judges(upstream, PriceTable({}), [outcomes.append], lull=lull, patience_s=60)
+    for i in range(20):
+        judges.point(Judged(f"r{i}", task, "tuned", (), "Guten Tag. Ihr Acme-Team"))
+    await turns()
+    assert upstream.calls == 0
+    assert [o.status for o in outcomes] == ["skipped"] * 4  # never queued past the bound
+    busy[0] = 0
+    lull.begin()
+    await judges.aclose()
+    assert sorted(o.status for o in outcomes) == ["ok"] * 16 + ["skipped"] * 4
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ Prometheus text exposition as a scraper would; multiprocess mode across real pro
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import subprocess
@@ -374,6 +375,18 @@ def test_in_flight_counts_the_requests_being_served() -> None:
     with pytest.raises(RuntimeError), metrics.track_in_flight():
         raise RuntimeError("the request failed")
     assert value(scrape(metrics), gauge) == 0
+
+
+@pytest.mark.anyio
+async def test_the_lull_begins_when_the_last_request_in_flight_ends() -> None:
+    metrics = Metrics()
+    with metrics.track_in_flight():
+        with metrics.track_in_flight():
+            waiter = asyncio.create_task(metrics.lull.wait(patience_s=60))
+            await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert not waiter.done()  # one request is still being served
+    await asyncio.wait_for(waiter, timeout=5)
 
 
 def test_a_multiprocess_directory_needs_the_environment_set_before_import(

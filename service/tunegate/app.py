@@ -193,7 +193,7 @@ def build_runtime(
     spans = tracing or NO_SPANS
     if tracing is not None:
         recorders.append(tracing.record)
-    judges = Judges(upstreams, prices, judge_recorders, spans=spans)
+    judges = Judges(upstreams, prices, judge_recorders, spans=spans, lull=metrics.lull)
     shadows = Shadows(upstreams, prices, shadow_recorders, judges=judges, spans=spans)
     gateway = Gateway(
         upstreams,

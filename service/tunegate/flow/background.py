@@ -1,11 +1,15 @@
 """Work that runs after the caller has its answer (shadow calls, judgements): at most
 `limit` at once per process, never queued (the caller counts what did not start), let
-finish for a while at shutdown, then cancelled."""
+finish for a while at shutdown, then cancelled.
+
+`Lull` tells such work when the process serves no caller request: a judgement's CPU
+steps wait for one (at most a patience), so on a cache miss they run between requests
+instead of in the middle of the next one."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 
@@ -37,3 +41,50 @@ class Background:
             task.cancel()
         if late:
             await asyncio.wait(late)
+
+
+class Lull:
+    """The moments when no caller request is being served, for background work to use.
+
+    `busy()` counts the requests being served (the in-flight gauge's count); whoever
+    keeps that count calls `begin()` when it drops to zero. A waiter resumes on the loop
+    iteration after that: the request that ended has had its answer written by then (its
+    task writes the response in the same step that ends it). Under steady load there may
+    be no lull at all, so a waiter gives up after its `patience_s` and runs anyway; what
+    waits is bounded by whoever starts it (`Background`'s limit), never queued here."""
+
+    __slots__ = ("_busy", "_waiters")
+
+    def __init__(self, busy: Callable[[], int]) -> None:
+        self._busy = busy
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    def begin(self) -> None:
+        """No request is being served now: wake every waiter (cheap when none waits)."""
+        if self._waiters:
+            waiters, self._waiters = self._waiters, set()
+            for waiter in waiters:
+                _wake(waiter)
+
+    async def wait(self, patience_s: float) -> None:
+        """Return at once when no request is being served, else at the next lull or
+        after `patience_s`, whichever comes first."""
+        if not self._busy():
+            return
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.add(waiter)
+        timer = loop.call_later(patience_s, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiters.discard(waiter)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+NEVER_BUSY = Lull(lambda: 0)

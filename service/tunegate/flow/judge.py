@@ -10,6 +10,13 @@ One attempt per judgement (no retries, no fallback, no cache); at most `max_in_f
 judgements run at once per process, past that one is skipped and counted, never queued.
 A judgement never delays or changes an answer: it starts after the answer is built, runs as
 its own task, and what it costs is counted apart (`JudgeOutcome.cost_usd`).
+
+It stays off the request path by waiting for a lull (`background.Lull`: no caller request
+being served) before each of its CPU steps: building the prompt and sending the call, and
+once the judge has answered, checking it and recording the outcome. At concurrency 1 that
+is the gap between one answer and the next request; under steady load, where no lull may
+come, a step waits at most `patience_s` (its judgement holds its place among the
+`max_in_flight` meanwhile, so the waiting is bounded too).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from typing import Any, Protocol
 
 from tunegate.config.compiled import Judge, Task, Variant
 from tunegate.errors import UpstreamError
-from tunegate.flow.background import Background
+from tunegate.flow.background import NEVER_BUSY, Background, Lull
 from tunegate.flow.upstream import Completion, Message
 from tunegate.pricing import PriceTable
 from tunegate.quality import jsonguard
@@ -33,7 +40,9 @@ from tunegate.spans import NO_SPANS, Spans
 log = logging.getLogger("tunegate.judge")
 
 MAX_IN_FLIGHT = 16
-START_DELAY_S = 0.002
+# The longest a judgement's step waits for a lull: longer only holds its place among the
+# `max_in_flight` under steady load, where the lull may never come.
+PATIENCE_S = 0.1
 SYSTEM = (
     "You judge a customer-facing answer against a rubric. Be strict and fair; the order "
     "in which answers are shown says nothing about their quality. Reply with one JSON "
@@ -102,10 +111,12 @@ class Judges:
         max_in_flight: int = MAX_IN_FLIGHT,
         rng: random.Random | None = None,
         spans: Spans = NO_SPANS,
-        start_delay_s: float = START_DELAY_S,
+        lull: Lull = NEVER_BUSY,
+        patience_s: float = PATIENCE_S,
     ) -> None:
         self._upstreams = upstreams
-        self._start_delay_s = start_delay_s
+        self._lull = lull
+        self._patience_s = patience_s
         self._prices = prices
         self._recorders = tuple(recorders)
         self._random = (rng or random.Random()).random
@@ -147,8 +158,8 @@ class Judges:
 
     async def _run(self, work: Coroutine[Any, Any, JudgeOutcome]) -> None:
         # Scheduled while the caller's answer is still on its way out: building the judge's
-        # request takes CPU, so it starts once the answer has been written.
-        await asyncio.sleep(self._start_delay_s)
+        # request takes CPU, so it starts in a lull, once that answer has been written.
+        await self._lull.wait(self._patience_s)
         self._record(await work)
 
     async def _point(self, judge: Judge, judged: Judged) -> JudgeOutcome:
@@ -198,6 +209,8 @@ class Judges:
         cost = 0.0
         for reask in range(2):
             completion = await self._call(task, judge.variant, messages, request_id)
+            # The answer is read; checking it, a re-ask and recording wait for a lull.
+            await self._lull.wait(self._patience_s)
             if completion is None:
                 return "error", None, cost
             price = self._prices.cost_usd(

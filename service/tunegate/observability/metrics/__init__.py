@@ -56,6 +56,7 @@ from prometheus_client.core import (
 from prometheus_client.utils import floatToGoString
 
 from tunegate.errors import ConfigError
+from tunegate.flow.background import Lull
 from tunegate.observability.metrics.buffer import Counts, Observations
 from tunegate.observability.metrics.families import (
     CACHE_LOOKUPS,
@@ -129,6 +130,7 @@ class Metrics:
         self._feedback = self._observations[FEEDBACK_SCORE]
         self._in_flight = 0
         self._in_flight_tracker = _InFlight(self)
+        self._lull = Lull(lambda: self._in_flight)
         self._tasks_seen: set[str] = set()
         self._flush_pending = False
         self._files: Files | None = None
@@ -264,6 +266,11 @@ class Metrics:
         return self._in_flight_tracker
 
     @property
+    def lull(self) -> Lull:
+        """When this process serves no task request (for the judge's background work)."""
+        return self._lull
+
+    @property
     def in_flight(self) -> int:
         """Task requests this process is serving now (load shedding and the drain read
         it; the gauge shows it)."""
@@ -366,6 +373,8 @@ class _InFlight(AbstractContextManager[None]):
     ) -> None:
         metrics = self._metrics
         metrics._in_flight -= 1
+        if not metrics._in_flight:
+            metrics._lull.begin()
         if metrics._files is not None and not metrics._flush_pending:
             metrics._schedule_flush()
 
