@@ -98,7 +98,6 @@ def answer(
     """The model's answer to `messages`. `forced` is an output fault (a breakage or
     "valid") that overrides the quality draw."""
     last = _last_user_text(messages)
-    category, priority = triage(last)
     system = _system_text(messages)
     german = _GERMAN.search(system) is not None and not wants_json(request, messages)
     outcome = forced
@@ -112,6 +111,9 @@ def answer(
             return Answer(_JUDGE_PROSE, outcome)
         key = b"judge:%d:%s:%s" % (seed, model.encode(), orjson.dumps(messages))
         return Answer(judging.judgement(last, behaviour.judge_noise, key), "valid")
+    # A ticket's category is read off it only now: a judge prompt quotes a whole answer,
+    # and searching it for every category's words cost more than the judgement itself.
+    category, priority = triage(last)
     if _json_format(request) or _JSON.search(system):
         return Answer(render_triage(category, priority, outcome), outcome)
     if outcome == "valid" or not german:

@@ -56,10 +56,18 @@ def visible_score(answer: str) -> float:
         german,
         "Acme-Team" in answer,
         sentences <= 3,
-        _DISCLAIMER.search(answer) is None,
+        not _disclaims(answer),
         "<" not in answer,
     )
     return 2.0 * sum(seen)
+
+
+def _disclaims(answer: str) -> bool:
+    # The plain search first: the pattern's alternation tried at every position of a
+    # 600-character answer cost more than the rest of the judgement.
+    if "Als KI" not in answer and "As an AI" not in answer:
+        return False
+    return _DISCLAIMER.search(answer) is not None
 
 
 def _noise(noise: float, key: bytes) -> float:
