@@ -24,6 +24,7 @@ from tests.testkit.configs import TUNED as TUNED
 from tests.testkit.configs import gateway_config as gateway_config
 from tests.testkit.configs import task_config as task_config
 from tunegate.app import create_app
+from tunegate.commands.protocol import gateway_protocol
 from tunegate.config.settings import Settings, TracingSettings
 from tunegate.state.embedded import free_port as free_port
 
@@ -98,7 +99,8 @@ def simulator_with(scenario: Mapping[str, Any], directory: Path) -> Iterator[Sim
 
 
 class Gateway:
-    """The gateway app from `create_app`, served by real uvicorn in a thread."""
+    """The gateway app from `create_app`, served by real uvicorn in a thread with the
+    HTTP protocol `tunegate serve` runs."""
 
     def __init__(
         self,
@@ -121,6 +123,7 @@ class Gateway:
             create_app(settings),
             host="127.0.0.1",
             port=self.port,
+            http=gateway_protocol(10.0),
             log_level="warning",
             access_log=False,
             lifespan="on",

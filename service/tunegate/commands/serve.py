@@ -8,8 +8,6 @@ port taken between the check and the bind) are exit 1 too, with the store stoppe
 from __future__ import annotations
 
 import argparse
-import asyncio
-import functools
 import logging
 import os
 import signal
@@ -17,10 +15,8 @@ import socket
 import sys
 import tempfile
 from contextlib import ExitStack
-from typing import Any, cast
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
+from tunegate.commands.protocol import gateway_protocol
 from tunegate.config.compiled import load_config, missing_secrets
 from tunegate.config.settings import Settings, settings_from_env
 from tunegate.errors import ConfigError
@@ -109,51 +105,9 @@ def _exit_on_signal(signum: int, frame: object) -> None:
     sys.exit(0)
 
 
-class HeaderTimeoutProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a deadline for a request's headers: a client that
-    connects and sends nothing, or sends headers slowly, is dropped after
-    `header_timeout_s` instead of holding a connection forever (slowloris)."""
-
-    def __init__(self, *args: Any, header_timeout_s: float = 10.0, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._header_timeout_s = header_timeout_s
-        self._header_timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm_header_timer()
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._arm_header_timer()
-
-    def on_headers_complete(self) -> None:
-        self._cancel_header_timer()
-        super().on_headers_complete()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_header_timer()
-        super().connection_lost(exc)
-
-    def _arm_header_timer(self) -> None:
-        self._cancel_header_timer()
-        self._header_timer = self.loop.call_later(self._header_timeout_s, self._headers_late)
-
-    def _cancel_header_timer(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-
-    def _headers_late(self) -> None:
-        self._header_timer = None
-        if not self.transport.is_closing():
-            self.transport.close()
-
-
 def _run_uvicorn(settings: Settings, workers: int, header_timeout_s: float) -> None:
     import uvicorn
 
-    protocol = functools.partial(HeaderTimeoutProtocol, header_timeout_s=header_timeout_s)
     uvicorn.run(
         "tunegate.app:app_from_env",
         factory=True,
@@ -161,7 +115,7 @@ def _run_uvicorn(settings: Settings, workers: int, header_timeout_s: float) -> N
         port=settings.port,
         workers=workers,
         loop="uvloop",
-        http=cast(type[asyncio.Protocol], protocol),
+        http=gateway_protocol(header_timeout_s),
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
