@@ -363,15 +363,18 @@ def test_sticky_user_keeps_the_variant_through_http(tmp_path: Path, sim: Simulat
         assert set(first.values()) == {"tuned", "few_shot"}
 
 
-def test_a_client_that_goes_away_cancels_its_upstream_call(tmp_path: Path, sim: Simulator) -> None:
-    tasks = {"patient": task_config(deadline_s=30)}
+@pytest.mark.parametrize("stream", [False, True], ids=["answer", "text stream"])
+def test_a_client_that_goes_away_cancels_its_upstream_call(
+    tmp_path: Path, sim: Simulator, stream: bool
+) -> None:
+    # A text task streams from the upstream; a JSON task's stream waits for the answer.
+    tasks = {"patient": task_config(deadline_s=30, output={"type": "text"} if stream else None)}
     with running_gateway(tmp_path, gateway_config(sim.url, tasks)) as gateway:
         sim.script(TUNED, "hang")
+        body = {"model": "patient", "messages": [{"role": "user", "content": "hi"}]}
         with pytest.raises(httpx.TimeoutException):
             HTTP.post(
-                f"{gateway.url}/v1/chat/completions",
-                json={"model": "patient", "messages": [{"role": "user", "content": "hi"}]},
-                timeout=0.5,
+                f"{gateway.url}/v1/chat/completions", json={**body, "stream": stream}, timeout=0.5
             )
         # Without the cancellation the request would sit in flight for its 30 s deadline.
         assert wait_until(

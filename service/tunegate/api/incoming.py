@@ -174,19 +174,41 @@ async def admit(services: Services, admission: Admission) -> None:
 
 async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
     """Await `work`, cancelling it if the client goes away first, so an abandoned request
-    does not keep an upstream call (and its cost) running."""
-    task = asyncio.ensure_future(work)
+    does not keep an upstream call (and its cost) running.
+
+    `work` runs in the request's own task. The watcher of the connection, a task of its
+    own, starts only if `work` has to wait for something: a hit from the process's
+    memory never does, and costs no task at all. On a disconnect the watcher cancels the
+    request's task; `work` ends with `CancelledError`, which propagates as when `work`
+    had a task of its own. The watcher's cancellation is withdrawn (`uncancel`) as
+    `work` ends, so the task's count holds only what others asked of it."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
     receive = request.receive
+    watcher: asyncio.Task[None] | None = None
+    gone = False
 
     async def watch() -> None:
+        nonlocal gone
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
+                gone = True
                 task.cancel()
                 return
 
-    watcher = asyncio.ensure_future(watch())
+    def start_watching() -> None:
+        nonlocal watcher
+        watcher = loop.create_task(watch())
+
+    # Runs on the loop's next turn, which comes only if `work` waits.
+    waiting = loop.call_soon(start_watching)
     try:
-        return await task
+        return await work
     finally:
-        watcher.cancel()
+        waiting.cancel()
+        if watcher is not None:
+            watcher.cancel()
+        if gone:
+            task.uncancel()
