@@ -10,13 +10,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 import uvicorn
 import yaml
+from starlette.routing import BaseRoute
 
 from tests.testkit.configs import BASE as BASE
 from tests.testkit.configs import TRIAGE_SCHEMA as TRIAGE_SCHEMA
@@ -108,6 +109,7 @@ class Gateway:
         environ: Mapping[str, str] | None = None,
         redis_url: str | None = None,
         tracing: TracingSettings | None = None,
+        routes: Sequence[BaseRoute] = (),
     ) -> None:
         self.config_path = config_path  # rewrite it, then reload, to change the config
         self.port = free_port()
@@ -119,8 +121,10 @@ class Gateway:
             environ=dict(environ or {"SIM_KEY": "sk-upstream-secret"}),
             tracing=tracing,
         )
+        app = create_app(settings)
+        app.router.routes.extend(routes)  # a test's own endpoints, after the gateway's
         config = uvicorn.Config(
-            create_app(settings),
+            app,
             host="127.0.0.1",
             port=self.port,
             http=gateway_protocol(10.0),
@@ -149,11 +153,13 @@ def running_gateway(
     environ: Mapping[str, str] | None = None,
     redis_url: str | None = None,
     tracing: TracingSettings | None = None,
+    routes: Sequence[BaseRoute] = (),
 ) -> Iterator[Gateway]:
-    """The gateway serving `config`; on the Redis at `redis_url`, else an embedded one."""
+    """The gateway serving `config` (and `routes`, a test's own endpoints); on the Redis
+    at `redis_url`, else an embedded one."""
     path = tmp_path / f"gateway-{free_port()}.yaml"
     path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
-    gateway = Gateway(path, environ, redis_url, tracing)
+    gateway = Gateway(path, environ, redis_url, tracing, routes)
     try:
         yield gateway
     finally:

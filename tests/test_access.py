@@ -13,6 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from tests.harness import (
     BASE,
@@ -190,3 +193,16 @@ def test_every_answer_has_a_request_id_and_a_line(
     if status == 405:
         assert response.headers["allow"]
         assert method not in response.headers["allow"]
+
+
+def test_an_unexpected_failure_is_a_500_with_a_request_id_and_a_line(
+    tmp_path: Path, sim: Simulator, http: httpx.Client, logs: pytest.LogCaptureFixture
+) -> None:
+    async def broken(request: Request) -> Response:
+        raise RuntimeError("a bug, not a GatewayError")
+
+    config = gateway_config(sim.url, {"triage": task_config()})
+    with running_gateway(tmp_path, config, routes=[Route("/broken", broken)]) as gateway:
+        response = http.get(f"{gateway.url}/broken")
+    assert response.status_code == 500
+    assert access_line(logs, response.headers["x-request-id"])["status"] == 500

@@ -17,6 +17,7 @@ from tunegate.api.access import AccessLog
 from tunegate.api.admin import Reloader, reload_config, watch_sighup
 from tunegate.api.capture import get_capture, post_dataset
 from tunegate.api.chat import chat_completions
+from tunegate.api.dispatch import GatewayApp
 from tunegate.api.drain import drain_on_sigterm
 from tunegate.api.errors import install_error_handlers
 from tunegate.api.experiments import get_experiments, post_feedback
@@ -51,8 +52,9 @@ log = logging.getLogger("tunegate.app")
 UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
+CHAT = Route("/v1/chat/completions", chat_completions, methods=["POST"])
 ROUTES = [
-    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    CHAT,
     Route("/v1/tasks/{task}", run_task, methods=["POST"]),
     Route("/v1/models", list_models, methods=["GET"]),
     Route("/v1/models/{task}", retrieve_model, methods=["GET"]),
@@ -94,7 +96,7 @@ def create_app(settings: Settings) -> Starlette:
             if settings.metrics_dir:
                 mark_process_dead(settings.metrics_dir, os.getpid())
 
-    app = Starlette(routes=ROUTES, lifespan=lifespan)
+    app = GatewayApp(ROUTES, lifespan, first=CHAT)
     install_error_handlers(app)
     app.add_middleware(AccessLog)
     tracing = _tracing(app, settings)
