@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tunegate.api.incoming import new_request_id
 
 log = logging.getLogger("tunegate.access")
 
@@ -70,8 +71,7 @@ class AccessLog:
         async def send_and_note(message: Message) -> None:
             nonlocal logged
             if message["type"] == "http.response.start":
-                message["headers"] = _with_request_id(list(message.get("headers", [])))
-                line.update(_described(message))
+                _note(message, line)
             await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body"):
                 logged = True
@@ -87,22 +87,23 @@ class AccessLog:
                 _log(line, started, cost)
 
 
-def _with_request_id(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    if not any(name.lower() == b"x-request-id" for name, _ in headers):
-        headers.append((b"x-request-id", uuid.uuid4().hex.encode()))
-    return headers
-
-
-def _described(start: Message) -> dict[str, Any]:
-    described: dict[str, Any] = {"status": start["status"]}
-    for name, value in start["headers"]:
+def _note(start: Message, line: dict[str, Any]) -> None:
+    """Note the answer's status and `_FIELDS` headers in `line`, in one pass over its
+    headers; give it an `x-request-id` (a new header list) where it has none."""
+    headers = start.get("headers", ())
+    line["status"] = start["status"]
+    for name, value in headers:
         field = _FIELDS.get(name.lower())
         if field is not None:
-            described[field] = value.decode("latin-1")
-    return described
+            line[field] = value.decode("latin-1")
+    if "request_id" not in line:
+        line["request_id"] = new_request_id()
+        start["headers"] = [*headers, (b"x-request-id", line["request_id"].encode())]
 
 
 def _log(line: dict[str, Any], started: float, cost: _Cost) -> None:
+    if not log.isEnabledFor(logging.INFO):
+        return
     entry = dict(line)
     entry["duration_s"] = round(time.monotonic() - started, 6)
     entry["cost_usd"] = cost.usd if cost.usd is not None else float(line.get("cost_usd", 0))

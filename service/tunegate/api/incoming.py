@@ -5,8 +5,8 @@ the key's limits (`admit`)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -30,7 +30,9 @@ T = TypeVar("T")
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    """32 random hex digits, as a UUID4's hex without its fixed version bits: the same
+    uniqueness for a quarter of `uuid4`'s cost on every request."""
+    return os.urandom(16).hex()
 
 
 @dataclass(slots=True)
@@ -184,7 +186,7 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
     `work` ends, so the task's count holds only what others asked of it."""
     task = asyncio.current_task()
     assert task is not None
-    loop = asyncio.get_running_loop()
+    loop = task.get_loop()  # not `get_running_loop`: in 3.11 each call is a getpid()
     receive = request.receive
     watcher: asyncio.Task[None] | None = None
     gone = False
