@@ -1,10 +1,12 @@
 """The HTTP protocol `tunegate serve` runs (`commands/protocol.py`), through real uvicorn
 and raw sockets: a whole response leaves in one write, a streamed response's head
-leaves at once, and a response that fails after its head still ends as before."""
+leaves at once, a response that fails after its head still ends as before, and every
+request's headers have a deadline (idle keep-alive connections have none)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import select
 import socket
 import threading
@@ -21,9 +23,13 @@ from tunegate.commands.protocol import gateway_protocol
 HELD_S = 0.5  # how long the app holds its body back, for the client to see what came first
 
 
+HEADER_TIMEOUT_S = 0.3  # for the deadline's tests
+
+
 class App:
     """Starts a response (`/length`: with a content-length, `/chunked`: without, `/fail`:
-    with one, then raises), then waits until the test releases its body."""
+    with one, then raises), then waits until the test releases its body (`/now`: does
+    not wait)."""
 
     def __init__(self) -> None:
         self.release = threading.Event()
@@ -36,22 +42,23 @@ class App:
         if scope["path"] != "/chunked":
             headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.release.wait, 10)
+        if scope["path"] != "/now":
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, self.release.wait, 10)
         if scope["path"] == "/fail":
             raise RuntimeError("the app failed after starting its response")
         await send({"type": "http.response.body", "body": body})
 
 
-@pytest.fixture
-def served() -> Iterator[tuple[App, int]]:
+@contextlib.contextmanager
+def serving(header_timeout_s: float) -> Iterator[tuple[App, int]]:
     app = App()
     port = free_port()
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
         port=port,
-        http=gateway_protocol(10.0),
+        http=gateway_protocol(header_timeout_s),
         lifespan="off",
         log_level="critical",
         access_log=False,
@@ -69,6 +76,12 @@ def served() -> Iterator[tuple[App, int]]:
         app.release.set()
         server.should_exit = True
         thread.join(timeout=15)
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[App, int]]:
+    with serving(header_timeout_s=10.0) as running:
+        yield running
 
 
 def _ask(port: int, method: str, path: str) -> socket.socket:
@@ -131,3 +144,23 @@ def test_a_response_that_fails_after_its_head_sends_the_head_then_closes(
         app.release.set()
         answer = _read_all(client)  # until the server closes the connection
     assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"\r\n\r\n")
+
+
+def _answered(client: socket.socket) -> bytes:
+    client.sendall(b"GET /now HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = client.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"the body")
+    return answer
+
+
+def test_every_requests_headers_have_a_deadline_idle_connections_none() -> None:
+    with serving(HEADER_TIMEOUT_S) as (_, port):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as silent:
+            assert silent.recv(1024) == b""  # connected and silent: closed
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            _answered(client)
+            # Idle between requests for longer than the deadline: still open.
+            assert not _arrives_within(client, 3 * HEADER_TIMEOUT_S)
+            _answered(client)
+            client.sendall(b"GET /now HTTP/1.1\r\nHost: x\r\n")  # never finished
+            assert client.recv(1024) == b""  # closed, no answer

@@ -3,7 +3,7 @@ with two changes.
 
 - A deadline for a request's headers: a client that connects and sends nothing, or
   sends headers slowly, is dropped after `header_timeout_s` instead of holding a
-  connection forever (slowloris).
+  connection forever (slowloris). One timer per connection, not one per request.
 - One write per whole response: uvicorn writes a response's head as soon as the app
   starts it, then its body, two sends and two segments for an answer of a few hundred
   bytes (on loopback, each send also wakes the client). The head of a response with a
@@ -26,40 +26,45 @@ class GatewayProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, header_timeout_s: float = 10.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_timeout_s = header_timeout_s
+        # Since when the connection has waited for a request's headers (None: it does not).
+        self._headers_since: float | None = None
         self._header_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm_header_timer()
+        self._headers_since = self.loop.time()
+        self._header_timer = self.loop.call_later(self._header_timeout_s, self._check_headers)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._arm_header_timer()
+        self._headers_since = self.loop.time()
 
     def on_headers_complete(self) -> None:
-        self._cancel_header_timer()
+        self._headers_since = None
         before = self.cycle
         super().on_headers_complete()
         if self.cycle is not before:  # a new request (not an upgrade)
             self.cycle.transport = cast(asyncio.Transport, _OneWrite(self.transport, self.cycle))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_header_timer()
-        super().connection_lost(exc)
-
-    def _arm_header_timer(self) -> None:
-        self._cancel_header_timer()
-        self._header_timer = self.loop.call_later(self._header_timeout_s, self._headers_late)
-
-    def _cancel_header_timer(self) -> None:
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
+        super().connection_lost(exc)
 
-    def _headers_late(self) -> None:
-        self._header_timer = None
-        if not self.transport.is_closing():
-            self.transport.close()
+    def _check_headers(self) -> None:
+        """The connection's one timer, rather than one armed and cancelled per request:
+        close the connection if a request's headers are late, else look again when they
+        would be (or a whole timeout later, while no request is pending)."""
+        wait = self._header_timeout_s
+        if self._headers_since is not None:
+            wait = self._headers_since + self._header_timeout_s - self.loop.time()
+            if wait <= 0:
+                self._header_timer = None
+                if not self.transport.is_closing():
+                    self.transport.close()
+                return
+        self._header_timer = self.loop.call_later(wait, self._check_headers)
 
 
 class _OneWrite:
