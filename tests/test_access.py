@@ -205,4 +205,37 @@ def test_an_unexpected_failure_is_a_500_with_a_request_id_and_a_line(
     with running_gateway(tmp_path, config, routes=[Route("/broken", broken)]) as gateway:
         response = http.get(f"{gateway.url}/broken")
     assert response.status_code == 500
+    assert response.json()["error"]["code"] == "internal_error"  # OpenAI's shape
+    assert "bug" not in response.text
     assert access_line(logs, response.headers["x-request-id"])["status"] == 500
+
+
+class _Kept(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_a_caller_that_hangs_up_is_a_499_line_not_a_server_error(
+    gw: Gateway, sim: Simulator, logs: pytest.LogCaptureFixture
+) -> None:
+    server_errors = _Kept()
+    uvicorn_errors = logging.getLogger("uvicorn.error")
+    uvicorn_errors.addHandler(server_errors)
+    try:
+        sim.script(TUNED, "hang")
+        body = {"model": "triage", "messages": [{"role": "user", "content": "hi"}]}
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(f"{gw.url}/v1/chat/completions", json=body, timeout=0.5)
+        assert wait_until(
+            lambda: any(
+                r.name == "tunegate.access" and getattr(r, "status", None) == 499
+                for r in logs.records
+            )
+        )
+    finally:
+        uvicorn_errors.removeHandler(server_errors)
+    assert [r.getMessage() for r in server_errors.records if r.levelno >= logging.ERROR] == []

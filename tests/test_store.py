@@ -129,6 +129,22 @@ async def test_frozen_server_times_out_within_the_socket_timeout_then_recovers(
     assert state_of(store) == "ok"
 
 
+async def test_a_batch_that_times_out_is_one_failure_not_an_outage(
+    server: RedisServer, store: Store
+) -> None:
+    """Eight callers' commands share one batch; its one slow reply makes the store
+    `slow`, not `down` (eight failures in a row would)."""
+    assert await store.set("k", b"v", ttl_s=60)
+    server.freeze()
+    try:
+        assert await asyncio.gather(*(store.get("k") for _ in range(8))) == [None] * 8
+        assert state_of(store) == "slow"
+    finally:
+        server.thaw()
+    assert await store.get("k") == b"v"
+    assert state_of(store) == "ok"
+
+
 async def cancel_with_anyio_scope(store: Store) -> None:
     with anyio.move_on_after(0.05) as scope:
         await store.get("a")

@@ -28,6 +28,7 @@ into `UpstreamError`s; the config module turns YAML and pydantic errors into
         ├── Conflict                   409 feedback_exists
         ├── RequestTooLarge            413 request_too_large
         ├── LimitExceeded              429 rate_limited, budget_exceeded
+        ├── CallerGone                 499 client_closed_request (logged; nobody reads it)
         ├── AllAttemptsFailed          502 upstream_error, invalid_output
         ├── Unavailable                503 overloaded, not_ready, limits_unavailable
         └── DeadlineExceeded           504 deadline_exceeded
@@ -192,6 +193,15 @@ class LimitExceeded(GatewayError):
     error_type = "rate_limit_error"
     code = "rate_limited"
     should_retry = True
+
+
+class CallerGone(GatewayError):
+    """The caller hung up before its answer: its work was cancelled. The answer goes
+    nowhere; the status (nginx's 499) is for the access line."""
+
+    status = 499
+    error_type = "invalid_request_error"
+    code = "client_closed_request"
 
 
 class AllAttemptsFailed(GatewayError):

@@ -66,5 +66,10 @@ def install_error_handlers(app: Starlette) -> None:
             return error_response(NotFound(f"No route {request.url.path}.", code="not_found"))
         return error_response(InvalidRequest(str(exc.detail)))
 
+    async def on_defect(request: Request, exc: Exception) -> Response:
+        # Starlette's last resort, which still re-raises for uvicorn to log the traceback.
+        return error_response(GatewayError("The gateway failed to answer (a defect it logged)."))
+
     app.add_exception_handler(GatewayError, on_gateway_error)
     app.add_exception_handler(HTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_defect)

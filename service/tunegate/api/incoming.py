@@ -18,6 +18,7 @@ from tunegate.api.services import Runtime, Services, services_of
 from tunegate.auth import Principal, authenticate, task_for
 from tunegate.config.compiled import ApiKey, Task
 from tunegate.errors import (
+    CallerGone,
     GatewayError,
     InvalidRequest,
     PermissionDenied,
@@ -181,9 +182,11 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
     `work` runs in the request's own task. The watcher of the connection, a task of its
     own, starts only if `work` has to wait for something: a hit from the process's
     memory never does, and costs no task at all. On a disconnect the watcher cancels the
-    request's task; `work` ends with `CancelledError`, which propagates as when `work`
-    had a task of its own. The watcher's cancellation is withdrawn (`uncancel`) as
-    `work` ends, so the task's count holds only what others asked of it."""
+    request's task; `work` ends with `CancelledError`, which becomes `CallerGone` (a
+    departed caller is no server error for uvicorn to log with a traceback) unless
+    something else also cancelled the task (a shutdown), which then goes on. The
+    watcher's cancellation is withdrawn (`uncancel`) as `work` ends, so the task's count
+    holds only what others asked of it."""
     task = asyncio.current_task()
     assert task is not None
     loop = task.get_loop()  # not `get_running_loop`: in 3.11 each call is a getpid()
@@ -208,6 +211,12 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
     waiting = loop.call_soon(start_watching)
     try:
         return await work
+    except asyncio.CancelledError:
+        if gone:
+            gone = False  # withdrawn here
+            if task.uncancel() == 0:
+                raise CallerGone("The caller closed the connection.") from None
+        raise
     finally:
         waiting.cancel()
         if watcher is not None:

@@ -119,6 +119,9 @@ class Store:
         self._scripts: dict[str, str] = {}  # sha1 -> source
         self._state: StoreState = "ok"
         self._failures = 0  # consecutive
+        # The last failure counted: every command of a failed batch raises the same
+        # exception, and one batch is one failure (one slow reply is not an outage).
+        self._counted: Exception | None = None
         self._probe_at = 0.0
         self._probe_interval_s = probe_interval_s
         self._clock = clock
@@ -261,7 +264,7 @@ class Store:
         return result
 
     def _succeeded(self) -> None:
-        self._failures = 0
+        self._failures, self._counted = 0, None
         if self._state != "ok":
             was, self._state = self._state, "ok"
             self._log_rarely(logging.INFO, f"{was}->ok", "store ok again (was %s)", was)
@@ -269,6 +272,9 @@ class Store:
     def _failed(self, exc: Exception) -> StoreFailure:
         timeout = isinstance(exc, RedisTimeout | TimeoutError)
         failure = StoreFailure("timeout" if timeout else "error")
+        if exc is self._counted:
+            return failure
+        self._counted = exc
         self._failures += 1
         # Only the class name: messages can quote keys or values.
         kind = type(exc).__name__
