@@ -126,7 +126,6 @@ async def open_services(
     capture = Capture(store, counted=metrics.record_capture)
     stack.push_async_callback(capture.drain)  # before the store closes
     cache = Cache(store)
-    stack.push_async_callback(cache.settle)  # before the store closes
     watcher = Watcher(experiments, metrics.publish_experiment)
 
     def build(config: GatewayConfig, upstreams: Upstreams) -> Runtime:

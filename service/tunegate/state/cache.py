@@ -169,13 +169,7 @@ class Cache:
     A miss costs two round trips to Redis, a hit one: the lookup claims the lock, and the
     leader's save releases it (each shared with the commands other requests issue in the
     same event-loop turn: the store pipelines them). Both keys of a script share the hash
-    tag `{digest}`, so on a Redis Cluster they live in one slot.
-
-    The leader's save-and-release runs after its answer is handed back, in a task of its
-    own (`settle` waits for those at shutdown): the caller never waits for that round
-    trip. Meanwhile the entry is in this process's memory (for `local_ttl_s`), and the
-    lock is still held, so another instance's identical request waits for the entry
-    rather than computing it again; a failed save counts as a store failure like any."""
+    tag `{digest}`, so on a Redis Cluster they live in one slot."""
 
     def __init__(
         self,
@@ -195,7 +189,6 @@ class Cache:
         self._lookup_or_claim = store.register(_LOOKUP_OR_CLAIM)
         self._save_and_release = store.register(_SAVE_AND_RELEASE)
         self._release = store.register(_RELEASE)
-        self._saving: set[asyncio.Task[object]] = set()  # saves after their answers
 
     async def lookup(
         self, key: str, local_ttl_s: float = 0.0
@@ -315,23 +308,14 @@ class Cache:
         if write is None:
             return Read(None, "miss", waited)
         self._recent.put(write.key, write.entry, local_ttl_s)
-        saving = asyncio.get_running_loop().create_task(
-            self._store.run(
-                self._save_and_release,
-                keys=(write.key, lock.key),
-                args=(write.entry.encode(), write.ttl_s, lock.token),
-            )
+        started = self._clock()
+        await self._store.run(
+            self._save_and_release,
+            keys=(write.key, lock.key),
+            args=(write.entry.encode(), write.ttl_s, lock.token),
         )
-        self._saving.add(saving)
-        saving.add_done_callback(self._saving.discard)
-        lock.held = False  # released by the save
-        return Read(write.entry, "miss", waited)
-
-    async def settle(self) -> None:
-        """Wait for the saves under way (each bounded by the store's timeouts); before
-        the store closes."""
-        while self._saving:
-            await asyncio.gather(*self._saving, return_exceptions=True)
+        lock.held = False
+        return Read(write.entry, "miss", waited + self._clock() - started)
 
     async def _compute_alone(
         self,
