@@ -46,6 +46,20 @@ def state_of(store: Store) -> str:
     return store.state
 
 
+@contextlib.asynccontextmanager
+async def one_connection_store(server: RedisServer) -> AsyncIterator[Store]:
+    """A store holding `a` and `b` on one connection, so a stale reply left on it would be
+    read by the next command, with a long socket timeout, so a cancellation (not a
+    timeout) ends a command."""
+    store = Store(server.url, socket_timeout_ms=2_000, max_connections=1)
+    try:
+        assert await store.set("a", b"A", ttl_s=60)
+        assert await store.set("b", b"B", ttl_s=60)
+        yield store
+    finally:
+        await store.close()
+
+
 async def remaining_ttl_ms(url: str, key: str) -> int:
     raw = Redis.from_url(url)
     try:
@@ -163,12 +177,7 @@ async def cancel_with_task_cancel(store: Store) -> None:
 async def test_a_get_cancelled_mid_flight_leaves_no_reply_behind(
     server: RedisServer, cancel: Callable[[Store], Awaitable[None]]
 ) -> None:
-    # One connection, so a stale reply left on it would be read by the next command; a
-    # long socket timeout, so the cancellation (not a timeout) ends the first get.
-    store = Store(server.url, socket_timeout_ms=2_000, max_connections=1)
-    try:
-        assert await store.set("a", b"A", ttl_s=60)
-        assert await store.set("b", b"B", ttl_s=60)
+    async with one_connection_store(server) as store:
         server.freeze()
         try:
             await cancel(store)
@@ -178,8 +187,6 @@ async def test_a_get_cancelled_mid_flight_leaves_no_reply_behind(
         assert await store.get("b") == b"B"
         assert await store.get("a") == b"A"
         assert state_of(store) == "ok"
-    finally:
-        await store.close()
 
 
 @pytest.mark.parametrize(
@@ -227,10 +234,7 @@ async def test_a_refused_script_fails_alone_in_its_batch(store: Store) -> None:
 async def test_a_caller_cancelled_in_a_batch_leaves_the_others_their_replies(
     server: RedisServer,
 ) -> None:
-    store = Store(server.url, socket_timeout_ms=2_000, max_connections=1)
-    try:
-        assert await store.set("a", b"A", ttl_s=60)
-        assert await store.set("b", b"B", ttl_s=60)
+    async with one_connection_store(server) as store:
         server.freeze()
         try:
             leaving = asyncio.create_task(store.get("a"))
@@ -244,8 +248,6 @@ async def test_a_caller_cancelled_in_a_batch_leaves_the_others_their_replies(
             await leaving
         assert await store.get("a") == b"A"  # the connection is in step
         assert state_of(store) == "ok"
-    finally:
-        await store.close()
 
 
 async def test_a_server_talking_garbage_fails_open() -> None:
