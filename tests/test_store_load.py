@@ -6,6 +6,7 @@ again, so rpm stays exact; 3 failures in a row are `down` (limits follow
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -21,6 +22,8 @@ from tunegate.config.compiled import ApiKey
 from tunegate.errors import LimitExceeded
 from tunegate.state.limits import Limits
 from tunegate.state.store import Store, StoreFailure
+
+SOCKET_TIMEOUT_S = 0.05  # the store's default `socket_timeout_ms`
 
 
 def key(rpm: int) -> ApiKey:
@@ -102,8 +105,10 @@ async def test_three_failures_in_a_row_are_down_until_a_probe_succeeds(
     proxy.drop_all = True
     assert await store.get_checked("k") == StoreFailure("timeout")
     assert state_of(store) == "slow"
+    clock.now += SOCKET_TIMEOUT_S  # one after the other: each a socket timeout later
     assert await store.get_checked("k") == StoreFailure("timeout")
     assert state_of(store) == "slow"
+    clock.now += SOCKET_TIMEOUT_S
     assert await store.get_checked("k") == StoreFailure("timeout")
     assert state_of(store) == "down"
     proxy.drop_all = False
@@ -124,6 +129,22 @@ async def test_three_failures_in_a_row_are_down_until_a_probe_succeeds(
         "auth.on_store_error until a probe succeeds",
         "store ok again (was down)",
     ]
+
+
+@pytest.mark.anyio
+async def test_timeouts_that_expire_together_are_one_stall_not_an_outage(
+    store: Store, proxy: LossyProxy
+) -> None:
+    """Three batches in flight time out at the same moment (as when the event loop
+    stalls): one failure, `slow`, not `down` (where limits would follow on_store_error)."""
+    assert await store.set("k", b"v", ttl_s=60)
+    proxy.drop_all = True
+    in_flight = []
+    for _ in range(3):  # one batch per turn of the event loop
+        in_flight.append(asyncio.create_task(store.get_checked("k")))
+        await asyncio.sleep(0)
+    assert await asyncio.gather(*in_flight) == [StoreFailure("timeout")] * 3
+    assert state_of(store) == "slow"
 
 
 @pytest.fixture

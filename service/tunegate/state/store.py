@@ -8,8 +8,9 @@ that another coroutine's call could flip before the caller reads it); `get`, `ru
 wait much longer than `socket_timeout_ms` on a connection that is already open.
 
 A slow reply is not an outage (SPEC §12 "Store under load"): `state` is `slow` after a
-command timed out, `down` after 3 consecutive failures, and `ok` again after the next
-success. While `down`, calls fail at once without touching Redis (limits then follow
+command timed out, `down` after 3 consecutive failures (timeouts that expire within
+half a socket timeout of each other count as one: they are one stall), and `ok` again
+after the next success. While `down`, calls fail at once without touching Redis (limits then follow
 `auth.on_store_error`), except one probe per `probe_interval_s` (and every `ping`, which
 `/readyz` sends) that closes the breaker when it succeeds. Every transition is logged.
 
@@ -36,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -122,6 +124,10 @@ class Store:
         # The last failure counted: every command of a failed batch raises the same
         # exception, and one batch is one failure (one slow reply is not an outage).
         self._counted: Exception | None = None
+        # When the last counted timeout happened: timeouts that expire together (within
+        # half a socket timeout) are one failure, a stall of this process's event loop
+        # (which times out every batch in flight at once) more often than of the server.
+        self._timed_out_at = -math.inf
         self._probe_at = 0.0
         self._probe_interval_s = probe_interval_s
         self._clock = clock
@@ -275,6 +281,11 @@ class Store:
         if exc is self._counted:
             return failure
         self._counted = exc
+        if timeout:
+            now = self._clock()
+            if now - self._timed_out_at < self._socket_timeout_s / 2:
+                return failure
+            self._timed_out_at = now
         self._failures += 1
         # Only the class name: messages can quote keys or values.
         kind = type(exc).__name__
