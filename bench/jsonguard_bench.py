@@ -11,17 +11,9 @@ from unittest import mock
 
 from jsonschema import Draft202012Validator
 
+from tests.testkit.configs import TRIAGE_SCHEMA
 from tunegate.quality.jsonguard import _verdict, check, compile_schema
 
-SCHEMA = {
-    "type": "object",
-    "required": ["category", "priority"],
-    "additionalProperties": False,
-    "properties": {
-        "category": {"enum": ["billing", "bug", "account", "other"]},
-        "priority": {"enum": ["low", "medium", "high"]},
-    },
-}
 ANSWERS = {
     "valid": '{"category": "billing", "priority": "high"}',
     "fenced": '```json\n{"category": "billing", "priority": "high"}\n```',
@@ -34,7 +26,7 @@ ANSWERS = {
 def per_answer_us(text: str, first_sight: bool, rounds: int = 20, batch: int = 500) -> list[float]:
     """µs per `check`: a repeated answer (served from the verdict memo) or, with
     `first_sight`, the full pipeline as for an answer never seen before."""
-    compiled = compile_schema(SCHEMA)
+    compiled = compile_schema(TRIAGE_SCHEMA)
     run = _verdict if first_sight else check
     timings = []
     for _ in range(rounds):
@@ -51,7 +43,7 @@ def main() -> None:
         first = statistics.median(per_answer_us(text, first_sight=True))
         repeated = statistics.median(per_answer_us(text, first_sight=False))
         print(f"{name:<18}{first:>19.1f}{repeated:>17.1f}")
-    compiled = compile_schema(SCHEMA)
+    compiled = compile_schema(TRIAGE_SCHEMA)
     with mock.patch.object(Draft202012Validator, "check_schema") as check_schema:
         for text in ANSWERS.values():
             check(text, compiled)

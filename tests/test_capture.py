@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.harness import TUNED, Gateway, Simulator, gateway_config, running_gateway, task_config
+from tests.testkit.outcomes import served
 from tunegate.auth import hash_key
 from tunegate.config.compiled import CapturePolicy, load_config
 from tunegate.errors import ConfigError
@@ -176,22 +177,8 @@ def test_capture_of_an_unknown_variant_is_a_config_error(sim: Simulator, tmp_pat
 def _outcome(**fields: Any) -> Outcome:
     policy = fields.pop("policy", CapturePolicy(1.0, frozenset({"tuned"}), True, 86400, 10))
     exchange = Exchange(({"role": "user", "content": "hi"},), "{}", policy, False, False)
-    base: dict[str, Any] = {
-        "request_id": "r1",
-        "task": "triage",
-        "tenant": "acme",
-        "chosen": "tuned",
-        "served": "tuned",
-        "served_model": TUNED,
-        "sample": True,
-        "status": "ok",
-        "cache": "miss",
-        "cache_lookup": "miss",
-        "seconds": 0.01,
-        "json_results": (("tuned", "valid"),),
-        "exchange": exchange,
-    }
-    return Outcome(**{**base, **fields})
+    base = {"request_id": "r1", "task": "triage", "seconds": 0.01, "calls": ()}
+    return served(**{**base, "exchange": exchange, **fields})
 
 
 def result_of(outcome: Outcome) -> str | None:
