@@ -31,6 +31,7 @@ from tests.harness import (
     running_gateway,
     simulator_with,
     task_config,
+    wait_until,
 )
 from tests.openai_shapes import (
     checked_async_client,
@@ -144,6 +145,9 @@ def content_of(response: LegacyAPIResponse[ChatCompletion]) -> str:
 
 
 def keys(raw: redis.Redis, pattern: str = "tunegate:*") -> list[bytes]:
+    """The keys matching `pattern` once every single-flight lock is gone: a leader saves
+    its entry and releases its lock in one script, sent as its answer leaves."""
+    assert wait_until(lambda: not list(raw.scan_iter(match=LOCK_PREFIX + "*")))
     return list(raw.scan_iter(match=pattern))
 
 
@@ -644,13 +648,92 @@ async def test_a_local_entry_lasts_its_local_ttl_then_redis_answers(server: Redi
     key = KEY_PREFIX + uuid.uuid4().hex
     entry = Entry("tuned", "hello", "hello", "stop", 3, 1, 0.001, None)
     try:
-        await cache.save(Write(key, entry, TTL_S), local_ttl_s=1.0)
+        cache.save(Write(key, entry, TTL_S), local_ttl_s=1.0)
+        await store.settle()
         await store.set(key, b"garbage", TTL_S)  # only Redis is spoiled
         clock.now += 0.999
         assert (await cache.lookup(key, 1.0))[:2] == (entry, "hit")
         clock.now += 0.001  # the local TTL is over: Redis's garbage counts as an error
         assert (await cache.lookup(key, 1.0))[:2] == (None, "error")
     finally:
+        await store.close()
+
+
+@pytest.mark.anyio
+async def test_the_leader_answers_without_waiting_for_its_save(server: RedisServer) -> None:
+    """The server freezes while the answer is computed: the leader has its entry back
+    with the store still `ok` (its save is under way), and the save fails and is counted
+    (`slow`) only after; the entry stays in this process's memory meanwhile."""
+    store = Store(server.url)
+    cache = Cache(store)
+    key = KEY_PREFIX + uuid.uuid4().hex
+    entry = Entry("tuned", "hello", "hello", "stop", 3, 1, 0.001, None)
+
+    async def compute() -> Write:
+        server.freeze()
+        return Write(key, entry, TTL_S)
+
+    try:
+        try:
+            read = await cache.read_through(key, 5.0, compute, local_ttl_s=1.0)
+            assert (read.entry, read.lookup, str(store.state)) == (entry, "miss", "ok")
+            await store.settle()
+            assert str(store.state) == "slow"
+            assert (await cache.lookup(key, 1.0))[:2] == (entry, "hit")
+        finally:
+            server.thaw()
+    finally:
+        await store.close()
+
+
+@pytest.mark.anyio
+async def test_a_leader_serving_beside_other_requests_waits_for_its_save(
+    server: RedisServer,
+) -> None:
+    """With other requests in flight the save is waited for: the frozen server's timeout
+    is counted (`slow`) before the leader has its entry back."""
+    store = Store(server.url)
+    cache = Cache(store, busy=lambda: 2)
+    key = KEY_PREFIX + uuid.uuid4().hex
+    entry = Entry("tuned", "hello", "hello", "stop", 3, 1, 0.001, None)
+
+    async def compute() -> Write:
+        server.freeze()
+        return Write(key, entry, TTL_S)
+
+    try:
+        try:
+            read = await cache.read_through(key, 5.0, compute, local_ttl_s=1.0)
+            assert (read.entry, read.lookup, str(store.state)) == (entry, "miss", "slow")
+        finally:
+            server.thaw()
+    finally:
+        await store.close()
+
+
+@pytest.mark.anyio
+async def test_a_save_sent_to_a_restarted_server_loads_its_script_again(
+    server: RedisServer,
+) -> None:
+    """NOSCRIPT for a save that was not waited for: sent again as EVAL, and stored."""
+    store = Store(server.url)
+    cache = Cache(store)
+    raw = redis.Redis.from_url(server.url)
+    key = KEY_PREFIX + uuid.uuid4().hex
+    entry = Entry("tuned", "hello", "hello", "stop", 3, 1, 0.001, None)
+
+    async def compute() -> Write:
+        raw.script_flush()  # as a restart would
+        return Write(key, entry, TTL_S)
+
+    try:
+        await cache.read_through(key, 5.0, compute)
+        await store.settle()
+        assert Entry.decode(raw.get(key) or b"") == entry
+        assert not list(raw.scan_iter(match=LOCK_PREFIX + "*"))
+        assert str(store.state) == "ok"
+    finally:
+        raw.close()
         await store.close()
 
 

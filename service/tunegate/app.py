@@ -125,7 +125,7 @@ async def open_services(
     stack.push_async_callback(experiments.drain)  # before the store closes
     capture = Capture(store, counted=metrics.record_capture)
     stack.push_async_callback(capture.drain)  # before the store closes
-    cache = Cache(store)
+    cache = Cache(store, busy=lambda: metrics.in_flight)
     watcher = Watcher(experiments, metrics.publish_experiment)
 
     def build(config: GatewayConfig, upstreams: Upstreams) -> Runtime:

@@ -256,7 +256,7 @@ class Gateway:
 
     async def _serve_and_save(self, call: Call, trail: _Trail, order: tuple[str, ...]) -> Answer:
         answer = await self._serve(call, trail, order)
-        await self._save(call, trail, answer)
+        self._save(call, answer)
         return self._served(call, trail, answer)
 
     def _served(self, call: Call, trail: _Trail, answer: Answer) -> Answer:
@@ -315,10 +315,10 @@ class Gateway:
             return None  # stored under a config whose variants differed
         return entry
 
-    async def _save(self, call: Call, trail: _Trail, answer: Answer) -> None:
+    def _save(self, call: Call, answer: Answer) -> None:
         write = self._write_of(call, answer)
         if write is not None and self._cache is not None:
-            trail.store_seconds += await self._cache.save(write, call.task.cache.local_ttl_s)
+            self._cache.save(write, call.task.cache.local_ttl_s)
 
     def _write_of(self, call: Call, answer: Answer) -> Write | None:
         """What to store for a valid answer: under its serving variant's key (so a
@@ -559,7 +559,7 @@ class Gateway:
                 done.content,
             )
             head = self._answer(call, variant, done, None, trail)
-            await self._save(call, trail, head)
+            self._save(call, head)
         except TimeoutError:
             status, error_type = "deadline", "timeout"
             raise DeadlineExceeded("The task's deadline passed during the stream.") from None

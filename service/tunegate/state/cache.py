@@ -169,7 +169,17 @@ class Cache:
     A miss costs two round trips to Redis, a hit one: the lookup claims the lock, and the
     leader's save releases it (each shared with the commands other requests issue in the
     same event-loop turn: the store pipelines them). Both keys of a script share the hash
-    tag `{digest}`, so on a Redis Cluster they live in one slot."""
+    tag `{digest}`, so on a Redis Cluster they live in one slot.
+
+    When it serves no other request (`busy()`, the in-flight count, is 1 at most), the
+    leader answers without waiting for its save (`Store.run_later`): the answer leaves
+    while the save is on the wire. Meanwhile the entry is in this process's memory (for
+    `local_ttl_s`) and the lock is held until the save lands, so another instance's
+    identical request waits for the entry rather than computing it again; a failed save
+    counts as a store failure like any. With other requests in flight the leader waits:
+    its answer then leaves with theirs when the batch's replies arrive (bench at c=32:
+    0.43 ms of gateway CPU per miss waiting, 0.49 ms not; at c=1 not waiting cut the
+    miss p50 by 0.1 ms). Other saves (streams, write-only calls) are never waited for."""
 
     def __init__(
         self,
@@ -178,8 +188,10 @@ class Cache:
         follower_wait_s: float = 2.0,
         poll_s: float = 0.02,
         clock: Callable[[], float] = time.monotonic,
+        busy: Callable[[], int] = lambda: 0,
     ) -> None:
         self._store = store
+        self._busy = busy
         self._follower_wait_s = follower_wait_s
         self._poll_s = poll_s
         self._clock = clock
@@ -208,11 +220,10 @@ class Cache:
             self._recent.put(key, entry, local_ttl_s)
         return entry, "hit" if entry else "error", waited
 
-    async def save(self, write: Write, local_ttl_s: float = 0.0) -> float:
+    def save(self, write: Write, local_ttl_s: float = 0.0) -> None:
+        """Store `write` (sent, not waited for)."""
         self._recent.put(write.key, write.entry, local_ttl_s)
-        started = self._clock()
-        await self._store.set(write.key, write.entry.encode(), write.ttl_s)
-        return self._clock() - started
+        self._store.set_later(write.key, write.entry.encode(), write.ttl_s)
 
     async def read_through(
         self,
@@ -303,19 +314,20 @@ class Cache:
         waited: float,
         local_ttl_s: float,
     ) -> Read:
-        """The lock's holder: compute, then save and release in one round trip."""
+        """The lock's holder: compute, then save and release in one command, sent."""
         write = await compute()
         if write is None:
             return Read(None, "miss", waited)
         self._recent.put(write.key, write.entry, local_ttl_s)
-        started = self._clock()
-        await self._store.run(
-            self._save_and_release,
-            keys=(write.key, lock.key),
-            args=(write.entry.encode(), write.ttl_s, lock.token),
-        )
-        lock.held = False
-        return Read(write.entry, "miss", waited + self._clock() - started)
+        keys, args = (write.key, lock.key), (write.entry.encode(), write.ttl_s, lock.token)
+        if self._busy() > 1:
+            started = self._clock()
+            await self._store.run(self._save_and_release, keys=keys, args=args)
+            waited += self._clock() - started
+        else:
+            self._store.run_later(self._save_and_release, keys=keys, args=args)
+        lock.held = False  # released by the save
+        return Read(write.entry, "miss", waited)
 
     async def _compute_alone(
         self,
@@ -327,7 +339,7 @@ class Cache:
         write = await compute()
         if write is None:
             return Read(None, lookup, waited)
-        waited += await self.save(write, local_ttl_s)
+        self.save(write, local_ttl_s)
         return Read(write.entry, lookup, waited)
 
     async def _wait_for_other_instance(self, key: str) -> Entry | None:

@@ -119,6 +119,7 @@ class Store:
         if isinstance(self._redis, Redis):
             self._pipe = Coalescer(partial(self._send_batch, self._redis.connection_pool))
         self._scripts: dict[str, str] = {}  # sha1 -> source
+        self._later: set[asyncio.Task[object]] = set()  # `send`s through the cluster client
         self._state: StoreState = "ok"
         self._failures = 0  # consecutive
         # The last failure counted: every command of a failed batch raises the same
@@ -142,11 +143,18 @@ class Store:
         failures; `ok` again after the next success."""
         return self._state
 
-    async def close(self) -> None:
-        """Close every pooled connection, once the batches under way are answered; the
-        store must not be used afterwards."""
+    async def settle(self) -> None:
+        """Wait until every command sent so far is answered (or failed): the batches under
+        way, and what `run_later` and `set_later` sent."""
+        while self._later:
+            await asyncio.gather(*self._later, return_exceptions=True)
         if self._pipe is not None:
             await self._pipe.aclose()
+
+    async def close(self) -> None:
+        """Close every pooled connection, once the commands under way are answered; the
+        store must not be used afterwards."""
+        await self.settle()
         await self._redis.aclose()
         for sentinel in self._sentinels:
             await sentinel.aclose()
@@ -225,6 +233,56 @@ class Store:
 
         return await self._call(script)
 
+    def run_later(
+        self, handle: ScriptHandle, keys: Sequence[str] = (), args: Sequence[ScriptArg] = ()
+    ) -> None:
+        """Run a registered script without waiting for its reply: it goes out with this
+        turn's batch while the caller carries on (answers its own caller), and its
+        outcome counts for `state` like any command's. `settle` waits for it."""
+        command: Command = ("EVALSHA", handle.sha1, len(keys), *keys, *args)
+        self._send(command, ("EVAL", self._scripts[handle.sha1], len(keys), *keys, *args))
+
+    def set_later(self, key: str, value: bytes, ttl_s: int) -> None:
+        """`set` without waiting for the reply (as `run_later`)."""
+        if ttl_s < 1:
+            raise ValueError(f"ttl_s must be at least 1, not {ttl_s}")
+        self._send(("SET", key, value, "EX", ttl_s))
+
+    def _send(self, command: Command, unknown_script: Command | None = None) -> None:
+        """Send `command` and count its outcome when it comes; `unknown_script` is sent
+        instead when the server answers NOSCRIPT (a new or restarted server)."""
+        if self._closed_to_calls(probe=False):
+            return
+        if self._pipe is None:  # the cluster client: a coroutine per command
+            task = asyncio.get_running_loop().create_task(self._call_later(command, unknown_script))
+            self._later.add(task)
+            task.add_done_callback(self._later.discard)
+            return
+
+        def counted(reply: asyncio.Future[object]) -> None:
+            if reply.cancelled():
+                return
+            error = reply.exception()
+            if error is None:
+                self._succeeded()
+            elif isinstance(error, NoScriptError) and unknown_script is not None:
+                self._send(unknown_script)
+            elif isinstance(error, Exception):
+                self._failed(error)
+
+        self._pipe.submit(command).add_done_callback(counted)
+
+    async def _call_later(self, command: Command, unknown_script: Command | None) -> object:
+        async def sent() -> object:
+            try:
+                return await self._command(*command)
+            except NoScriptError:
+                if unknown_script is None:
+                    raise
+                return await self._command(*unknown_script)
+
+        return await self._call(sent)
+
     def _command(self, *command: ScriptArg) -> Awaitable[object]:
         """One command: in this turn's batch, or through the cluster client. Its reply is
         the server's, unconverted (`OK` and `PONG` as bytes)."""
@@ -256,11 +314,8 @@ class Store:
         self, command: Callable[[], Awaitable[T]], *, probe: bool = False
     ) -> T | StoreFailure:
         """Run one command through the breaker; its result or its own failure."""
-        if self._state == "down" and not probe:
-            now = self._clock()
-            if now < self._probe_at:
-                return StoreFailure("down")
-            self._probe_at = now + self._probe_interval_s  # this call is the probe
+        if self._closed_to_calls(probe):
+            return StoreFailure("down")
         try:
             # A batched command is a plain future, which cancellation always reaches.
             result = await (command() if self._pipe else _uncancelled(command()))
@@ -268,6 +323,17 @@ class Store:
             return self._failed(exc)
         self._succeeded()
         return result
+
+    def _closed_to_calls(self, probe: bool) -> bool:
+        """Whether the breaker stops a call: `down`, and not the time for a probe (then
+        this call is the probe)."""
+        if self._state != "down" or probe:
+            return False
+        now = self._clock()
+        if now < self._probe_at:
+            return True
+        self._probe_at = now + self._probe_interval_s
+        return False
 
     def _succeeded(self) -> None:
         self._failures, self._counted = 0, None
