@@ -729,7 +729,9 @@ async def test_a_save_sent_to_a_restarted_server_loads_its_script_again(
     try:
         await cache.read_through(key, 5.0, compute)
         await store.settle()
-        assert Entry.decode(raw.get(key) or b"") == entry
+        stored = raw.get(key)
+        assert isinstance(stored, bytes)
+        assert Entry.decode(stored) == entry
         assert not list(raw.scan_iter(match=LOCK_PREFIX + "*"))
         assert str(store.state) == "ok"
     finally:
