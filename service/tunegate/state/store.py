@@ -228,10 +228,20 @@ class Store:
             try:
                 return await self._command("EVALSHA", handle.sha1, len(keys), *keys, *args)
             except NoScriptError:  # a new or restarted server: EVAL caches it again
+                self._load_scripts()
                 source = self._scripts[handle.sha1]
                 return await self._command("EVAL", source, len(keys), *keys, *args)
 
         return await self._call(script)
+
+    def _load_scripts(self) -> None:
+        """After a NOSCRIPT (a new or restarted server): load every registered script,
+        ahead of the retry, so the next `EVALSHA` of each finds it: a save sent without
+        waiting is then stored in the order it was sent, not one round trip later."""
+        if self._pipe is None:  # a cluster's nodes each have their own script cache
+            return
+        for source in self._scripts.values():
+            self._send(("SCRIPT", "LOAD", source))
 
     def run_later(
         self, handle: ScriptHandle, keys: Sequence[str] = (), args: Sequence[ScriptArg] = ()
@@ -266,6 +276,7 @@ class Store:
             if error is None:
                 self._succeeded()
             elif isinstance(error, NoScriptError) and unknown_script is not None:
+                self._load_scripts()
                 self._send(unknown_script)
             elif isinstance(error, Exception):
                 self._failed(error)
