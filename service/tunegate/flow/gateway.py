@@ -460,7 +460,7 @@ class Gateway:
                 call.task, variant, call.messages, "retry" if retry_number else first
             )
             try:
-                # A hard bound on top of the client's own timeouts, which aiohttp applies
+                # A hard bound on top of the client's own timeouts, which `wire.py` applies
                 # per socket read: an answer dripping slowly must still end in time.
                 async with asyncio.timeout(timeout):
                     result = await attempt(timeout, span)

@@ -1,13 +1,15 @@
 """Calls to OpenAI-compatible model endpoints; the only module that imports `openai`.
 
-Chat completions, plain and streamed, go over aiohttp directly (`wire.py`, one pooled
-session per configured upstream): the body as built here, the answer read raw and parsed
-with orjson, since the gateway needs four fields, not the SDK's models, and the SDK's own
-per-call work cost as much CPU as the rest of a cache miss. There are no retries below
-the gateway's one retry loop. Every failure is translated here into the `UpstreamError`
-tree exactly as the SDK's exceptions were (`_status_error`); upstream messages are never
-passed on, since some echo part of the key. The SDK serves everything else: fine-tuning
-(`TuningClient`) and the callers' clients of the demo and benchmarks.
+Chat completions, plain and streamed, go over HTTP/1.1 directly (`wire.py`, one
+connection pool per configured upstream): the body as built here, the answer read raw
+and parsed with orjson, since the gateway needs four fields, not the SDK's models, and
+the SDK's own per-call work cost as much CPU as the rest of a cache miss. There are no
+retries below the gateway's one retry loop (but for the one resend of a request a server
+closed a pooled connection on before answering it: `http1.py`). Every failure is
+translated here into the `UpstreamError` tree exactly as the SDK's exceptions were
+(`_status_error`); upstream messages are never passed on, since some echo part of the
+key. The SDK serves everything else: fine-tuning (`TuningClient`) and the callers'
+clients of the demo and benchmarks.
 """
 
 from __future__ import annotations

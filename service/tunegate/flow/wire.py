@@ -1,33 +1,38 @@
-"""The chat call on the request path, straight over aiohttp: no SDK in between.
+"""The chat call on the request path, over the gateway's own HTTP/1.1 client.
 
 The openai SDK's own per-call work (options, headers, its httpx-shaped transport over
 aiohttp) cost about as much CPU as everything else on a cache miss (bench/run's
-profile). The gateway needs none of it for a chat completion: it builds the body itself,
-reads the answer raw and parses four fields. So `upstream.py` sends chat completions
-through this module, and keeps the SDK for everything else (tuning jobs, callers'
-clients). What the SDK did that matters is kept: the same authorization, the same
-timeouts (per socket read, as its aiohttp transport applies them; the gateway bounds the
-whole attempt on top), connection pooling up to the upstream's `max_connections`, and
-its error semantics: a non-2xx answer is handed back as an `UpstreamStatus` carrying
-what the SDK's `APIStatusError` carried (status, `code`, `type`, `param`, headers),
-which `upstream.py` maps to the same `errors.py` classes; a timeout is
-`UpstreamTimeout`, any other transport failure `UpstreamConnectionError`. Messages
-from the upstream are never passed on.
+profile), and aiohttp under it about a quarter of what was left. The gateway needs none
+of it for a chat completion: it builds the body itself, reads the answer raw and parses
+four fields. So `upstream.py` sends chat completions through this module, over
+`http1.Pool` (one request written at once, the answer parsed by httptools), and keeps
+the SDK for everything else (tuning jobs, callers' clients). What the SDK did that
+matters is kept: the same authorization, the same timeouts (per socket read, as its
+aiohttp transport applied them; the gateway bounds the whole attempt on top),
+connection pooling up to the upstream's `max_connections`, and its error semantics: a
+non-2xx answer is handed back as an `UpstreamStatus` carrying what the SDK's
+`APIStatusError` carried (status, `code`, `type`, `param`, headers), which
+`upstream.py` maps to the same `errors.py` classes; a timeout is `UpstreamTimeout`, any
+other transport failure `UpstreamConnectionError`. Messages from the upstream are never
+passed on.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
-import aiohttp
 import orjson
 
 from tunegate.errors import UpstreamConnectionError, UpstreamServerError, UpstreamTimeout
+from tunegate.flow.http1 import Origin, Pool, Response
 
 # How much of an error answer is read for its `error` object.
 _ERROR_BODY_BYTES = 64 * 1024
+# Redirects followed (307 and 308 to the same origin), as many as aiohttp followed.
+_MAX_REDIRECTS = 10
 
 
 class UpstreamStatus(Exception):  # a status, not only an error
@@ -50,8 +55,8 @@ class UpstreamStatus(Exception):  # a status, not only an error
 
 
 class ChatEndpoint:
-    """`POST {base_url}/chat/completions` on one upstream, over one pooled session
-    (opened on first use, inside the event loop)."""
+    """`POST {base_url}/chat/completions` on one upstream, over one pool of keep-alive
+    connections (`http1.Pool`, opened on first use, inside the event loop)."""
 
     def __init__(self, base_url: str, api_key: str, max_connections: int) -> None:
         self._url = base_url.rstrip("/") + "/chat/completions"
@@ -62,65 +67,100 @@ class ChatEndpoint:
             "User-Agent": "tunegate",
         }
         self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        self._pool: Pool | None = None
+        # Built here, not on the first call: an https origin's TLS context takes tens
+        # of milliseconds to load the system's certificates.
+        self._origin: Origin | None = None
+        with contextlib.suppress(ValueError):
+            self._origin = Origin(self._url)
 
-    def _open(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0)
-        # No cookie jar: nothing an upstream sets is sent back on another caller's call
-        # (and filtering cookies for every request was measurable).
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            headers=self._headers,
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
-        return self._session
+    def _open(self) -> Pool:
+        # A URL or header that cannot be sent fails each call, as it did with aiohttp,
+        # not the gateway's start.
+        if self._origin is None:
+            raise ValueError("not an http or https URL")
+        self._pool = Pool(self._origin, self._headers, self._max_connections)
+        return self._pool
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.aclose()
 
-    def _timeout(self, seconds: float) -> aiohttp.ClientTimeout:
-        timeout = self._timeouts.get(seconds)
-        if timeout is None:
-            if len(self._timeouts) > 64:  # deadlines shorten timeouts: keep the map small
-                self._timeouts.clear()
-            timeout = aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds)
-            self._timeouts[seconds] = timeout
-        return timeout
-
-    async def post(
-        self, body: Mapping[str, Any], timeout_s: float, model: str
-    ) -> aiohttp.ClientResponse:
+    async def post(self, body: Mapping[str, Any], timeout_s: float, model: str) -> Response:
         """Send `body`; the 2xx response with its body unread (the caller reads it with
         `read_at_most` or `sse_data`). Raises `UpstreamStatus` for any other status,
-        `UpstreamTimeout` or `UpstreamConnectionError` when no answer comes."""
-        session = self._session or self._open()
+        `UpstreamTimeout` or `UpstreamConnectionError` when no answer comes.
+
+        A 307 or 308 to the same origin is followed (the body sent again, as aiohttp
+        did, at most `_MAX_REDIRECTS` times); any other redirect is an `UpstreamStatus`
+        (aiohttp turned a 301-303 into a `GET`, which no chat endpoint answers, and sent
+        no key across origins)."""
         data = orjson.dumps(body, default=_plain)
+        url = self._url
         try:
-            response = await session.post(
-                self._url, data=data, timeout=self._timeout(timeout_s), allow_redirects=True
-            )
-        except TimeoutError:
-            raise UpstreamTimeout(f"{model}: timed out") from None
-        except aiohttp.ClientError:
+            pool = self._pool or self._open()
+        except ValueError:
             raise UpstreamConnectionError(f"{model}: connection failed") from None
-        if 200 <= response.status < 300:
-            return response
-        raise await _status_of(response)
+        for _ in range(_MAX_REDIRECTS + 1):
+            try:
+                response = await pool.post(_path_of(url), data, timeout_s)
+            except TimeoutError:
+                raise UpstreamTimeout(f"{model}: timed out") from None
+            except (OSError, ValueError):
+                raise UpstreamConnectionError(f"{model}: connection failed") from None
+            status = response.status
+            if 200 <= status < 300:
+                return response
+            location = response.headers.get("location") if status in (307, 308) else None
+            if location:
+                target = urljoin(url, location)
+                if self._origin is not None and self._origin.same(target):
+                    await _drain(response)
+                    url = target
+                    continue
+            raise await _status_of(response)
+        raise UpstreamConnectionError(f"{model}: connection failed (too many redirects)")
 
 
-async def _status_of(response: aiohttp.ClientResponse) -> UpstreamStatus:
-    """The `UpstreamStatus` of a non-2xx answer: `code`, `type` and `param` from its
-    `error` object (or the body itself), as the SDK reads them."""
-    raw = b""
+def _path_of(url: str) -> str:
+    parts = urlsplit(url)
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+async def _drain(response: Response) -> None:
+    """Read what a redirect's body has (up to `_ERROR_BODY_BYTES`), then end it."""
+    size = 0
     try:
-        raw = await response.content.read(_ERROR_BODY_BYTES)
-    except (TimeoutError, aiohttp.ClientError):
+        while size < _ERROR_BODY_BYTES and (piece := await response.read()):
+            size += len(piece)
+    except OSError:
         pass
     finally:
-        response.close()
+        if response.at_eof():
+            response.release()
+        else:
+            response.close()
+
+
+async def _status_of(response: Response) -> UpstreamStatus:
+    """The `UpstreamStatus` of a non-2xx answer: `code`, `type` and `param` from its
+    `error` object (or the body itself), as the SDK reads them."""
+    headers = response.headers
+    pieces: list[bytes] = []
+    size = 0
+    try:
+        while size < _ERROR_BODY_BYTES and (piece := await response.read()):
+            pieces.append(piece)
+            size += len(piece)
+    except OSError:  # a timeout or a cut: what came is what there is
+        pass
+    finally:
+        if response.at_eof():
+            response.release()
+        else:
+            response.close()
+    raw = b"".join(pieces)[:_ERROR_BODY_BYTES]
     try:
         body: Any = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError:
@@ -135,7 +175,7 @@ async def _status_of(response: aiohttp.ClientResponse) -> UpstreamStatus:
         code=_text(body.get("code")),
         type=_text(body.get("type")),
         param=_text(body.get("param")),
-        headers={name.lower(): value for name, value in response.headers.items()},
+        headers=headers,
     )
 
 
@@ -153,7 +193,7 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"cannot send a {type(value).__name__} upstream")
 
 
-async def read_at_most(response: aiohttp.ClientResponse, limit: int, model: str) -> bytes:
+async def read_at_most(response: Response, limit: int, model: str) -> bytes:
     """The body of `response`, or `UpstreamServerError` as soon as it passes `limit`
     bytes: an oversized answer costs at most `limit` bytes of memory, never its size.
     The connection goes back to the pool after a whole answer and is closed, not
@@ -163,24 +203,20 @@ async def read_at_most(response: aiohttp.ClientResponse, limit: int, model: str)
         response.close()
         raise oversized(model, declared, limit)
     try:
-        if declared is not None:
-            # The common case: one read of the declared length.
-            content = await response.content.readexactly(declared) if declared else b""
-            response.release()
-            return content
+        # Commonly the whole body came with the head: one read, no wait.
         pieces: list[bytes] = []
         size = 0
-        async for piece in response.content.iter_any():
+        while piece := await response.read():
             size += len(piece)
             if size > limit:
                 raise oversized(model, size, limit)
             pieces.append(piece)
         response.release()
-        return b"".join(pieces)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
     except TimeoutError:
         response.close()
         raise UpstreamTimeout(f"{model}: timed out") from None
-    except (aiohttp.ClientError, asyncio.IncompleteReadError):
+    except OSError:
         response.close()
         raise UpstreamConnectionError(f"{model}: connection failed while answering") from None
     except BaseException:
@@ -188,9 +224,7 @@ async def read_at_most(response: aiohttp.ClientResponse, limit: int, model: str)
         raise
 
 
-async def sse_data(
-    response: aiohttp.ClientResponse, limit: int, model: str
-) -> AsyncIterator[bytes]:
+async def sse_data(response: Response, limit: int, model: str) -> AsyncIterator[bytes]:
     """The `data` of each server-sent event of `response` until `[DONE]`; an event (or a
     line) longer than `limit` bytes is an `UpstreamServerError` as soon as it passes it.
     Transport failures are `UpstreamTimeout` or `UpstreamConnectionError`; the response
@@ -200,7 +234,7 @@ async def sse_data(
     size = 0
     finished = False
     try:
-        async for piece in response.content.iter_any():
+        while piece := await response.read():
             pending += piece
             *lines, pending = pending.split(b"\n")
             for line in lines:
@@ -221,10 +255,10 @@ async def sse_data(
                 raise oversized(model, size + len(pending), limit)
     except TimeoutError:
         raise UpstreamTimeout(f"{model}: timed out") from None
-    except aiohttp.ClientError:
+    except OSError:
         raise UpstreamConnectionError(f"{model}: connection failed mid-stream") from None
     finally:
-        if finished and response.content.at_eof():
+        if finished and response.at_eof():
             response.release()
         else:
             response.close()
