@@ -116,7 +116,7 @@ class ChatEndpoint:
             if location:
                 target = urljoin(url, location)
                 if self._origin is not None and self._origin.same(target):
-                    await _drain(response)
+                    await _opening(response)
                     url = target
                     continue
             raise await _status_of(response)
@@ -128,11 +128,15 @@ def _path_of(url: str) -> str:
     return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
-async def _drain(response: Response) -> None:
-    """Read what a redirect's body has (up to `_ERROR_BODY_BYTES`), then end it."""
+async def _opening(response: Response) -> bytes:
+    """The first `_ERROR_BODY_BYTES` of a body that is not an answer (an error's, a
+    redirect's), then the response ended: released when read whole, else closed. A
+    timeout or a cut ends it too: what came is what there is."""
+    pieces: list[bytes] = []
     size = 0
     try:
         while size < _ERROR_BODY_BYTES and (piece := await response.read()):
+            pieces.append(piece)
             size += len(piece)
     except OSError:
         pass
@@ -141,26 +145,14 @@ async def _drain(response: Response) -> None:
             response.release()
         else:
             response.close()
+    return b"".join(pieces)[:_ERROR_BODY_BYTES]
 
 
 async def _status_of(response: Response) -> UpstreamStatus:
     """The `UpstreamStatus` of a non-2xx answer: `code`, `type` and `param` from its
     `error` object (or the body itself), as the SDK reads them."""
     headers = response.headers
-    pieces: list[bytes] = []
-    size = 0
-    try:
-        while size < _ERROR_BODY_BYTES and (piece := await response.read()):
-            pieces.append(piece)
-            size += len(piece)
-    except OSError:  # a timeout or a cut: what came is what there is
-        pass
-    finally:
-        if response.at_eof():
-            response.release()
-        else:
-            response.close()
-    raw = b"".join(pieces)[:_ERROR_BODY_BYTES]
+    raw = await _opening(response)
     try:
         body: Any = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError:
