@@ -3,6 +3,8 @@ real OTLP/HTTP receiver decoding what the gateway exports."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
 import logging
 import os
@@ -10,13 +12,16 @@ import secrets
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -27,7 +32,7 @@ from tests.testkit.redis_server import RedisServer
 from tunegate.auth import hash_key
 from tunegate.config.settings import TracingSettings, settings_from_env, tracing_from_env
 from tunegate.errors import ConfigError
-from tunegate.observability.tracing import Tracing
+from tunegate.observability.tracing import ServerSpans, Tracing
 from tunegate.records import rejected
 
 CALLER_KEY = "key-ops-" + secrets.token_hex(8)
@@ -436,6 +441,173 @@ def test_grpc_export_when_the_protocol_says_grpc(tmp_path: Path) -> None:
         tracing.close()  # flushes
         [span] = receiver.wait_for(lambda s: s.name == "cache lookup")
         assert span.attributes == {"tunegate.cache.lookup": "hit"}
+
+
+# -- the request's spans without the tracer's generic path --------------------------------
+
+TASK = SimpleNamespace(name="triage", log_payloads=False)
+VARIANT = SimpleNamespace(name="tuned", model=TUNED)
+CHAT_ROUTE = "/v1/chat/completions"
+
+
+def _endpoint() -> None:
+    """Stands for the chat route's endpoint (the router's `scope["endpoint"]`)."""
+
+
+def serve_one(tracing: Tracing, traceparent: str | None, status: int = 200) -> None:
+    """One request through ServerSpans, its endpoint a miss: a cache lookup, a failed
+    attempt and one that answers, the outcome recorded after the response started."""
+
+    async def app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        tracing.cache_lookup().found("miss")
+        failed = tracing.attempt(TASK, VARIANT, (), "first")  # type: ignore[arg-type]
+        failed.failed("server_error")
+        failed.failed("timeout")  # a second end changes nothing
+        attempt = tracing.attempt(TASK, VARIANT, (), "retry")  # type: ignore[arg-type]
+        attempt.first_token()
+        attempt.answered(TUNED, "stop", 42, 12, "")
+        headers = [(b"x-request-id", b"r-1")]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        tracing.record(rejected("r-1", "triage", 0.1))
+        await send({"type": "http.response.body", "body": b""})
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        pass
+
+    async def receive() -> MutableMapping[str, Any]:
+        return {"type": "http.request"}
+
+    headers = [(b"host", b"gw")]
+    if traceparent is not None:
+        headers.append((b"traceparent", traceparent.encode()))
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": CHAT_ROUTE,
+        "scheme": "http",
+        "server": ("127.0.0.1", 8080),
+        "headers": headers,
+        "endpoint": _endpoint,
+    }
+    middleware = ServerSpans(app, tracing, frozenset(), {_endpoint: CHAT_ROUTE})
+    asyncio.run(middleware(scope, receive, send))
+
+
+def exported(sampler: str, traceparent: str | None, *, direct: bool) -> list[ReadableSpan]:
+    exporter = InMemorySpanExporter()
+    tracing = Tracing(TracingSettings(endpoint="http://127.0.0.1:9", sampler=sampler, ratio=0.5))
+    tracing.open(SimpleSpanProcessor(exporter))
+    assert tracing._direct is not None  # the request's spans skip the tracer
+    if not direct:
+        tracing._direct = None  # every span from the tracer
+    serve_one(tracing, traceparent)
+    tracing.close()
+    return list(exporter.get_finished_spans())
+
+
+def comparable(spans: list[ReadableSpan]) -> list[Any]:
+    """What the collector is sent, but ids and times: OTLP bytes with those zeroed, plus
+    who is whose parent and which ids came from the caller."""
+    own = {span.context.span_id: index for index, span in enumerate(spans) if span.context}
+    shape: list[Any] = []
+    for span in spans:
+        assert span.context is not None and span.start_time and span.end_time
+        assert span.start_time <= span.end_time
+        parent = span.parent
+        shape.append(
+            (
+                own.get(parent.span_id, parent.span_id) if parent else None,
+                span.context.trace_id == (parent.trace_id if parent else span.context.trace_id),
+                int(span.context.trace_flags),
+                span.context.trace_state.to_header(),
+                span.dropped_attributes,
+            )
+        )
+    request = encode_spans(spans)
+    for resource_spans in request.resource_spans:
+        resource = resource_spans.resource.attributes
+        shape.append({a.key for a in resource} >= {"service.name", "service.instance.id"})
+        resource_spans.resource.Clear()  # service.instance.id: the provider's own
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                span.trace_id = span.span_id = span.parent_span_id = b""
+                span.start_time_unix_nano = span.end_time_unix_nano = 0
+                for pair in span.attributes:
+                    if pair.key == "tunegate.time_to_first_token_s":
+                        pair.value.double_value = 0.0
+    return [shape, request.SerializeToString(deterministic=True)]
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        "always_on",
+        "always_off",
+        "traceidratio",
+        "parentbased_always_on",
+        "parentbased_always_off",
+        "parentbased_traceidratio",
+    ],
+)
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        None,
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-03",
+    ],
+)
+def test_the_request_spans_are_what_the_tracer_would_make(
+    sampler: str, traceparent: str | None
+) -> None:
+    # A trace id under the ratio's bound and one over it, from the caller; our own random.
+    if traceparent is None and sampler.endswith("traceidratio"):
+        pytest.skip("a root's own trace id decides")
+    direct = exported(sampler, traceparent, direct=True)
+    tracer = exported(sampler, traceparent, direct=False)
+    assert comparable(direct) == comparable(tracer)
+    if direct:
+        assert [s.name for s in direct] == [
+            "cache lookup",
+            f"chat {TUNED}",
+            f"chat {TUNED}",
+            f"POST {CHAT_ROUTE}",
+        ]
+
+
+def test_the_request_spans_keep_the_span_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "6")
+    monkeypatch.setenv("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "5")
+    direct = exported("parentbased_always_on", None, direct=True)
+    tracer = exported("parentbased_always_on", None, direct=False)
+    assert comparable(direct) == comparable(tracer)
+    attempt = direct[2]
+    assert attempt.attributes is not None and len(attempt.attributes) == 6
+    assert attempt.dropped_attributes > 0
+    assert attempt.attributes["gen_ai.response.finish_reasons"] == ("stop",)
+    assert attempt.attributes["gen_ai.response.model"] == TUNED[:5]
+
+
+def test_a_span_never_ended_is_not_kept() -> None:
+    exporter = InMemorySpanExporter()
+    tracing = Tracing(TracingSettings(endpoint="http://127.0.0.1:9"))
+    tracing.open(SimpleSpanProcessor(exporter))
+    with trace.use_span(tracing.tracer.start_span("request"), end_on_exit=True):
+        for _ in range(100):
+            tracing.cache_lookup()
+            tracing.attempt(TASK, VARIANT, (), "first")  # type: ignore[arg-type]
+        gc.collect()
+        ours = tracing._direct
+        assert ours is not None
+        kept = [
+            o
+            for o in gc.get_objects()
+            if isinstance(o, trace.Span) and getattr(o, "_direct", 0) is ours
+        ]
+        assert kept == []
+    tracing.close()
+    assert [s.name for s in exporter.get_finished_spans()] == ["request"]
 
 
 # -- the settings ------------------------------------------------------------------------

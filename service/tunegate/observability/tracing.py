@@ -13,23 +13,40 @@ imports it only when an OTLP endpoint is configured, so with tracing off no SDK 
 Attributes of the gateway's own live under `tunegate.*`. Prompt and answer text go on a
 span only for tasks with `log_payloads: true` (`gen_ai.input.messages`,
 `gen_ai.output.messages`). Spans leave in batches; `close` flushes them.
+
+A request's own spans (server, cache lookup, attempts) skip the tracer's generic path:
+`_Direct` starts them as `Tracer.start_span` would and hands them, ended, to the span
+processor as the SDK's `ReadableSpan` (span limits and sampler decisions alike; a test
+compares what the collector is sent both ways). Background spans use the tracer.
 """
 
 from __future__ import annotations
 
+import os
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import orjson
 from opentelemetry import context, trace
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider, sampling
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.sdk.trace import (
+    Event,
+    ReadableSpan,
+    SpanProcessor,
+    Tracer,
+    TracerProvider,
+    sampling,
+)
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.util import BoundedList
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util import types
 
 from tunegate import __version__
 from tunegate.config.compiled import Task, Variant
@@ -61,6 +78,7 @@ class Tracing:
         self._settings = settings
         self._provider: TracerProvider | None = None
         self.tracer: trace.Tracer = trace.NoOpTracer()
+        self._direct: _Direct | None = None
         # A request's outcome meets its server span by request id (the `x-request-id` of
         # its response), never through whatever context a late stream finalizer runs in.
         self._serving: dict[str, trace.Span] = {}
@@ -72,13 +90,12 @@ class Tracing:
             {"service.name": settings.service_name, "service.version": __version__}
         )
         self._provider = TracerProvider(sampler=_sampler(settings), resource=resource)
-        self._provider.add_span_processor(
-            processor
-            or BatchSpanProcessor(
-                _exporter(settings), schedule_delay_millis=settings.schedule_delay_ms
-            )
+        processor = processor or BatchSpanProcessor(
+            _exporter(settings), schedule_delay_millis=settings.schedule_delay_ms
         )
+        self._provider.add_span_processor(processor)
         self.tracer = self._provider.get_tracer("tunegate", __version__)
+        self._direct = _Direct.of(self._provider, self.tracer, settings.sampler, processor)
 
     def close(self) -> None:
         """Export what is still queued, then stop."""
@@ -86,6 +103,7 @@ class Tracing:
             self._provider.shutdown()
             self._provider = None
         self.tracer = trace.NoOpTracer()
+        self._direct = None
 
     # -- the Spans the flow calls -------------------------------------------------------
 
@@ -101,13 +119,38 @@ class Tracing:
         }
         if task.log_payloads:
             attributes["gen_ai.input.messages"] = _input_messages(messages)
-        span = self.tracer.start_span(
-            f"chat {variant.model}", kind=SpanKind.CLIENT, attributes=attributes
-        )
+        name = f"chat {variant.model}"
+        span = self._child(name, SpanKind.CLIENT, attributes)
+        if span is None:
+            span = self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+        elif isinstance(span, _Quiet):
+            return span
         return _Attempt(span, task.log_payloads)
 
     def cache_lookup(self) -> LookupSpan:
-        return _Lookup(self.tracer.start_span("cache lookup"))
+        span = self._child("cache lookup", SpanKind.INTERNAL, {})
+        if span is None:
+            span = self.tracer.start_span("cache lookup")
+        elif isinstance(span, _Quiet):
+            return span
+        return _Lookup(span)
+
+    def _child(
+        self, name: str, kind: SpanKind, attributes: dict[str, Any]
+    ) -> trace.Span | _Quiet | None:
+        """A span of the current span's the way the tracer would make it, when the sampler's
+        decision follows from the parent's: a `_DirectSpan`, or `_QUIET` (not sampled);
+        None when it is the tracer's to make."""
+        direct = self._direct
+        if direct is None:
+            return None
+        parent = trace.get_current_span().get_span_context()
+        if not parent.is_valid:
+            return None
+        sampled = direct.follows[1 if parent.trace_flags & _SAMPLED else 0]
+        if sampled:
+            return direct.span(name, kind, parent, attributes)
+        return None if sampled is None else _QUIET
 
     @contextmanager
     def background(
@@ -213,7 +256,7 @@ class _Attempt:
         if not self._span.is_recording():  # ended already (answered as time ran out)
             return
         self._span.set_attribute("error.type", error_type)
-        self._span.set_status(Status(StatusCode.ERROR))
+        self._span.set_status(_ERROR)
         self._span.end()
 
 
@@ -228,6 +271,305 @@ class _Lookup:
             return
         self._span.set_attribute("tunegate.cache.lookup", result)
         self._span.end()
+
+
+_SAMPLED = TraceFlags.SAMPLED
+_RANDOM = TraceFlags.RANDOM_TRACE_ID
+_RECORD_AND_SAMPLE = sampling.Decision.RECORD_AND_SAMPLE
+_ERROR = Status(StatusCode.ERROR)
+_UNSET = Status(StatusCode.UNSET)
+_SCALARS = frozenset({str, int, float, bool})
+# Processors whose on_start and _on_ending do nothing: the spans `_Direct` makes skip them.
+_ENDING_ONLY = (BatchSpanProcessor, SimpleSpanProcessor)
+_METRICS = "OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED"
+
+
+class _Direct:
+    """The SDK's span life cycle for the spans of a request, without its generic path
+    (a span object built for any use, its attributes cleaned on every call, a lock per
+    span): `root` and `span` start a `_DirectSpan` the way `Tracer.start_span` would
+    (same ids, sampler decision, trace flags and state), and `emit` hands the ended span
+    to the processor as the SDK's `ReadableSpan`, its attributes held to the provider's
+    `SpanLimits` (`BoundedAttributes`, when they would drop or shorten anything). Only
+    with one of the SDK's exporting processors (they do nothing on a span's start) and
+    the SDK's own metrics off; otherwise the tracer makes every span."""
+
+    __slots__ = (
+        "_info",
+        "_max_count",
+        "_max_length",
+        "_new_span_id",
+        "_new_trace_id",
+        "_random_ids",
+        "_resource",
+        "_sampler",
+        "_scope",
+        "follows",
+        "limits",
+        "on_end",
+    )
+
+    def __init__(
+        self, provider: TracerProvider, tracer: Tracer, sampler: str, processor: SpanProcessor
+    ) -> None:
+        self._sampler = provider.sampler
+        self._new_span_id = provider.id_generator.generate_span_id
+        self._new_trace_id = provider.id_generator.generate_trace_id
+        self._random_ids = provider.id_generator.is_trace_id_random()
+        self._resource = tracer.resource
+        self._info = tracer.instrumentation_info
+        self._scope = tracer._instrumentation_scope
+        self.limits = tracer._span_limits
+        self._max_count = self.limits.max_span_attributes
+        self._max_length = self.limits.max_span_attribute_length
+        self.on_end = processor.on_end
+        # Whether a child span is sampled, by whether its parent is (our samplers decide
+        # that from the parent alone but for `traceidratio`, left to the SDK).
+        self.follows: tuple[bool | None, bool | None] = {
+            "always_on": (True, True),
+            "always_off": (False, False),
+        }.get(sampler, (False, True) if sampler.startswith("parentbased_") else (None, None))
+
+    @classmethod
+    def of(
+        cls, provider: TracerProvider, tracer: trace.Tracer, sampler: str, processor: SpanProcessor
+    ) -> _Direct | None:
+        if not isinstance(tracer, Tracer) or not tracer._is_enabled():
+            return None
+        if type(processor) not in _ENDING_ONLY:
+            return None
+        if os.environ.get(_METRICS, "").strip().lower() == "true":
+            return None
+        return cls(provider, tracer, sampler, processor)
+
+    def root(
+        self, name: str, parent: Context, kind: SpanKind, attributes: dict[str, Any]
+    ) -> trace.Span:
+        """A span in `parent` (a caller's context, or none), as `Tracer.start_span`."""
+        remote = trace.get_current_span(parent).get_span_context()
+        if remote.is_valid:
+            parent_context: SpanContext | None = remote
+            trace_id = remote.trace_id
+            random = remote.trace_flags & _RANDOM
+        else:
+            parent_context = None
+            trace_id = self._new_trace_id()
+            random = _RANDOM if self._random_ids else 0
+        result = self._sampler.should_sample(parent, trace_id, name, kind, attributes)
+        decision = result.decision
+        flags = TraceFlags((_SAMPLED if decision is _RECORD_AND_SAMPLE else 0) | random)
+        ids = SpanContext(
+            trace_id,
+            self._new_span_id(),
+            is_remote=False,
+            trace_flags=flags,
+            trace_state=result.trace_state,
+        )
+        if decision is sampling.Decision.DROP:
+            return trace.NonRecordingSpan(ids)
+        return _DirectSpan(self, name, kind, ids, parent_context, dict(result.attributes or {}))
+
+    def span(
+        self, name: str, kind: SpanKind, parent: SpanContext, attributes: dict[str, Any]
+    ) -> _DirectSpan:
+        """A sampled child of `parent`, a span of this process."""
+        flags = TraceFlags(_SAMPLED | (parent.trace_flags & _RANDOM))
+        ids = SpanContext(
+            parent.trace_id,
+            self._new_span_id(),
+            is_remote=False,
+            trace_flags=flags,
+            trace_state=parent.trace_state,
+        )
+        return _DirectSpan(self, name, kind, ids, parent, attributes)
+
+    def emit(self, span: _DirectSpan) -> None:
+        self.on_end(
+            ReadableSpan(
+                name=span._name,
+                context=span._context,
+                parent=span._parent,
+                resource=self._resource,
+                attributes=self._bounded(span._attributes),
+                events=span._events,
+                links=span._links,
+                kind=span._kind,
+                instrumentation_info=self._info,
+                status=span._status,
+                start_time=span._start,
+                end_time=span._end,
+                instrumentation_scope=self._scope,
+            )
+        )
+
+    def _bounded(self, attributes: dict[str, Any]) -> types.Attributes:
+        """`attributes` as the SDK's span would hold them: as they are when they are of
+        the plain types and within the limits, else cleaned and bounded the SDK's way."""
+        count, length = self._max_count, self._max_length
+        if count is None or len(attributes) <= count:
+            for key, value in attributes.items():
+                kind = type(value)
+                if kind is str:
+                    if length is not None and len(value) > length:
+                        break
+                elif kind is tuple:
+                    if not all(type(v) in _SCALARS for v in value) or (
+                        length is not None
+                        and any(type(v) is str and len(v) > length for v in value)
+                    ):
+                        break
+                elif kind not in _SCALARS:
+                    break
+                if not key or type(key) is not str:
+                    break
+            else:
+                return attributes
+        return BoundedAttributes(count, attributes, immutable=True, max_value_len=length)
+
+
+class _DirectSpan(trace.Span):
+    """A recording span made by `_Direct`: what the SDK's span records, in a dict until
+    it ends. Used from the event loop's thread only (the SDK's span takes a lock)."""
+
+    __slots__ = (
+        "_attributes",
+        "_context",
+        "_direct",
+        "_end",
+        "_events",
+        "_kind",
+        "_links",
+        "_name",
+        "_parent",
+        "_start",
+        "_status",
+    )
+
+    def __init__(
+        self,
+        direct: _Direct,
+        name: str,
+        kind: SpanKind,
+        context: SpanContext,
+        parent: SpanContext | None,
+        attributes: dict[str, Any],
+    ) -> None:
+        self._direct = direct
+        self._name = name
+        self._kind = kind
+        self._context = context
+        self._parent = parent
+        self._attributes = attributes
+        self._events: Sequence[Event] = ()
+        self._links: Sequence[Link] = ()
+        self._status = _UNSET
+        self._end: int | None = None
+        self._start = time.time_ns()
+
+    def get_span_context(self) -> SpanContext:
+        return self._context
+
+    def is_recording(self) -> bool:
+        return self._end is None
+
+    def set_attribute(self, key: str, value: types.AnyValue) -> None:
+        if self._end is None:
+            self._attributes[key] = value
+
+    def set_attributes(self, attributes: Mapping[str, types.AnyValue]) -> None:
+        if self._end is None:
+            self._attributes.update(attributes)
+
+    def update_name(self, name: str) -> None:
+        if self._end is None:
+            self._name = name
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        if self._end is not None or self._status.status_code is StatusCode.OK:
+            return
+        if isinstance(status, StatusCode):
+            status = Status(status, description)
+        if status.status_code is not StatusCode.UNSET:
+            self._status = status
+
+    def add_event(
+        self, name: str, attributes: types.Attributes = None, timestamp: int | None = None
+    ) -> None:
+        if self._end is not None:
+            return
+        limits = self._direct.limits
+        if not isinstance(self._events, BoundedList):
+            self._events = BoundedList(limits.max_events)
+        bounded = BoundedAttributes(
+            limits.max_event_attributes,
+            attributes,
+            immutable=True,
+            max_value_len=limits.max_attribute_length,
+        )
+        self._events.append(Event(name, bounded, timestamp))
+
+    def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
+        if self._end is not None or not (context.is_valid or attributes or context.trace_state):
+            return
+        limits = self._direct.limits
+        if not isinstance(self._links, BoundedList):
+            self._links = BoundedList(limits.max_links)
+        bounded = BoundedAttributes(
+            limits.max_link_attributes,
+            attributes,
+            immutable=True,
+            max_value_len=limits.max_attribute_length,
+        )
+        self._links.append(Link(context, bounded))
+
+    def record_exception(
+        self,
+        exception: BaseException,
+        attributes: types.Attributes = None,
+        timestamp: int | None = None,
+        escaped: bool = False,
+    ) -> None:
+        kind = type(exception)
+        module = kind.__module__
+        recorded: dict[str, types.AnyValue] = {
+            "exception.type": f"{module}.{kind.__qualname__}"
+            if module and module != "builtins"
+            else kind.__qualname__,
+            "exception.message": str(exception),
+            "exception.stacktrace": "".join(traceback.format_exception(exception)),
+            "exception.escaped": str(escaped),
+        }
+        recorded.update(attributes or {})
+        self.add_event("exception", recorded, timestamp)
+
+    def end(self, end_time: int | None = None) -> None:
+        if self._end is not None:
+            return
+        self._end = end_time if end_time is not None else time.time_ns()
+        self._direct.emit(self)
+
+
+class _Quiet:
+    """The attempt or lookup span of a request that is not sampled."""
+
+    __slots__ = ()
+
+    def first_token(self) -> None:
+        pass
+
+    def answered(
+        self, model: str, finish_reason: str, input_tokens: int, output_tokens: int, text: str
+    ) -> None:
+        pass
+
+    def failed(self, error_type: str) -> None:
+        pass
+
+    def found(self, result: LookupResult) -> None:
+        pass
+
+
+_QUIET = _Quiet()
 
 
 class ServerSpans:
@@ -253,9 +595,13 @@ class ServerSpans:
             if name in _CARRIED
         }
         parent = _PROPAGATOR.extract(carrier)
-        span = self._tracing.tracer.start_span(
-            scope["method"], context=parent, kind=SpanKind.SERVER, attributes=_http(scope)
-        )
+        direct = self._tracing._direct
+        if direct is not None:
+            span = direct.root(scope["method"], parent, SpanKind.SERVER, _http(scope))
+        else:
+            span = self._tracing.tracer.start_span(
+                scope["method"], context=parent, kind=SpanKind.SERVER, attributes=_http(scope)
+            )
         token = context.attach(trace.set_span_in_context(span, parent))
         status = 500  # unless a response starts
         request_id = ""
@@ -296,13 +642,16 @@ def _http(scope: Scope) -> dict[str, Any]:
 
 
 def _finish(span: trace.Span, scope: Scope, status: int, route: str | None) -> None:
+    if not span.is_recording():  # not sampled
+        return
+    attributes: dict[str, Any] = {"http.response.status_code": status}
     if route is not None:
         span.update_name(f"{scope['method']} {route}")
-        span.set_attribute("http.route", route)
-    span.set_attribute("http.response.status_code", status)
+        attributes["http.route"] = route
     if status >= 500:
-        span.set_attribute("error.type", str(status))
-        span.set_status(Status(StatusCode.ERROR))
+        attributes["error.type"] = str(status)
+        span.set_status(_ERROR)
+    span.set_attributes(attributes)
     span.end()
 
 
