@@ -30,7 +30,12 @@ from tests.harness import task_config as base_task
 from tests.otlp_receiver import Received, Receiver, otlp_receiver
 from tests.testkit.redis_server import RedisServer
 from tunegate.auth import hash_key
-from tunegate.config.settings import TracingSettings, settings_from_env, tracing_from_env
+from tunegate.config.settings import (
+    SAMPLERS,
+    TracingSettings,
+    settings_from_env,
+    tracing_from_env,
+)
 from tunegate.errors import ConfigError
 from tunegate.observability.tracing import ServerSpans, Tracing
 from tunegate.records import rejected
@@ -538,14 +543,6 @@ def comparable(spans: list[ReadableSpan]) -> list[Any]:
     return [shape, request.SerializeToString(deterministic=True)]
 
 
-_SAMPLERS = (
-    "always_on",
-    "always_off",
-    "traceidratio",
-    "parentbased_always_on",
-    "parentbased_always_off",
-    "parentbased_traceidratio",
-)
 # A trace id under the ratio's bound and one over it, from the caller; or our own random
 # one, left out under a ratio (the two paths draw different ids, so decide differently).
 _TRACEPARENTS = (
@@ -560,7 +557,7 @@ _TRACEPARENTS = (
     ("sampler", "traceparent"),
     [
         (sampler, traceparent)
-        for sampler in _SAMPLERS
+        for sampler in SAMPLERS
         for traceparent in _TRACEPARENTS
         if traceparent is not None or not sampler.endswith("traceidratio")
     ],

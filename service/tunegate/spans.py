@@ -61,7 +61,9 @@ class Spans(Protocol):
         background work runs, in a context copied from the request's."""
 
 
-class _NoSpan:
+class NoSpan:
+    """An attempt or lookup span that records nothing."""
+
     __slots__ = ()
 
     def first_token(self) -> None:
@@ -79,11 +81,14 @@ class _NoSpan:
         pass
 
 
+NO_SPAN = NoSpan()
+
+
 class NoSpans:
     """Tracing off: every span is the same object that does nothing."""
 
     __slots__ = ()
-    _span = _NoSpan()
+    _span = NO_SPAN
     _context: AbstractContextManager[None] = nullcontext()
 
     def attempt(

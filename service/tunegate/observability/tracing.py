@@ -52,7 +52,15 @@ from tunegate import __version__
 from tunegate.config.compiled import Task, Variant
 from tunegate.config.settings import TracingSettings
 from tunegate.records import Outcome
-from tunegate.spans import AttemptSpan, LookupResult, LookupSpan, Message, Purpose
+from tunegate.spans import (
+    NO_SPAN,
+    AttemptSpan,
+    LookupResult,
+    LookupSpan,
+    Message,
+    NoSpan,
+    Purpose,
+)
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -123,7 +131,7 @@ class Tracing:
         span = self._child(name, SpanKind.CLIENT, attributes)
         if span is None:
             span = self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
-        elif isinstance(span, _Quiet):
+        elif isinstance(span, NoSpan):
             return span
         return _Attempt(span, task.log_payloads)
 
@@ -131,15 +139,15 @@ class Tracing:
         span = self._child("cache lookup", SpanKind.INTERNAL, {})
         if span is None:
             span = self.tracer.start_span("cache lookup")
-        elif isinstance(span, _Quiet):
+        elif isinstance(span, NoSpan):
             return span
         return _Lookup(span)
 
     def _child(
         self, name: str, kind: SpanKind, attributes: dict[str, Any]
-    ) -> trace.Span | _Quiet | None:
+    ) -> trace.Span | NoSpan | None:
         """A span of the current span's the way the tracer would make it, when the sampler's
-        decision follows from the parent's: a `_DirectSpan`, or `_QUIET` (not sampled);
+        decision follows from the parent's: a `_DirectSpan`, or `NO_SPAN` (not sampled);
         None when it is the tracer's to make."""
         direct = self._direct
         if direct is None:
@@ -150,7 +158,7 @@ class Tracing:
         sampled = direct.follows[1 if parent.trace_flags & _SAMPLED else 0]
         if sampled:
             return direct.span(name, kind, parent, attributes)
-        return None if sampled is None else _QUIET
+        return None if sampled is None else NO_SPAN
 
     @contextmanager
     def background(
@@ -547,29 +555,6 @@ class _DirectSpan(trace.Span):
             return
         self._end = end_time if end_time is not None else time.time_ns()
         self._direct.emit(self)
-
-
-class _Quiet:
-    """The attempt or lookup span of a request that is not sampled."""
-
-    __slots__ = ()
-
-    def first_token(self) -> None:
-        pass
-
-    def answered(
-        self, model: str, finish_reason: str, input_tokens: int, output_tokens: int, text: str
-    ) -> None:
-        pass
-
-    def failed(self, error_type: str) -> None:
-        pass
-
-    def found(self, result: LookupResult) -> None:
-        pass
-
-
-_QUIET = _Quiet()
 
 
 class ServerSpans:
