@@ -8,17 +8,17 @@ reply is in, and one timer for the whole batch: a `Store.get` alone took 47 µs 
 process's CPU through redis-py's pool and takes 23 µs here (uvloop, measured).
 
 What stays as redis-py has it (the behaviour the store's callers rely on): replies are
-hiredis's undecoded values (bytes, ints, lists, `None`, `OK` as bytes); a server error is
-redis-py's own exception for it (`NoScriptError` for NOSCRIPT, found by redis-py's
-parser); a URL means what `redis.asyncio.ConnectionPool.from_url` makes of it (its
-`parse_url`, its `RedisSSLContext`), AUTH and SELECT on connect. `connection_options`
-answers `None` for a URL with any other option, which then stays on redis-py.
+hiredis's undecoded values (bytes, ints, lists, `None`, `OK` as bytes); a server error,
+a timeout or a lost connection raise the exceptions the store hands in (`Errors`:
+redis-py's, `NoScriptError` for NOSCRIPT among them); AUTH and SELECT on connect. The
+store reads the URL (`ConnectionOptions`) as redis-py would; this module imports no
+client library.
 
 One batch at a time per connection, never two interleaved: a connection that timed out,
 was reset, talked garbage or was cancelled mid-batch is closed and never reused, so no
 batch can read another's reply. A connection the server closed while idle is dropped as
 soon as the loop sees it closed. When every connection is busy a batch fails at once with
-redis-py's `MaxConnectionsError` (as its pool does): nothing queues behind the store.
+`errors.busy` (as redis-py's pool does): nothing queues behind the store.
 """
 
 from __future__ import annotations
@@ -27,38 +27,10 @@ import asyncio
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import cast
 
 import hiredis
-from redis._parsers.base import BaseParser
-from redis.asyncio.connection import RedisSSLContext, SSLConnection, parse_url
-from redis.exceptions import (
-    AuthenticationError,
-    AuthenticationWrongNumberOfArgsError,
-    InvalidResponse,
-    MaxConnectionsError,
-)
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeout
 
-# `parse_url`'s keys this module implements, and the `ssl_*` ones `RedisSSLContext` takes.
-_PLAIN = frozenset({"host", "port", "path", "db", "username", "password", "connection_class"})
-_SSL = {
-    "ssl_keyfile": "keyfile",
-    "ssl_certfile": "certfile",
-    "ssl_cert_reqs": "cert_reqs",
-    "ssl_include_verify_flags": "include_verify_flags",
-    "ssl_exclude_verify_flags": "exclude_verify_flags",
-    "ssl_ca_certs": "ca_certs",
-    "ssl_ca_data": "ca_data",
-    "ssl_ca_path": "ca_path",
-    "ssl_check_hostname": "check_hostname",
-    "ssl_min_version": "min_version",
-    "ssl_ciphers": "ciphers",
-    "ssl_password": "password",
-}
-# `SSLConnection`'s defaults, where they differ from `RedisSSLContext`'s.
-_SSL_DEFAULTS = {"cert_reqs": "required", "check_hostname": True}
 _MORE = object()  # hiredis: no complete reply buffered yet
 
 
@@ -75,32 +47,30 @@ class ConnectionOptions:
     db: int = 0
 
 
-def connection_options(url: str) -> ConnectionOptions | None:
-    """What `url` (redis://, rediss://, unix://) names, as redis-py reads it; `None` when it
-    sets an option these connections do not implement (redis-py's pool then serves it)."""
-    options: dict[str, Any] = dict(parse_url(url))
-    if set(options) - _PLAIN - set(_SSL):
-        return None
-    tls = options.pop("connection_class", None) is SSLConnection
-    ssl_options = {_SSL[name]: options.pop(name) for name in list(options) if name in _SSL}
-    if ssl_options and not tls:
-        return None  # redis-py would refuse them: keep its error
-    username, password = options.pop("username", ""), options.pop("password", "")
-    auth = () if not (username or password) else (username, password) if username else (password,)
-    context = RedisSSLContext(**{**_SSL_DEFAULTS, **ssl_options}).get() if tls else None
-    return ConnectionOptions(ssl=context, auth=auth, **options)
+@dataclass(frozen=True)
+class Errors:
+    """The exceptions these connections raise, as the store's client library names them:
+    the store passes redis-py's, so its callers see what they saw through redis-py's pool
+    (and this module needs no client library)."""
+
+    reply: Callable[[str], Exception]  # a server's error reply, by its message
+    garbage: type[Exception]  # bytes that are not RESP, or a reply nothing asked for
+    connection: type[Exception]  # refused, lost, or a server refusing the connection
+    timeout: type[Exception]  # connecting took too long
+    busy: type[Exception]  # every connection in use
+    auth: type[Exception]  # AUTH refused
+    auth_args: type[Exception]  # the reply of AUTH with a user name, from a server before 6
 
 
 class RespConnection(asyncio.Protocol):
     """One connection: `request` writes a batch and answers a future of its replies."""
 
-    def __init__(self, on_lost: Callable[[RespConnection], None]) -> None:
+    def __init__(self, on_lost: Callable[[RespConnection], None], errors: Errors) -> None:
         self._on_lost = on_lost
+        self._errors = errors
         self._transport: asyncio.Transport | None = None
         self._reader = hiredis.Reader(
-            protocolError=InvalidResponse,
-            replyError=BaseParser.parse_error,
-            notEnoughData=_MORE,
+            protocolError=errors.garbage, replyError=errors.reply, notEnoughData=_MORE
         )
         self._replies: list[object] = []
         self._expected = 0
@@ -113,7 +83,7 @@ class RespConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.open = False
-        self._fail(RedisConnectionError("Connection closed by server."))
+        self._fail(self._errors.connection("Connection closed by server."))
         self._on_lost(self)
 
     def request(self, payload: bytes, count: int) -> asyncio.Future[list[object]]:
@@ -143,10 +113,11 @@ class RespConnection(asyncio.Protocol):
         reader = self._reader
         reader.feed(data)
         replies = self._replies
+        refused = self._errors.connection
         try:
             while (reply := reader.gets()) is not _MORE:
-                if isinstance(reply, RedisConnectionError) or (
-                    type(reply) is list and reply and isinstance(reply[0], RedisConnectionError)
+                if isinstance(reply, refused) or (
+                    type(reply) is list and reply and isinstance(reply[0], refused)
                 ):
                     raise reply if isinstance(reply, Exception) else reply[0]  # as redis-py
                 replies.append(reply)
@@ -158,7 +129,7 @@ class RespConnection(asyncio.Protocol):
             return
         waiter = self._waiter
         if len(replies) > self._expected or waiter is None:  # nothing asked for these
-            self._fail(InvalidResponse("reply without a command"))
+            self._fail(self._errors.garbage("reply without a command"))
             self.close()
         elif not waiter.done():
             waiter.set_result(replies)
@@ -175,12 +146,14 @@ class Connections:
     def __init__(
         self,
         options: ConnectionOptions,
+        errors: Errors,
         *,
         max_connections: int,
         connect_timeout_s: float,
         socket_timeout_s: float,
     ) -> None:
         self._options = options
+        self._errors = errors
         self._max = max_connections
         self._connect_timeout_s = connect_timeout_s
         self._socket_timeout_s = socket_timeout_s
@@ -196,10 +169,10 @@ class Connections:
 
     async def send(self, payload: bytes, count: int) -> list[object]:
         """Write `payload` (`count` commands) on one connection and answer its `count`
-        replies, a `ResponseError` instance for each command the server refused. Raises
-        `TimeoutError` when they do not all arrive within the socket timeout, redis-py's
-        `ConnectionError` (or a subclass) when the connection cannot be had or fails, its
-        `InvalidResponse` for garbage."""
+        replies, an `errors.reply` instance for each command the server refused. Raises
+        `TimeoutError` when they do not all arrive within the socket timeout,
+        `errors.connection` (or a subclass) when the connection cannot be had or fails,
+        `errors.garbage` for bytes that are not replies."""
         connection = self._idle.pop() if self._idle else await self._connect()
         loop = asyncio.get_running_loop()
         timer = loop.call_later(self._socket_timeout_s, connection.time_out)
@@ -227,7 +200,7 @@ class Connections:
         """A new connection, authenticated and on its database, within the connect
         timeout plus a socket timeout (as redis-py's pool bounds one today)."""
         if self.count >= self._max:
-            raise MaxConnectionsError("Too many connections")
+            raise self._errors.busy("Too many connections")
         self._opening += 1
         connection: RespConnection | None = None
         try:
@@ -245,7 +218,8 @@ class Connections:
 
     async def _dial(self) -> RespConnection:
         options, loop = self._options, asyncio.get_running_loop()
-        connection = RespConnection(self._lost)
+        errors = self._errors
+        connection = RespConnection(self._lost, errors)
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 if options.path is not None:
@@ -255,10 +229,10 @@ class Connections:
                         lambda: connection, options.host, options.port, ssl=options.ssl
                     )
         except TimeoutError:
-            raise RedisTimeout("Timeout connecting to server") from None
+            raise errors.timeout("Timeout connecting to server") from None
         except OSError as exc:  # refused, unreachable, a certificate refused
             where = options.path or f"{options.host}:{options.port}"
-            raise RedisConnectionError(f"Error connecting to {where}: {exc}") from exc
+            raise errors.connection(f"Error connecting to {where}: {exc}") from exc
         return connection
 
     async def _set_up(self, connection: RespConnection) -> None:
@@ -267,18 +241,18 @@ class Connections:
         auth = self._options.auth
         if auth:
             reply = await self._one(connection, "AUTH", *auth)
-            if isinstance(reply, AuthenticationWrongNumberOfArgsError):  # a server before 6
+            if isinstance(reply, self._errors.auth_args):  # a server before 6
                 reply = await self._one(connection, "AUTH", auth[-1])
             if isinstance(reply, Exception):
                 raise reply
             if reply != b"OK":
-                raise AuthenticationError("Invalid Username or Password")
+                raise self._errors.auth("Invalid Username or Password")
         if self._options.db:
             reply = await self._one(connection, "SELECT", str(self._options.db))
             if isinstance(reply, Exception):
                 raise reply
             if reply != b"OK":
-                raise RedisConnectionError("Invalid Database")
+                raise self._errors.connection("Invalid Database")
 
     @staticmethod
     async def _one(connection: RespConnection, *command: str) -> object:

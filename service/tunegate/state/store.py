@@ -45,19 +45,29 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
+from redis._parsers.base import BaseParser
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import RedisSSLContext, SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    InvalidResponse,
+    MaxConnectionsError,
+    NoScriptError,
+    ResponseError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeout
 
 from tunegate.state.coalesce import Coalescer
 from tunegate.state.rarely import RareLog
-from tunegate.state.resp import Connections, connection_options
+from tunegate.state.resp import ConnectionOptions, Connections, Errors
 from tunegate.state.store_url import StoreUrl, parse_store_url
 
 logger = logging.getLogger("tunegate.store")
@@ -69,6 +79,37 @@ DOWN_AFTER = 3
 ScriptArg = str | bytes | int | float
 Command = tuple[ScriptArg, ...]
 T = TypeVar("T")
+
+
+# The exceptions the store's own connections raise: redis-py's, as its pool raised them.
+_REDIS_ERRORS = Errors(
+    reply=BaseParser.parse_error,
+    garbage=InvalidResponse,
+    connection=RedisConnectionError,
+    timeout=RedisTimeout,
+    busy=MaxConnectionsError,
+    auth=AuthenticationError,
+    auth_args=AuthenticationWrongNumberOfArgsError,
+)
+# `parse_url`'s keys the store's own connections implement, and the `ssl_*` ones
+# `RedisSSLContext` takes.
+_PLAIN = frozenset({"host", "port", "path", "db", "username", "password", "connection_class"})
+_SSL = {
+    "ssl_keyfile": "keyfile",
+    "ssl_certfile": "certfile",
+    "ssl_cert_reqs": "cert_reqs",
+    "ssl_include_verify_flags": "include_verify_flags",
+    "ssl_exclude_verify_flags": "exclude_verify_flags",
+    "ssl_ca_certs": "ca_certs",
+    "ssl_ca_data": "ca_data",
+    "ssl_ca_path": "ca_path",
+    "ssl_check_hostname": "check_hostname",
+    "ssl_min_version": "min_version",
+    "ssl_ciphers": "ciphers",
+    "ssl_password": "password",
+}
+# `SSLConnection`'s defaults, where they differ from `RedisSSLContext`'s.
+_SSL_DEFAULTS = {"cert_reqs": "required", "check_hostname": True}
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,10 +162,11 @@ class Store:
         )
         self._pipe: Coalescer[Command] | None = None
         self._connections: Connections | None = None
-        options = connection_options(target.url) if target.kind == "single" else None
+        options = _own_connection_options(target.url) if target.kind == "single" else None
         if options is not None:
             self._connections = Connections(
                 options,
+                _REDIS_ERRORS,
                 max_connections=max_connections,
                 connect_timeout_s=self._connect_timeout_s,
                 socket_timeout_s=self._socket_timeout_s,
@@ -401,6 +443,23 @@ class Store:
         return failure
 
 
+def _own_connection_options(url: str) -> ConnectionOptions | None:
+    """What `url` (redis://, rediss://, unix://) names, as redis-py reads it (its
+    `parse_url`, its `RedisSSLContext`), for the store's own connections; `None` when it
+    sets an option they do not implement (redis-py's pool then serves it)."""
+    options: dict[str, Any] = dict(parse_url(url))
+    if set(options) - _PLAIN - set(_SSL):
+        return None
+    tls = options.pop("connection_class", None) is SSLConnection
+    ssl_options = {_SSL[name]: options.pop(name) for name in list(options) if name in _SSL}
+    if ssl_options and not tls:
+        return None  # redis-py would refuse them: keep its error
+    username, password = options.pop("username", ""), options.pop("password", "")
+    auth = () if not (username or password) else (username, password) if username else (password,)
+    context = RedisSSLContext(**{**_SSL_DEFAULTS, **ssl_options}).get() if tls else None
+    return ConnectionOptions(ssl=context, auth=auth, **options)
+
+
 def _send_over(connections: Connections, commands: list[Command]) -> Awaitable[list[object]]:
     """Send `commands` as one pipeline on one of our own connections (`resp`): one reply
     per command, a `ResponseError` instance for a command the server refused. A plain
@@ -463,7 +522,7 @@ def _client(
     No client-side retries anywhere: a failed command fails at once (module docstring).
     One server and a Sentinel's primary: connections without a per-operation timeout (the
     store bounds each batch); one server's client carries batches only for a URL with an
-    option the store's own connections do not implement (`resp.connection_options`); the
+    option the store's own connections do not implement (`_own_connection_options`); the
     sentinels' own keep theirs, so a frozen one is passed over for the next. Sentinel:
     every new connection asks the sentinels for the current primary, so after a failover
     the next connection reaches the promoted one. Cluster: commands go to the node owning
