@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import socket
 import ssl
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +102,43 @@ async def test_a_reply_that_comes_too_late_is_never_read_by_the_next_batch(
         assert await store.get("a") == b"A"
         assert await connections_received(observer) == before + 1  # a fresh one
     finally:
+        await store.close()
+
+
+# uvloop (the server's loop) runs due timers before it reads sockets again; asyncio's own
+# loop reads first.
+@pytest.mark.parametrize("anyio_backend", [("asyncio", {"use_uvloop": True}), "asyncio"])
+async def test_replies_that_arrived_while_this_process_stalled_are_read_not_timed_out(
+    server: RedisServer,
+) -> None:
+    """The server answers while this process is stalled in an I/O callback, past the
+    batch's deadline: once the stall ends the replies must be read, not counted as a
+    timeout (nor the store `slow`), whichever the loop runs first, due timers or reads."""
+    store = Store(server.url, socket_timeout_ms=50)
+    loop = asyncio.get_running_loop()
+    wake, ready = socket.socketpair()
+
+    def stall() -> None:  # an I/O callback, as a request's parsing is
+        loop.remove_reader(ready)
+        server.thaw()
+        time.sleep(0.2)  # the loop runs nothing while the server answers
+
+    try:
+        assert await store.set("a", b"A", ttl_s=60)  # the connection is open
+        server.freeze()
+        try:
+            reading = asyncio.create_task(store.get_checked("a"))
+            for _ in range(3):  # the batch goes out; the frozen server buffers it
+                await asyncio.sleep(0)
+            loop.add_reader(ready, stall)
+            wake.send(b"x")
+        finally:
+            assert await reading == b"A"
+            server.thaw()
+        assert state_of(store) == "ok"
+    finally:
+        wake.close()
+        ready.close()
         await store.close()
 
 

@@ -32,6 +32,8 @@ from typing import cast
 import hiredis
 
 _MORE = object()  # hiredis: no complete reply buffered yet
+# How long past a batch's deadline its replies get for one more read of the socket.
+_LAST_LOOK_S = 0.001
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ class RespConnection(asyncio.Protocol):
         self._replies: list[object] = []
         self._expected = 0
         self._waiter: asyncio.Future[list[object]] | None = None
+        self.timer: asyncio.TimerHandle | None = None  # the batch's deadline
         self.open = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -98,6 +101,19 @@ class RespConnection(asyncio.Protocol):
     def time_out(self) -> None:
         """The batch's timer: its replies did not all arrive in time."""
         self._fail(TimeoutError("no reply within the socket timeout"))
+
+    def stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def overdue(self) -> None:
+        """The batch's time is up: time out once the loop has read the socket again. The
+        event loop runs due timers before it reads sockets, so after a stall of this
+        process (not of the server) the replies may be there, unread; one more read
+        settles it, a millisecond later at most."""
+        loop = asyncio.get_running_loop()
+        self.timer = loop.call_later(_LAST_LOOK_S, self.time_out)
 
     def idle(self) -> None:
         """The batch is answered: the next `request` may follow. Any byte the server
@@ -175,14 +191,14 @@ class Connections:
         `errors.garbage` for bytes that are not replies."""
         connection = self._idle.pop() if self._idle else await self._connect()
         loop = asyncio.get_running_loop()
-        timer = loop.call_later(self._socket_timeout_s, connection.time_out)
+        connection.timer = loop.call_later(self._socket_timeout_s, connection.overdue)
         try:
             replies = await connection.request(payload, count)
         except BaseException:  # out of step with the server: never reused
-            timer.cancel()
+            connection.stop_timer()
             self._discard(connection)
             raise
-        timer.cancel()
+        connection.stop_timer()
         connection.idle()
         if self._closed or not connection.open:
             self._discard(connection)
