@@ -107,7 +107,10 @@ async def test_a_reply_that_comes_too_late_is_never_read_by_the_next_batch(
 
 # uvloop (the server's loop) runs due timers before it reads sockets again; asyncio's own
 # loop reads first.
-@pytest.mark.parametrize("anyio_backend", [("asyncio", {"use_uvloop": True}), "asyncio"])
+@pytest.mark.parametrize(
+    "anyio_backend",
+    [pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"), "asyncio"],
+)
 async def test_replies_that_arrived_while_this_process_stalled_are_read_not_timed_out(
     server: RedisServer,
 ) -> None:
