@@ -60,6 +60,7 @@ class ChatEndpoint:
 
     def __init__(self, base_url: str, api_key: str, max_connections: int) -> None:
         self._url = base_url.rstrip("/") + "/chat/completions"
+        self._path = _path_of(self._url)
         self._headers = {
             "Authorization": f"Bearer {api_key}",
             "Content-Type": "application/json",
@@ -97,14 +98,14 @@ class ChatEndpoint:
         (aiohttp turned a 301-303 into a `GET`, which no chat endpoint answers, and sent
         no key across origins)."""
         data = orjson.dumps(body, default=_plain)
-        url = self._url
+        url, path = self._url, self._path
         try:
             pool = self._pool or self._open()
         except ValueError:
             raise UpstreamConnectionError(f"{model}: connection failed") from None
         for _ in range(_MAX_REDIRECTS + 1):
             try:
-                response = await pool.post(_path_of(url), data, timeout_s)
+                response = await pool.post(path, data, timeout_s)
             except TimeoutError:
                 raise UpstreamTimeout(f"{model}: timed out") from None
             except (OSError, ValueError):
@@ -117,7 +118,7 @@ class ChatEndpoint:
                 target = urljoin(url, location)
                 if self._origin is not None and self._origin.same(target):
                     await _opening(response)
-                    url = target
+                    url, path = target, _path_of(target)
                     continue
             raise await _status_of(response)
         raise UpstreamConnectionError(f"{model}: connection failed (too many redirects)")

@@ -37,6 +37,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import (
     Event,
     ReadableSpan,
+    SpanLimits,
     SpanProcessor,
     Tracer,
     TracerProvider,
@@ -508,12 +509,7 @@ class _DirectSpan(trace.Span):
         limits = self._direct.limits
         if not isinstance(self._events, BoundedList):
             self._events = BoundedList(limits.max_events)
-        bounded = BoundedAttributes(
-            limits.max_event_attributes,
-            attributes,
-            immutable=True,
-            max_value_len=limits.max_attribute_length,
-        )
+        bounded = _limited(limits.max_event_attributes, attributes, limits)
         self._events.append(Event(name, bounded, timestamp))
 
     def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
@@ -522,12 +518,7 @@ class _DirectSpan(trace.Span):
         limits = self._direct.limits
         if not isinstance(self._links, BoundedList):
             self._links = BoundedList(limits.max_links)
-        bounded = BoundedAttributes(
-            limits.max_link_attributes,
-            attributes,
-            immutable=True,
-            max_value_len=limits.max_attribute_length,
-        )
+        bounded = _limited(limits.max_link_attributes, attributes, limits)
         self._links.append(Link(context, bounded))
 
     def record_exception(
@@ -555,6 +546,16 @@ class _DirectSpan(trace.Span):
             return
         self._end = end_time if end_time is not None else time.time_ns()
         self._direct.emit(self)
+
+
+def _limited(
+    count: int | None, attributes: types.Attributes, limits: SpanLimits
+) -> BoundedAttributes:
+    """An event's or a link's attributes, held to `count` and the value length limit, as
+    the SDK's span holds them."""
+    return BoundedAttributes(
+        count, attributes, immutable=True, max_value_len=limits.max_attribute_length
+    )
 
 
 class ServerSpans:

@@ -279,18 +279,26 @@ class Store:
     ) -> object:
         """Run a registered script atomically: its reply, or this call's `StoreFailure`
         (a script error is a failure of kind `error`)."""
+        return await self._call(partial(self._sent, *self._script(handle, keys, args)))
 
-        async def script() -> object:
-            # EVALSHA through `execute_command`: redis-py's script objects cost a fifth
-            # more per call here (measured), for the same command.
-            try:
-                return await self._command("EVALSHA", handle.sha1, len(keys), *keys, *args)
-            except NoScriptError:  # a new or restarted server: EVAL caches it again
-                self._load_scripts()
-                source = self._scripts[handle.sha1]
-                return await self._command("EVAL", source, len(keys), *keys, *args)
+    def _script(
+        self, handle: ScriptHandle, keys: Sequence[str], args: Sequence[ScriptArg]
+    ) -> tuple[Command, Command]:
+        """A script's `EVALSHA` (through `execute_command`: redis-py's script objects cost
+        a fifth more per call here, measured), and the `EVAL` for a server without it."""
+        evalsha: Command = ("EVALSHA", handle.sha1, len(keys), *keys, *args)
+        return evalsha, ("EVAL", self._scripts[handle.sha1], len(keys), *keys, *args)
 
-        return await self._call(script)
+    async def _sent(self, command: Command, unknown_script: Command | None = None) -> object:
+        """`command`'s reply; `unknown_script`'s when the server answers NOSCRIPT (a new
+        or restarted server: EVAL caches the script again)."""
+        try:
+            return await self._command(*command)
+        except NoScriptError:
+            if unknown_script is None:
+                raise
+            self._load_scripts()
+            return await self._command(*unknown_script)
 
     def _load_scripts(self) -> None:
         """After a NOSCRIPT (a new or restarted server): load every registered script,
@@ -307,8 +315,7 @@ class Store:
         """Run a registered script without waiting for its reply: it goes out with this
         turn's batch while the caller carries on (answers its own caller), and its
         outcome counts for `state` like any command's. `settle` waits for it."""
-        command: Command = ("EVALSHA", handle.sha1, len(keys), *keys, *args)
-        self._send(command, ("EVAL", self._scripts[handle.sha1], len(keys), *keys, *args))
+        self._send(*self._script(handle, keys, args))
 
     def set_later(self, key: str, value: bytes, ttl_s: int) -> None:
         """`set` without waiting for the reply (as `run_later`)."""
@@ -322,7 +329,8 @@ class Store:
         if self._closed_to_calls(probe=False):
             return
         if self._pipe is None:  # the cluster client: a coroutine per command
-            task = asyncio.get_running_loop().create_task(self._call_later(command, unknown_script))
+            sent = self._call(partial(self._sent, command, unknown_script))
+            task = asyncio.get_running_loop().create_task(sent)
             self._later.add(task)
             task.add_done_callback(self._later.discard)
             return
@@ -340,17 +348,6 @@ class Store:
                 self._failed(error)
 
         self._pipe.submit(command).add_done_callback(counted)
-
-    async def _call_later(self, command: Command, unknown_script: Command | None) -> object:
-        async def sent() -> object:
-            try:
-                return await self._command(*command)
-            except NoScriptError:
-                if unknown_script is None:
-                    raise
-                return await self._command(*unknown_script)
-
-        return await self._call(sent)
 
     def _command(self, *command: ScriptArg) -> Awaitable[object]:
         """One command: in this turn's batch, or through the cluster client. Its reply is
